@@ -1,0 +1,28 @@
+//! relay's domain logic, free of I/O: what an event is, how it is enriched, what the target's
+//! answer means, when to try again, how fast to send, and the ports the adapters implement.
+//!
+//! Every adapter (the embedded store, AWS) and every driver (ingest, dispatcher, CLI) speaks in
+//! these types, so the rules live in exactly one place.
+
+pub mod backoff;
+pub mod classify;
+pub mod delivery;
+pub mod event;
+pub mod ports;
+pub mod rate;
+
+pub use classify::{Answer, Outcome, TransportError, classify};
+pub use delivery::{
+    AttemptRecord, Claim, DeliveryPolicy, DeliveryStatus, Settlement, Trigger, decide,
+};
+pub use event::{Event, Rejection, enrich, parse_event};
+pub use ports::{AcceptOutcome, Ingest, StoreError, WorkQueue};
+
+/// Milliseconds since the Unix epoch: the one timestamp representation relay stores.
+pub type UnixMillis = i64;
+
+/// Current wall-clock time in Unix milliseconds.
+pub fn now_millis() -> UnixMillis {
+    let now = time::OffsetDateTime::now_utc();
+    (now.unix_timestamp_nanos() / 1_000_000) as UnixMillis
+}
