@@ -212,7 +212,11 @@ mod tests {
         let throttled = json!({"errors": [{"message": "x", "extensions": {"code": "THROTTLED"}}]});
         let bad = json!({"data": null, "errors": [{"message": "name rejected", "extensions": {"code": "BAD_USER_INPUT"}}]});
         let secs = |s| Some(Duration::from_secs(s));
-        let table: Vec<(Result<Answer, TransportError>, (&str, Option<Duration>))> = vec![
+        type Row = (
+            Result<Answer, TransportError>,
+            (&'static str, Option<Duration>),
+        );
+        let table: Vec<Row> = vec![
             (answer(200, None, ok.clone()), ("delivered", None)),
             (answer(201, None, ok), ("delivered", None)),
             (answer(429, Some("3"), json!({})), ("rate_limited", secs(3))),

@@ -1,0 +1,400 @@
+//! The store against its contract, on disk: single operations, crash recovery, the lock, and a
+//! property test against a simple model.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use proptest::prelude::*;
+use relay_core::Ingest;
+use relay_core::ports::Clock;
+use relay_core::{
+    AcceptOutcome, AttemptRecord, Claim, Event, Settlement, StoreError, Trigger, WorkQueue,
+    parse_event,
+};
+use serde_json::json;
+
+use super::*;
+
+#[derive(Debug, Default)]
+struct ManualClock(AtomicI64);
+
+impl ManualClock {
+    fn advance(&self, ms: i64) {
+        self.0.fetch_add(ms, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+fn event(id: &str, variant: u8) -> Event {
+    let raw = json!({"id": id, "name": "n", "body": format!("b{variant}"), "timestamp": 1, "extra": [variant]});
+    parse_event(raw.to_string().as_bytes()).unwrap()
+}
+
+fn attempt(outcome: &'static str) -> AttemptRecord {
+    AttemptRecord {
+        started_at: 0,
+        duration_ms: 3,
+        outcome,
+        http_status: Some(200),
+        detail: format!("answer for {outcome}"),
+        trigger: Trigger::Scheduled,
+    }
+}
+
+const LEASE: Duration = Duration::from_secs(1);
+
+fn open(dir: &Path) -> (SqliteStore, Arc<ManualClock>) {
+    let clock = Arc::new(ManualClock(AtomicI64::new(1_000_000)));
+    (
+        SqliteStore::open_with_clock(dir, clock.clone()).unwrap(),
+        clock,
+    )
+}
+
+#[tokio::test]
+async fn accept_is_idempotent_by_id_and_payload() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    assert_eq!(
+        store.accept(event("a", 0)).await,
+        Ok(AcceptOutcome::Accepted)
+    );
+
+    let reordered =
+        parse_event(br#"{"extra":[0],"timestamp":1,"body":"b0","name":"n","id":"a"}"#).unwrap();
+    assert_eq!(store.accept(reordered).await, Ok(AcceptOutcome::Duplicate));
+    assert_eq!(
+        store.accept(event("a", 1)).await,
+        Ok(AcceptOutcome::Conflict)
+    );
+
+    let reader = Reader::open(dir.path()).unwrap();
+    assert_eq!(
+        reader.status_counts().unwrap(),
+        StatusCounts {
+            queued: 1,
+            ..Default::default()
+        }
+    );
+    let stored = reader.delivery("a").unwrap().unwrap();
+    assert_eq!(stored.payload, event("a", 0).payload_json());
+}
+
+#[tokio::test]
+async fn claims_lease_and_expired_leases_come_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) = open(dir.path());
+    for id in ["a", "b", "c"] {
+        store.accept(event(id, 0)).await.unwrap();
+    }
+    let first = store.claim(2, LEASE).await.unwrap();
+    assert_eq!(first.len(), 2);
+    let rest = store.claim(10, LEASE).await.unwrap();
+    assert_eq!(rest.len(), 1, "leased work must not be claimed twice");
+    assert!(store.claim(10, LEASE).await.unwrap().is_empty());
+
+    clock.advance(1_001);
+    let again = store.claim(10, LEASE).await.unwrap();
+    assert_eq!(again.len(), 3, "expired leases are due again");
+    assert!(again.iter().all(|c| c.lease != first[0].lease));
+}
+
+#[tokio::test]
+async fn delivered_work_is_never_claimed_again_and_stale_settlements_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) = open(dir.path());
+    store.accept(event("a", 0)).await.unwrap();
+    let stale = store.claim(1, LEASE).await.unwrap().remove(0);
+    clock.advance(1_001);
+    let fresh = store.claim(1, LEASE).await.unwrap().remove(0);
+
+    let lost = store
+        .settle(&stale, attempt("delivered"), Settlement::Delivered)
+        .await;
+    assert_eq!(lost, Err(StoreError::LeaseLost("a".into())));
+    store
+        .settle(&fresh, attempt("delivered"), Settlement::Delivered)
+        .await
+        .unwrap();
+
+    clock.advance(3_600_000);
+    assert!(store.claim(10, LEASE).await.unwrap().is_empty());
+    let reader = Reader::open(dir.path()).unwrap();
+    let d = reader.delivery("a").unwrap().unwrap();
+    assert_eq!(
+        (d.status.as_str(), d.attempts, d.tries),
+        ("delivered", 1, 1)
+    );
+    assert_eq!(
+        reader.attempts("a").unwrap().len(),
+        2,
+        "both attempts happened and are recorded"
+    );
+}
+
+#[tokio::test]
+async fn retries_wait_until_due_and_rate_limits_do_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, clock) = open(dir.path());
+    store.accept(event("a", 0)).await.unwrap();
+    let c = store.claim(1, LEASE).await.unwrap().remove(0);
+    let at = clock.now() + 5_000;
+    store
+        .settle(
+            &c,
+            attempt("rate_limited"),
+            Settlement::Retry { at, counted: false },
+        )
+        .await
+        .unwrap();
+    clock.advance(4_999);
+    assert!(store.claim(1, LEASE).await.unwrap().is_empty());
+    clock.advance(1);
+    let c = store.claim(1, LEASE).await.unwrap().remove(0);
+    assert_eq!((c.attempts, c.tries), (0, 1));
+    store
+        .settle(
+            &c,
+            attempt("transient"),
+            Settlement::Retry {
+                at: clock.now(),
+                counted: true,
+            },
+        )
+        .await
+        .unwrap();
+    let c = store.claim(1, LEASE).await.unwrap().remove(0);
+    assert_eq!((c.attempts, c.tries), (1, 2));
+}
+
+#[tokio::test]
+async fn dead_letters_keep_reason_attempts_and_last_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    store.accept(event("a", 0)).await.unwrap();
+    let c = store.claim(1, LEASE).await.unwrap().remove(0);
+    let reason = "permanent failure: HTTP 400".to_owned();
+    store
+        .settle(
+            &c,
+            attempt("permanent"),
+            Settlement::Dead {
+                reason: reason.clone(),
+            },
+        )
+        .await
+        .unwrap();
+
+    let reader = Reader::open(dir.path()).unwrap();
+    let dl = reader.dead_letter("a").unwrap().unwrap();
+    assert_eq!(
+        (dl.reason, dl.attempts, dl.last_response.as_deref()),
+        (reason, 1, Some("answer for permanent"))
+    );
+    assert_eq!(reader.status_counts().unwrap().dead, 1);
+}
+
+#[tokio::test]
+async fn released_work_is_due_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    store.accept(event("a", 0)).await.unwrap();
+    let claims = store.claim(1, Duration::from_secs(3600)).await.unwrap();
+    store.release(claims).await.unwrap();
+    assert_eq!(store.claim(1, LEASE).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn one_writer_per_directory_and_leases_recovered_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    store.accept(event("a", 0)).await.unwrap();
+    store.claim(1, Duration::from_secs(3600)).await.unwrap();
+    assert!(matches!(
+        SqliteStore::open(dir.path()),
+        Err(OpenError::Locked(_))
+    ));
+    drop(store);
+
+    let (store, _) = open(dir.path());
+    assert_eq!(
+        store.claim(1, LEASE).await.unwrap().len(),
+        1,
+        "a dead owner's lease is due again"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_accepts_all_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let tasks: Vec<_> = (0..2_000)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move { store.accept(event(&format!("e{i}"), 0)).await })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), Ok(AcceptOutcome::Accepted));
+    }
+    assert_eq!(
+        Reader::open(dir.path())
+            .unwrap()
+            .status_counts()
+            .unwrap()
+            .queued,
+        2_000
+    );
+}
+
+#[tokio::test]
+async fn a_locked_database_makes_the_store_unavailable_not_stuck() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = open(dir.path());
+    let blocker = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let pending =
+        tokio::time::timeout(Duration::from_millis(300), store.accept(event("a", 0))).await;
+    assert!(
+        pending.is_err(),
+        "the accept must wait for the lock, not claim success"
+    );
+    blocker.execute_batch("ROLLBACK").unwrap();
+    assert_eq!(
+        store.accept(event("b", 0)).await,
+        Ok(AcceptOutcome::Accepted)
+    );
+}
+
+#[test]
+fn readers_refuse_what_is_not_a_store() {
+    let dir = tempfile::tempdir().unwrap();
+    assert!(matches!(
+        Reader::open(&dir.path().join("nope")),
+        Err(OpenError::Missing(_))
+    ));
+    assert!(matches!(
+        Reader::open(dir.path()),
+        Err(OpenError::NotAStore(_))
+    ));
+    let other = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    other.execute_batch("CREATE TABLE t (x)").unwrap();
+    drop(other);
+    assert!(matches!(
+        Reader::open(dir.path()),
+        Err(OpenError::Foreign { .. })
+    ));
+    assert!(matches!(
+        SqliteStore::open(dir.path()),
+        Err(OpenError::Foreign { .. })
+    ));
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Accept(u8, u8),
+    Claim(usize),
+    Settle(usize, u8),
+    Release(usize),
+    Advance(i64),
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (0u8..8, 0u8..2).prop_map(|(k, v)| Op::Accept(k, v)),
+        3 => (1usize..4).prop_map(Op::Claim),
+        3 => (any::<usize>(), 0u8..3).prop_map(|(i, k)| Op::Settle(i, k)),
+        1 => any::<usize>().prop_map(Op::Release),
+        2 => (0i64..1_500).prop_map(Op::Advance),
+    ]
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum M {
+    Queued(i64),
+    Leased { lease: i64, until: i64 },
+    Delivered,
+    Dead,
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn store_matches_model(ops in proptest::collection::vec(op(), 1..60)) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (store, clock) = open(dir.path());
+        let mut model: BTreeMap<String, (u8, M)> = BTreeMap::new();
+        let mut outstanding: Vec<Claim> = Vec::new();
+        rt.block_on(async {
+            for op in ops {
+                let now = clock.now();
+                match op {
+                    Op::Accept(k, v) => {
+                        let id = format!("e{k}");
+                        let got = store.accept(event(&id, v)).await.unwrap();
+                        let want = match model.get(&id) {
+                            None => { model.insert(id, (v, M::Queued(now))); AcceptOutcome::Accepted }
+                            Some((stored, _)) if *stored == v => AcceptOutcome::Duplicate,
+                            Some(_) => AcceptOutcome::Conflict,
+                        };
+                        prop_assert_eq!(got, want);
+                    }
+                    Op::Claim(max) => {
+                        let due = model.values().filter(|(_, m)| matches!(m, M::Queued(at) | M::Leased { until: at, .. } if *at <= now)).count();
+                        let got = store.claim(max, LEASE).await.unwrap();
+                        prop_assert_eq!(got.len(), due.min(max));
+                        for c in &got {
+                            let entry = &mut model.get_mut(&c.event_id).unwrap().1;
+                            prop_assert!(matches!(entry, M::Queued(at) | M::Leased { until: at, .. } if *at <= now), "claimed {} in state {:?}", c.event_id, entry);
+                            *entry = M::Leased { lease: c.lease, until: now + 1_000 };
+                        }
+                        outstanding.extend(got);
+                    }
+                    Op::Settle(i, kind) if !outstanding.is_empty() => {
+                        let c = outstanding.remove(i % outstanding.len());
+                        let (settlement, next) = match kind {
+                            0 => (Settlement::Delivered, M::Delivered),
+                            1 => (Settlement::Retry { at: now + 500, counted: true }, M::Queued(now + 500)),
+                            _ => (Settlement::Dead { reason: "r".into() }, M::Dead),
+                        };
+                        let entry = &mut model.get_mut(&c.event_id).unwrap().1;
+                        let holds = matches!(entry, M::Leased { lease, .. } if *lease == c.lease);
+                        let got = store.settle(&c, attempt("transient"), settlement).await;
+                        if holds {
+                            prop_assert_eq!(got, Ok(()));
+                            *entry = next;
+                        } else {
+                            prop_assert_eq!(got, Err(StoreError::LeaseLost(c.event_id.clone())));
+                        }
+                    }
+                    Op::Release(i) if !outstanding.is_empty() => {
+                        let c = outstanding.remove(i % outstanding.len());
+                        let entry = &mut model.get_mut(&c.event_id).unwrap().1;
+                        if matches!(entry, M::Leased { lease, .. } if *lease == c.lease) {
+                            *entry = M::Queued(now);
+                        }
+                        store.release(vec![c]).await.unwrap();
+                    }
+                    Op::Settle(..) | Op::Release(_) => {}
+                    Op::Advance(ms) => clock.advance(ms),
+                }
+            }
+            Ok(())
+        })?;
+        let counts = Reader::open(dir.path()).unwrap().status_counts().unwrap();
+        let count = |f: fn(&M) -> bool| model.values().filter(|(_, m)| f(m)).count() as u64;
+        prop_assert_eq!(counts.total(), model.len() as u64, "no accepted event may vanish");
+        prop_assert_eq!(counts.delivered, count(|m| *m == M::Delivered));
+        prop_assert_eq!(counts.dead, count(|m| *m == M::Dead));
+        prop_assert_eq!(counts.leased, count(|m| matches!(m, M::Leased { .. })));
+    }
+}
