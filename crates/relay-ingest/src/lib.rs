@@ -1,0 +1,239 @@
+//! The ingest HTTP API of the contract: `POST /events` and `GET /health`.
+//!
+//! [`router`] is generic over the [`Ingest`] port, so the same code answers locally (axum over
+//! the embedded store) and in Lambda (over DynamoDB). A 2xx is only ever sent after the port
+//! said the event is durable.
+
+mod error;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use relay_core::{AcceptOutcome, Ingest, Rejection, parse_event};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+
+pub use error::ApiError;
+
+/// Largest accepted request body.
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// The header carrying the API key.
+pub const API_KEY_HEADER: &str = "x-api-key";
+
+#[derive(Debug, Clone)]
+pub struct IngestConfig {
+    /// Every key that is currently valid. More than one allows rotating keys without downtime.
+    pub api_keys: Vec<String>,
+    /// How long to wait for the store before answering 503. Keeps every answer inside the
+    /// source's 500 ms budget even when the store is stuck.
+    pub store_timeout: Duration,
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            api_keys: Vec::new(),
+            store_timeout: Duration::from_millis(400),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct AppState<S> {
+    store: S,
+    keys: Vec<Vec<u8>>,
+    store_timeout: Duration,
+}
+
+/// The ingest API over any store.
+pub fn router<S: Ingest>(store: S, config: IngestConfig) -> Router {
+    let state = Arc::new(AppState {
+        store,
+        keys: config
+            .api_keys
+            .into_iter()
+            .map(String::into_bytes)
+            .collect(),
+        store_timeout: config.store_timeout,
+    });
+    Router::new()
+        .route("/events", post(post_event::<S>))
+        .route("/health", get(health))
+        .fallback(|| async {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; try POST /events",
+            )
+        })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route",
+            )
+        })
+        .layer(middleware::from_fn(log_errors))
+        .with_state(state)
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn post_event<S: Ingest>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    authorize(&state.keys, &headers)?;
+    check_content_type(&headers)?;
+    let body = read_body(request.into_body(), &headers).await?;
+    let event = parse_event(&body).map_err(|rejection| match rejection {
+        Rejection::NotJson(message) => {
+            ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
+        }
+        Rejection::Invalid { field, message } => {
+            let error = ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid_event", message);
+            match field {
+                Some(field) => error.with_field(field),
+                None => error,
+            }
+        }
+    })?;
+    let id = event.id.clone();
+    let outcome = tokio::time::timeout(state.store_timeout, state.store.accept(event))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store did not answer in time; the event may not be stored",
+            )
+        })?
+        .map_err(|e| {
+            tracing::error!(error = %e, event_id = %id, "store refused an event");
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "store_unavailable",
+                "the store is unavailable; the event was not stored",
+            )
+        })?;
+    Ok(match outcome {
+        AcceptOutcome::Accepted => (
+            StatusCode::ACCEPTED,
+            Json(json!({"id": id, "status": "accepted"})),
+        )
+            .into_response(),
+        AcceptOutcome::Duplicate => (
+            StatusCode::OK,
+            Json(json!({"id": id, "status": "duplicate"})),
+        )
+            .into_response(),
+        AcceptOutcome::Conflict => {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "id_conflict",
+                format!("an event with id {id:?} was already accepted with a different payload"),
+            )
+            .with_field("id"));
+        }
+    })
+}
+
+fn authorize(keys: &[Vec<u8>], headers: &HeaderMap) -> Result<(), ApiError> {
+    let given = headers.get(API_KEY_HEADER).map(|v| v.as_bytes());
+    // Compare against every key, in constant time per key, so timing tells nothing about which
+    // key (or how much of one) matched.
+    let ok = given.is_some_and(|given| {
+        keys.iter().fold(0u8, |acc, key| {
+            acc | key.as_slice().ct_eq(given).unwrap_u8()
+        }) == 1
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            format!("missing or wrong `{API_KEY_HEADER}` header"),
+        ))
+    }
+}
+
+fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let value = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
+    {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            format!("Content-Type must be application/json, got {:?}", value),
+        ))
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap) -> Result<axum::body::Bytes, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("request body exceeds {} KiB", MAX_BODY_BYTES / 1024),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) => Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "unreadable_body",
+            format!("could not read the request body: {e}"),
+        )),
+    }
+}
+
+/// Logs every error answer once, here, rather than wherever it was raised.
+async fn log_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    if let Some(error) = response.extensions().get::<error::Logged>() {
+        let status = response.status().as_u16();
+        if response.status().is_server_error() {
+            tracing::warn!(%method, %path, status, code = error.code, "request failed");
+        } else {
+            tracing::debug!(%method, %path, status, code = error.code, "request refused");
+        }
+    }
+    response
+}
+
+#[cfg(test)]
+mod tests;
