@@ -1,0 +1,139 @@
+//! The target's GraphQL schema: `createEvent` plus queries over what it received.
+
+use std::sync::Arc;
+
+use async_graphql::{
+    Context, EmptySubscription, ErrorExtensions, InputValueError, InputValueResult, Object, Scalar,
+    ScalarType, Schema, SimpleObject,
+};
+use serde_json::{Map, Value};
+
+use crate::{Shared, Stats};
+
+pub type TargetSchema = Schema<Query, Mutation, EmptySubscription>;
+
+pub(crate) fn build(shared: Arc<Shared>) -> TargetSchema {
+    Schema::build(Query, Mutation, EmptySubscription)
+        .data(shared)
+        .finish()
+}
+
+/// The `Idempotency-Key` header of the request being executed.
+#[derive(Debug)]
+pub(crate) struct IdempotencyKey(pub(crate) Option<String>);
+
+/// The event as relay sends it. A scalar rather than an input object on purpose: relay forwards
+/// fields it does not know, and a strict input type would refuse them. The resolver checks the
+/// fields the contract requires.
+#[derive(Debug, Clone)]
+pub struct EventInput(Map<String, Value>);
+
+#[Scalar(name = "EventInput")]
+impl ScalarType for EventInput {
+    fn parse(value: async_graphql::Value) -> InputValueResult<Self> {
+        match value.into_json() {
+            Ok(Value::Object(map)) => Ok(EventInput(map)),
+            Ok(other) => Err(InputValueError::custom(format!(
+                "EventInput must be an object, got {other}"
+            ))),
+            Err(e) => Err(InputValueError::custom(e)),
+        }
+    }
+
+    fn to_value(&self) -> async_graphql::Value {
+        async_graphql::Value::from_json(Value::Object(self.0.clone()))
+            .unwrap_or(async_graphql::Value::Null)
+    }
+}
+
+#[derive(SimpleObject)]
+struct CreatedEvent {
+    id: String,
+}
+
+#[derive(SimpleObject)]
+struct StoredEvent {
+    id: String,
+    input: EventInput,
+    /// How many times `createEvent` was called with this id.
+    deliveries: u64,
+}
+
+#[derive(Debug)]
+pub struct Query;
+
+#[Object]
+impl Query {
+    async fn stats(&self, ctx: &Context<'_>) -> Stats {
+        ctx.data_unchecked::<Arc<Shared>>().stats()
+    }
+
+    async fn event(&self, ctx: &Context<'_>, id: String) -> Option<StoredEvent> {
+        let events = ctx.data_unchecked::<Arc<Shared>>().events();
+        events.get(&id).map(|r| StoredEvent {
+            id,
+            input: EventInput(r.input.clone()),
+            deliveries: r.deliveries,
+        })
+    }
+
+    /// Stored events, ordered by id.
+    async fn events(
+        &self,
+        ctx: &Context<'_>,
+        #[graphql(default = 100)] limit: usize,
+    ) -> Vec<StoredEvent> {
+        let mut events: Vec<_> = ctx
+            .data_unchecked::<Arc<Shared>>()
+            .events()
+            .into_iter()
+            .collect();
+        events.sort_by(|a, b| a.0.cmp(&b.0));
+        events
+            .into_iter()
+            .take(limit)
+            .map(|(id, r)| StoredEvent {
+                id,
+                input: EventInput(r.input),
+                deliveries: r.deliveries,
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug)]
+pub struct Mutation;
+
+#[Object]
+impl Mutation {
+    async fn create_event(
+        &self,
+        ctx: &Context<'_>,
+        input: EventInput,
+    ) -> async_graphql::Result<CreatedEvent> {
+        let shared = ctx.data_unchecked::<Arc<Shared>>();
+        let field = |name: &str| input.0.get(name).and_then(Value::as_str).map(str::to_owned);
+        let Some(id) = field("id").filter(|id| !id.is_empty()) else {
+            shared.count(|s| s.rejected += 1);
+            return Err(async_graphql::Error::new("input.id is required")
+                .extend_with(|_, e| e.set("code", "BAD_USER_INPUT")));
+        };
+        if let Some(name) = field("name")
+            && shared.rejects(&name)
+        {
+            shared.count(|s| s.rejected += 1);
+            return Err(
+                async_graphql::Error::new(format!("events named {name:?} are refused"))
+                    .extend_with(|_, e| e.set("code", "BAD_USER_INPUT")),
+            );
+        }
+        let key = ctx
+            .data_opt::<IdempotencyKey>()
+            .and_then(|k| k.0.as_deref());
+        if key != Some(id.as_str()) {
+            shared.count(|s| s.bad_idempotency_keys += 1);
+        }
+        shared.store(&id, input.0);
+        Ok(CreatedEvent { id })
+    }
+}

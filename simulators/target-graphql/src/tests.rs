@@ -1,0 +1,197 @@
+//! The mock target over real HTTP: limiter modes, faults, dedup and counters.
+
+use std::time::Instant;
+
+use super::*;
+
+const MUTATION: &str =
+    "mutation CreateEvent($input: EventInput!) { createEvent(input: $input) { id } }";
+
+async fn target(config: TargetConfig) -> TargetHandle {
+    start("127.0.0.1:0".parse().unwrap(), config).await.unwrap()
+}
+
+fn input(id: &str, name: &str) -> Value {
+    json!({"id": id, "name": name, "body": "b", "timestamp": 1, "brand": "testBrand", "extra": {"k": [1, 2]}})
+}
+
+async fn create(
+    t: &TargetHandle,
+    id: &str,
+    name: &str,
+    key: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let mut request = reqwest::Client::new()
+        .post(t.url())
+        .json(&json!({"query": MUTATION, "variables": {"input": input(id, name)}}));
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, retry_after, response.json().await.unwrap())
+}
+
+fn unlimited() -> TargetConfig {
+    TargetConfig {
+        rate: 1e6,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn stores_events_once_and_counts_duplicates() {
+    let t = target(unlimited()).await;
+    let (status, _, body) = create(&t, "a", "n", Some("a")).await;
+    assert_eq!(
+        (status, &body),
+        (200, &json!({"data": {"createEvent": {"id": "a"}}}))
+    );
+    create(&t, "a", "n", Some("a")).await;
+    create(&t, "b", "n", None).await;
+
+    let stats = t.stats();
+    assert_eq!(
+        (
+            stats.requests,
+            stats.events,
+            stats.duplicates,
+            stats.bad_idempotency_keys
+        ),
+        (3, 2, 1, 1)
+    );
+    let events = t.events();
+    assert_eq!(events["a"].deliveries, 2);
+    assert_eq!(
+        Value::Object(events["a"].input.clone()),
+        input("a", "n"),
+        "kept exactly as received"
+    );
+}
+
+#[tokio::test]
+async fn http429_mode_answers_429_with_retry_after() {
+    let t = target(TargetConfig {
+        rate: 1.0,
+        burst: Some(2.0),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(create(&t, "a", "n", Some("a")).await.0, 200);
+    assert_eq!(create(&t, "b", "n", Some("b")).await.0, 200);
+    let (status, retry_after, body) = create(&t, "c", "n", Some("c")).await;
+    assert_eq!((status, retry_after.as_deref()), (429, Some("1")));
+    assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+    assert_eq!((t.stats().rate_limited, t.stats().events), (1, 2));
+}
+
+#[tokio::test]
+async fn graphql_mode_signals_the_limit_in_the_body() {
+    let t = target(TargetConfig {
+        rate: 1.0,
+        burst: Some(1.0),
+        mode: LimitMode::Graphql,
+        ..Default::default()
+    })
+    .await;
+    create(&t, "a", "n", Some("a")).await;
+    let (status, retry_after, body) = create(&t, "b", "n", Some("b")).await;
+    assert_eq!((status, retry_after), (200, None));
+    assert_eq!(body["data"], Value::Null);
+    assert_eq!(body["errors"][0]["extensions"]["code"], "RATE_LIMITED");
+    assert_eq!(body["errors"][0]["extensions"]["retryAfter"], 1);
+}
+
+#[tokio::test]
+async fn faults_fail_reject_and_delay_on_cue() {
+    let t = target(unlimited()).await;
+    t.set_faults(Faults {
+        outage: true,
+        ..Default::default()
+    });
+    assert_eq!(create(&t, "a", "n", Some("a")).await.0, 503);
+    t.set_faults(Faults {
+        fail_rate: 1.0,
+        ..Default::default()
+    });
+    assert_eq!(create(&t, "a", "n", Some("a")).await.0, 503);
+
+    let client = reqwest::Client::new();
+    let faults = Faults {
+        reject_names: vec!["poison".into()],
+        latency_ms: 150,
+        ..Default::default()
+    };
+    client
+        .put(format!("http://{}/admin/faults", t.addr()))
+        .json(&faults)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap();
+    let started = Instant::now();
+    let (status, _, body) = create(&t, "p", "poison", Some("p")).await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "latency is injected"
+    );
+    assert_eq!(
+        (status, &body["errors"][0]["extensions"]["code"]),
+        (200, &json!("BAD_USER_INPUT"))
+    );
+    assert_eq!(create(&t, "ok", "fine", Some("ok")).await.0, 200);
+
+    let stats: Stats = client
+        .get(format!("http://{}/admin/stats", t.addr()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!((stats.failed, stats.rejected, stats.events), (2, 1, 1));
+}
+
+#[tokio::test]
+async fn queries_show_what_was_received() {
+    let t = target(unlimited()).await;
+    create(&t, "a", "n", Some("a")).await;
+    create(&t, "a", "n", Some("a")).await;
+    let answer: Value = reqwest::Client::new()
+        .post(t.url())
+        .json(&json!({"query": "{ stats { events duplicates } events { id deliveries input } event(id: \"a\") { deliveries } }"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        answer["data"]["stats"],
+        json!({"events": 1, "duplicates": 1})
+    );
+    assert_eq!(
+        answer["data"]["events"][0]["input"]["extra"],
+        json!({"k": [1, 2]})
+    );
+    assert_eq!(answer["data"]["event"]["deliveries"], 2);
+}
+
+#[tokio::test]
+async fn unknown_admin_fields_are_refused() {
+    let t = target(unlimited()).await;
+    let response = reqwest::Client::new()
+        .put(format!("http://{}/admin/faults", t.addr()))
+        .json(&json!({"outage": true, "typo": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error());
+    assert!(!t.faults().outage);
+    t.stop().await;
+}
