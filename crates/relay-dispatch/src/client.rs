@@ -1,0 +1,187 @@
+//! The GraphQL call: one HTTP request per event, enriched, with the event id as the
+//! `Idempotency-Key`. It reports what came back; deciding what that means is `classify`'s job.
+
+use std::time::Duration;
+
+use relay_core::{Answer, TransportError, enrich};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::{Map, Value, json};
+
+/// The document relay sends unless told otherwise.
+pub const DEFAULT_DOCUMENT: &str =
+    "mutation CreateEvent($input: EventInput!) { createEvent(input: $input) { id } }";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("invalid target URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("invalid header {0:?}: expected `Name: value`")]
+    Header(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Build(#[from] reqwest::Error),
+}
+
+#[derive(Debug, Clone)]
+pub struct TargetConfig {
+    pub url: String,
+    pub document: String,
+    pub brand: String,
+    /// Extra headers, e.g. `Authorization: Bearer …`.
+    pub headers: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl TargetConfig {
+    pub fn new(url: impl Into<String>) -> Self {
+        TargetConfig {
+            url: url.into(),
+            document: DEFAULT_DOCUMENT.into(),
+            brand: "testBrand".into(),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Parses `Name: value` as given on the command line.
+pub fn parse_header(raw: &str) -> Result<(String, String), ClientError> {
+    let (name, value) = raw
+        .split_once(':')
+        .ok_or_else(|| ClientError::Header(raw.into()))?;
+    let (name, value) = (name.trim(), value.trim());
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| ClientError::Header(raw.into()))?;
+    HeaderValue::from_str(value).map_err(|_| ClientError::Header(raw.into()))?;
+    Ok((name.into(), value.into()))
+}
+
+#[derive(Debug, Clone)]
+pub struct GraphqlClient {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    document: String,
+    brand: String,
+    timeout: Duration,
+}
+
+impl GraphqlClient {
+    pub fn new(config: &TargetConfig) -> Result<Self, ClientError> {
+        let url = reqwest::Url::parse(&config.url).map_err(|e| ClientError::Url {
+            url: config.url.clone(),
+            reason: e.to_string(),
+        })?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(ClientError::Url {
+                url: config.url.clone(),
+                reason: "scheme must be http or https".into(),
+            });
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &config.headers {
+            let raw = || ClientError::Header(format!("{name}: {value}"));
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).map_err(|_| raw())?,
+                HeaderValue::from_str(value).map_err(|_| raw())?,
+            );
+        }
+        let http = reqwest::Client::builder()
+            .default_headers(headers)
+            // A redirect would turn the POST into a GET; treat it as the misconfiguration it is.
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+            .user_agent(concat!("relay/", env!("CARGO_PKG_VERSION")))
+            .build()?;
+        Ok(GraphqlClient {
+            http,
+            url,
+            document: config.document.clone(),
+            brand: config.brand.clone(),
+            timeout: config.timeout,
+        })
+    }
+
+    pub fn url(&self) -> &str {
+        self.url.as_str()
+    }
+
+    /// Sends one event (its stored JSON) and returns the target's answer.
+    pub async fn send(&self, event_id: &str, payload: &str) -> Result<Answer, TransportError> {
+        let payload: Map<String, Value> = serde_json::from_str(payload).map_err(|e| {
+            TransportError::Other(format!("stored payload is not a JSON object: {e}"))
+        })?;
+        let body = json!({ "query": self.document, "variables": { "input": enrich(&payload, &self.brand) } });
+        let response = self
+            .http
+            .post(self.url.clone())
+            .header("Idempotency-Key", event_id)
+            .timeout(self.timeout)
+            .json(&body)
+            .send()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        let status = response.status().as_u16();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| self.transport_error(e))?;
+        Ok(Answer {
+            status,
+            retry_after,
+            body: body.to_vec(),
+        })
+    }
+
+    fn transport_error(&self, e: reqwest::Error) -> TransportError {
+        if e.is_timeout() {
+            TransportError::Timeout(self.timeout)
+        } else if e.is_connect() {
+            TransportError::Connect(source_chain(&e))
+        } else {
+            TransportError::Other(source_chain(&e))
+        }
+    }
+}
+
+/// reqwest's top-level message hides the cause ("error sending request"); show the chain.
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_parse_from_the_command_line() {
+        assert_eq!(
+            parse_header("Authorization: Bearer x").unwrap(),
+            ("Authorization".into(), "Bearer x".into())
+        );
+        assert!(parse_header("no colon").is_err());
+        assert!(parse_header("bad name: v").is_err());
+    }
+
+    #[test]
+    fn urls_must_be_http() {
+        assert!(GraphqlClient::new(&TargetConfig::new("http://127.0.0.1:1/graphql")).is_ok());
+        assert!(matches!(
+            GraphqlClient::new(&TargetConfig::new("ftp://x")),
+            Err(ClientError::Url { .. })
+        ));
+        assert!(matches!(
+            GraphqlClient::new(&TargetConfig::new("not a url")),
+            Err(ClientError::Url { .. })
+        ));
+    }
+}

@@ -1,0 +1,290 @@
+//! The dispatcher: drains the work queue into the target as fast as the target allows.
+//!
+//! The loop only claims work, waits for a rate token and a concurrency slot, and hands each
+//! claim to [`deliver`]. That function asks the [`GraphqlClient`], classifies the answer
+//! (`relay_core::classify`), tells the rate controller, decides the delivery's fate
+//! (`relay_core::decide`) and settles it in the store, which records the attempt.
+
+mod client;
+mod metrics;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use relay_core::rate::{RateConfig, RateController};
+use relay_core::{
+    AttemptRecord, Claim, DeliveryPolicy, Outcome, Settlement, WorkQueue, classify, decide,
+    now_millis,
+};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tracing::Instrument;
+
+pub use client::{ClientError, DEFAULT_DOCUMENT, GraphqlClient, TargetConfig, parse_header};
+pub use metrics::{Metrics, MetricsSnapshot};
+
+#[derive(Debug, Clone)]
+pub struct DispatchConfig {
+    pub rate: RateConfig,
+    pub policy: DeliveryPolicy,
+    /// Most requests in flight at once: enough that a slow target is still driven to its limit.
+    pub max_in_flight: usize,
+    /// How long a claim is held. Only matters if this process dies; a new owner of the data
+    /// directory recovers leases at once.
+    pub lease: Duration,
+    /// How often to look for work that became due (retries) when nothing signals new work.
+    pub poll: Duration,
+    /// How long shutdown waits for requests in flight before leaving them to lease recovery.
+    pub drain_timeout: Duration,
+}
+
+impl Default for DispatchConfig {
+    fn default() -> Self {
+        DispatchConfig {
+            rate: RateConfig::default(),
+            policy: DeliveryPolicy::default(),
+            max_in_flight: 256,
+            lease: Duration::from_secs(300),
+            poll: Duration::from_millis(200),
+            drain_timeout: Duration::from_secs(15),
+        }
+    }
+}
+
+/// What a dispatcher shares with whoever watches it.
+#[derive(Debug, Clone)]
+pub struct DispatcherHandle {
+    pub metrics: Arc<Metrics>,
+    rate: Arc<Mutex<RateController>>,
+}
+
+impl DispatcherHandle {
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        let rate = lock(&self.rate);
+        self.metrics.snapshot(rate.rate(), rate.estimate())
+    }
+}
+
+#[derive(Debug)]
+pub struct Dispatcher<Q> {
+    queue: Q,
+    client: GraphqlClient,
+    config: DispatchConfig,
+    handle: DispatcherHandle,
+}
+
+fn lock(m: &Mutex<RateController>) -> MutexGuard<'_, RateController> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl<Q: WorkQueue> Dispatcher<Q> {
+    pub fn new(queue: Q, client: GraphqlClient, config: DispatchConfig) -> Self {
+        let rate = RateController::new(config.rate, tokio::time::Instant::now());
+        let handle = DispatcherHandle {
+            metrics: Arc::default(),
+            rate: Arc::new(Mutex::new(rate)),
+        };
+        Dispatcher {
+            queue,
+            client,
+            config,
+            handle,
+        }
+    }
+
+    pub fn handle(&self) -> DispatcherHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown` resolves, then stops claiming, gives back claimed work it has not
+    /// started, and waits (up to `drain_timeout`) for requests in flight to be settled.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) {
+        let Dispatcher {
+            queue,
+            client,
+            config,
+            handle,
+        } = self;
+        let slots = Arc::new(Semaphore::new(config.max_in_flight));
+        let mut buffer: VecDeque<Claim> = VecDeque::new();
+        let mut in_flight = JoinSet::new();
+        tokio::pin!(shutdown);
+        tracing::info!(
+            target = client.url(),
+            max_in_flight = config.max_in_flight,
+            "dispatcher started"
+        );
+
+        'run: loop {
+            while in_flight.try_join_next().is_some() {}
+            if buffer.is_empty() {
+                let want = batch_size(lock(&handle.rate).rate(), config.max_in_flight);
+                match queue.claim(want, config.lease).await {
+                    Ok(claims) => buffer.extend(claims),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "claiming work failed; retrying");
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                            () = &mut shutdown => break 'run,
+                        }
+                    }
+                }
+                if buffer.is_empty() {
+                    tokio::select! {
+                        () = queue.wait_for_work(config.poll) => {}
+                        () = &mut shutdown => break 'run,
+                    }
+                    continue;
+                }
+            }
+            loop {
+                let now = tokio::time::Instant::now();
+                let Err(at) = lock(&handle.rate).try_acquire(now) else {
+                    break;
+                };
+                tokio::select! {
+                    () = tokio::time::sleep_until(at) => {}
+                    () = &mut shutdown => break 'run,
+                }
+            }
+            let slot = tokio::select! {
+                slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+                () = &mut shutdown => break 'run,
+            };
+            let Some(claim) = buffer.pop_front() else {
+                continue;
+            };
+            let span = tracing::info_span!("deliver", event_id = %claim.event_id, attempt = claim.tries + 1);
+            let (queue, client, handle, policy) =
+                (queue.clone(), client.clone(), handle.clone(), config.policy);
+            in_flight.spawn(
+                async move {
+                    deliver(&queue, &client, &handle, &policy, claim).await;
+                    drop(slot);
+                }
+                .instrument(span),
+            );
+        }
+
+        let unstarted = buffer.len();
+        if let Err(e) = queue.release(buffer.into()).await {
+            tracing::warn!(error = %e, "could not release claimed work; it comes back when its lease ends");
+        }
+        let waiting = in_flight.len();
+        tracing::info!(unstarted, in_flight = waiting, "dispatcher stopping");
+        let drained = tokio::time::timeout(config.drain_timeout, async {
+            while in_flight.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = in_flight.len(),
+                "requests still in flight at shutdown; their work is recovered at next start"
+            );
+            in_flight.abort_all();
+        }
+    }
+}
+
+/// How much to claim at once: about a quarter second of sending, so claimed work never waits long.
+fn batch_size(rate: f64, max_in_flight: usize) -> usize {
+    ((rate / 4.0).ceil() as usize).clamp(1, max_in_flight.max(1))
+}
+
+/// One attempt at one claim, from request to settled state.
+async fn deliver<Q: WorkQueue>(
+    queue: &Q,
+    client: &GraphqlClient,
+    handle: &DispatcherHandle,
+    policy: &DeliveryPolicy,
+    claim: Claim,
+) {
+    let metrics = &handle.metrics;
+    metrics.started();
+    let started_at = now_millis();
+    let clock = Instant::now();
+    let result = client.send(&claim.event_id, &claim.payload).await;
+    let duration = clock.elapsed();
+    let outcome = classify(&result);
+    {
+        let mut rate = lock(&handle.rate);
+        match &outcome {
+            Outcome::Delivered => rate.on_delivered(tokio::time::Instant::now()),
+            Outcome::RateLimited { retry_after, .. } => {
+                rate.on_rate_limited(tokio::time::Instant::now(), *retry_after)
+            }
+            Outcome::Transient { .. } | Outcome::Permanent { .. } => {}
+        }
+    }
+    let settlement = decide(&outcome, &claim, policy, now_millis(), fastrand::f64());
+    let (http_status, detail) = match &result {
+        Ok(answer) if outcome == Outcome::Delivered => (
+            Some(answer.status),
+            relay_core::classify::excerpt(&answer.body),
+        ),
+        Ok(answer) => (Some(answer.status), outcome.reason().to_owned()),
+        Err(_) => (None, outcome.reason().to_owned()),
+    };
+    let attempt = AttemptRecord {
+        started_at,
+        duration_ms: duration.as_millis() as u64,
+        outcome: outcome.kind(),
+        http_status,
+        detail,
+        trigger: claim.trigger,
+    };
+    match &settlement {
+        Settlement::Delivered => tracing::debug!(ms = attempt.duration_ms, "delivered"),
+        Settlement::Retry { at, .. } => {
+            tracing::debug!(
+                outcome = outcome.kind(),
+                reason = outcome.reason(),
+                in_ms = at - now_millis(),
+                "will retry"
+            )
+        }
+        Settlement::Dead { reason } => tracing::warn!(%reason, "dead-lettered"),
+    }
+    metrics.finished(&outcome, &settlement);
+    settle(queue, &claim, attempt, settlement).await;
+}
+
+/// Settles, retrying briefly if the store is busy. If it never succeeds the lease stays, and the
+/// event is sent again after recovery: at-least-once, with the idempotency key to dedupe.
+async fn settle<Q: WorkQueue>(
+    queue: &Q,
+    claim: &Claim,
+    attempt: AttemptRecord,
+    settlement: Settlement,
+) {
+    for wait_ms in [0, 50, 250, 1000] {
+        tokio::time::sleep(Duration::from_millis(wait_ms)).await;
+        match queue
+            .settle(claim, attempt.clone(), settlement.clone())
+            .await
+        {
+            Ok(()) => return,
+            Err(e) if e.is_retryable() => tracing::warn!(error = %e, "settling failed; retrying"),
+            Err(e) => {
+                tracing::error!(error = %e, "settling failed");
+                return;
+            }
+        }
+    }
+    tracing::error!("settling failed repeatedly; the event will be retried after lease recovery");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_are_a_quarter_second_of_sending_within_bounds() {
+        assert_eq!(batch_size(0.5, 256), 1);
+        assert_eq!(batch_size(50.0, 256), 13);
+        assert_eq!(batch_size(10_000.0, 256), 256);
+        assert_eq!(batch_size(10.0, 0), 1);
+    }
+}

@@ -1,0 +1,67 @@
+//! Counters the dispatcher keeps for progress reports and `relay status`.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use relay_core::{Outcome, Settlement};
+use serde::Serialize;
+
+#[derive(Debug, Default)]
+pub struct Metrics {
+    attempts: AtomicU64,
+    in_flight: AtomicU64,
+    delivered: AtomicU64,
+    rate_limited: AtomicU64,
+    transient: AtomicU64,
+    dead: AtomicU64,
+}
+
+/// A consistent-enough copy of the counters (each read atomically, not all at one instant).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct MetricsSnapshot {
+    pub attempts: u64,
+    pub in_flight: u64,
+    pub delivered: u64,
+    pub rate_limited: u64,
+    pub transient: u64,
+    pub dead: u64,
+    /// Current sending rate, requests/s.
+    pub rate: f64,
+    /// Target limit estimated at the last rate-limit signal, requests/s.
+    pub estimated_limit: Option<f64>,
+}
+
+impl Metrics {
+    pub(crate) fn started(&self) {
+        self.attempts.fetch_add(1, Relaxed);
+        self.in_flight.fetch_add(1, Relaxed);
+    }
+
+    pub(crate) fn finished(&self, outcome: &Outcome, settlement: &Settlement) {
+        self.in_flight.fetch_sub(1, Relaxed);
+        let counter = match outcome {
+            Outcome::Delivered => &self.delivered,
+            Outcome::RateLimited { .. } => &self.rate_limited,
+            Outcome::Transient { .. } => &self.transient,
+            Outcome::Permanent { .. } => &self.dead,
+        };
+        counter.fetch_add(1, Relaxed);
+        if matches!(settlement, Settlement::Dead { .. })
+            && !matches!(outcome, Outcome::Permanent { .. })
+        {
+            self.dead.fetch_add(1, Relaxed);
+        }
+    }
+
+    pub fn snapshot(&self, rate: f64, estimated_limit: Option<f64>) -> MetricsSnapshot {
+        MetricsSnapshot {
+            attempts: self.attempts.load(Relaxed),
+            in_flight: self.in_flight.load(Relaxed),
+            delivered: self.delivered.load(Relaxed),
+            rate_limited: self.rate_limited.load(Relaxed),
+            transient: self.transient.load(Relaxed),
+            dead: self.dead.load(Relaxed),
+            rate,
+            estimated_limit,
+        }
+    }
+}

@@ -1,0 +1,391 @@
+//! The dispatcher against the mock target over HTTP and the store on disk: every answer class of
+//! the contract, rate limits signalled both ways, and shutdown.
+
+use std::time::Duration;
+
+use relay_core::rate::RateConfig;
+use relay_core::{DeliveryPolicy, Ingest, backoff::Backoff, parse_event};
+use relay_dispatch::{DispatchConfig, Dispatcher, DispatcherHandle, GraphqlClient, TargetConfig};
+use relay_store::{Reader, SqliteStore, StatusCounts};
+use serde_json::{Value, json};
+use target_sim::{Faults, LimitMode, TargetHandle};
+use tokio::sync::oneshot;
+
+struct Run {
+    dir: tempfile::TempDir,
+    store: SqliteStore,
+    target: TargetHandle,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<()>,
+    handle: DispatcherHandle,
+}
+
+fn fast_policy(max_attempts: u32) -> DeliveryPolicy {
+    DeliveryPolicy {
+        max_attempts,
+        max_age: Duration::from_secs(3600),
+        backoff: Backoff {
+            base: Duration::from_millis(20),
+            cap: Duration::from_millis(200),
+        },
+    }
+}
+
+fn event(i: usize, name: &str) -> Value {
+    json!({"id": format!("e{i:04}"), "name": name, "body": format!("payload {i}"), "timestamp": 1_763_800_000 + i, "meta": {"seq": i}})
+}
+
+async fn run(
+    target: target_sim::TargetConfig,
+    config: DispatchConfig,
+    client_timeout: Duration,
+    events: &[Value],
+) -> Run {
+    let target = target_sim::start("127.0.0.1:0".parse().unwrap(), target)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    for e in events {
+        store
+            .accept(parse_event(e.to_string().as_bytes()).unwrap())
+            .await
+            .unwrap();
+    }
+    let client = GraphqlClient::new(&TargetConfig {
+        timeout: client_timeout,
+        ..TargetConfig::new(target.url())
+    })
+    .unwrap();
+    let dispatcher = Dispatcher::new(store.clone(), client, config);
+    let handle = dispatcher.handle();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(dispatcher.run(async {
+        let _ = stopped.await;
+    }));
+    Run {
+        dir,
+        store,
+        target,
+        stop: Some(stop),
+        task,
+        handle,
+    }
+}
+
+impl Run {
+    fn counts(&self) -> StatusCounts {
+        Reader::open(self.dir.path())
+            .unwrap()
+            .status_counts()
+            .unwrap()
+    }
+
+    /// Waits until every event is delivered or dead. The deadline only guards against a hang.
+    async fn settled(&self, total: u64) -> StatusCounts {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let counts = self.counts();
+            if counts.delivered + counts.dead == total {
+                return counts;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "not settled: {counts:?}, target {:?}",
+                self.target.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    async fn stop(mut self) -> Self {
+        let _ = self.stop.take().unwrap().send(());
+        (&mut self.task).await.unwrap();
+        self
+    }
+
+    /// Every event arrived exactly once, enriched, otherwise unchanged, with its id as the key.
+    fn assert_delivered_once(&self, events: &[Value]) {
+        let received = self.target.events();
+        for e in events {
+            let id = e["id"].as_str().unwrap();
+            let got = received
+                .get(id)
+                .unwrap_or_else(|| panic!("{id} never reached the target"));
+            let mut expected = e.clone();
+            expected["brand"] = json!("testBrand");
+            assert_eq!(
+                Value::Object(got.input.clone()),
+                expected,
+                "{id} enriched and unchanged"
+            );
+            assert_eq!(got.deliveries, 1, "{id} delivered once");
+        }
+        assert_eq!(self.target.stats().bad_idempotency_keys, 0);
+    }
+}
+
+fn events(n: usize) -> Vec<Value> {
+    (0..n).map(|i| event(i, "order.created")).collect()
+}
+
+fn unlimited() -> target_sim::TargetConfig {
+    target_sim::TargetConfig {
+        rate: 1e6,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn delivers_every_event_once_enriched_and_unchanged() {
+    let evs = events(200);
+    let r = run(
+        unlimited(),
+        DispatchConfig::default(),
+        Duration::from_secs(5),
+        &evs,
+    )
+    .await;
+    assert_eq!(r.settled(200).await.delivered, 200);
+    r.assert_delivered_once(&evs);
+    let attempts = Reader::open(r.dir.path())
+        .unwrap()
+        .attempts("e0007")
+        .unwrap();
+    assert_eq!(
+        (
+            attempts.len(),
+            attempts[0].outcome.as_str(),
+            attempts[0].http_status
+        ),
+        (1, "delivered", Some(200))
+    );
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn http_429_with_retry_after_slows_down_and_loses_nothing() {
+    let evs = events(120);
+    let target = target_sim::TargetConfig {
+        rate: 40.0,
+        burst: Some(5.0),
+        ..Default::default()
+    };
+    let config = DispatchConfig {
+        rate: RateConfig {
+            initial: 200.0,
+            ..Default::default()
+        },
+        policy: fast_policy(3),
+        ..Default::default()
+    };
+    let r = run(target, config, Duration::from_secs(5), &evs).await;
+    let counts = r.settled(120).await;
+    assert_eq!(
+        (counts.delivered, counts.dead),
+        (120, 0),
+        "rate limits never use up attempts"
+    );
+    assert!(
+        r.target.stats().rate_limited > 0,
+        "the scenario must actually hit the limit"
+    );
+    assert!(r.handle.snapshot().rate < 200.0, "the relay slowed down");
+    r.assert_delivered_once(&evs);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn graphql_rate_limited_errors_slow_down_and_lose_nothing() {
+    let evs = events(120);
+    let target = target_sim::TargetConfig {
+        rate: 40.0,
+        burst: Some(5.0),
+        mode: LimitMode::Graphql,
+        ..Default::default()
+    };
+    let config = DispatchConfig {
+        rate: RateConfig {
+            initial: 200.0,
+            ..Default::default()
+        },
+        policy: fast_policy(3),
+        ..Default::default()
+    };
+    let r = run(target, config, Duration::from_secs(5), &evs).await;
+    assert_eq!(r.settled(120).await.delivered, 120);
+    assert!(r.target.stats().rate_limited > 0);
+    let limited = r.handle.snapshot().rate_limited;
+    assert!(
+        limited > 0,
+        "GraphQL RATE_LIMITED must be classified as a rate limit"
+    );
+    r.assert_delivered_once(&evs);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn server_errors_are_retried_with_backoff_until_delivered() {
+    let evs = events(60);
+    let mut target = unlimited();
+    target.faults = Faults {
+        fail_rate: 0.5,
+        ..Default::default()
+    };
+    let r = run(
+        target,
+        DispatchConfig {
+            policy: fast_policy(30),
+            ..Default::default()
+        },
+        Duration::from_secs(5),
+        &evs,
+    )
+    .await;
+    assert_eq!(r.settled(60).await.delivered, 60);
+    assert!(r.target.stats().failed > 0);
+    r.assert_delivered_once(&evs);
+    let reader = Reader::open(r.dir.path()).unwrap();
+    let retried = evs
+        .iter()
+        .map(|e| reader.attempts(e["id"].as_str().unwrap()).unwrap())
+        .find(|a| a.len() > 1)
+        .expect("some event was retried");
+    assert_eq!(retried[0].outcome, "transient");
+    assert_eq!(retried[0].http_status, Some(503));
+    assert_eq!(retried.last().unwrap().outcome, "delivered");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn timeouts_are_transient() {
+    let evs = events(5);
+    let mut target = unlimited();
+    target.faults = Faults {
+        latency_ms: 400,
+        ..Default::default()
+    };
+    let r = run(
+        target,
+        DispatchConfig {
+            policy: fast_policy(30),
+            ..Default::default()
+        },
+        Duration::from_millis(100),
+        &evs,
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while r.handle.snapshot().transient < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            r.handle.snapshot()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    r.target.set_faults(Faults::default());
+    assert_eq!(r.settled(5).await.delivered, 5);
+    let attempts = Reader::open(r.dir.path())
+        .unwrap()
+        .attempts("e0000")
+        .unwrap();
+    assert!(attempts[0].detail.contains("timed out"), "{attempts:?}");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn permanent_errors_go_to_the_dlq_at_once_with_the_reason() {
+    let mut evs = events(20);
+    evs.push(event(99, "poison"));
+    let mut target = unlimited();
+    target.faults = Faults {
+        reject_names: vec!["poison".into()],
+        ..Default::default()
+    };
+    let r = run(
+        target,
+        DispatchConfig {
+            policy: fast_policy(10),
+            ..Default::default()
+        },
+        Duration::from_secs(5),
+        &evs,
+    )
+    .await;
+    let counts = r.settled(21).await;
+    assert_eq!((counts.delivered, counts.dead), (20, 1));
+    let dl = Reader::open(r.dir.path())
+        .unwrap()
+        .dead_letter("e0099")
+        .unwrap()
+        .unwrap();
+    assert_eq!(dl.attempts, 1, "permanent errors are not retried");
+    assert!(
+        dl.reason.contains("BAD_USER_INPUT") && dl.reason.contains("poison"),
+        "{}",
+        dl.reason
+    );
+    r.assert_delivered_once(&evs[..20]);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn exhausted_attempts_go_to_the_dlq() {
+    let evs = events(3);
+    let mut target = unlimited();
+    target.faults = Faults {
+        outage: true,
+        ..Default::default()
+    };
+    let r = run(
+        target,
+        DispatchConfig {
+            policy: fast_policy(3),
+            ..Default::default()
+        },
+        Duration::from_secs(5),
+        &evs,
+    )
+    .await;
+    assert_eq!(r.settled(3).await.dead, 3);
+    let reader = Reader::open(r.dir.path()).unwrap();
+    let dl = reader.dead_letter("e0001").unwrap().unwrap();
+    assert_eq!(dl.attempts, 3);
+    assert!(
+        dl.reason.starts_with("attempts exhausted (3 of 3)"),
+        "{}",
+        dl.reason
+    );
+    assert!(dl.last_response.unwrap().contains("503"));
+    assert_eq!(reader.attempts("e0001").unwrap().len(), 3);
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_gives_back_unstarted_work() {
+    let evs = events(100);
+    let target = target_sim::TargetConfig {
+        rate: 5.0,
+        burst: Some(1.0),
+        ..Default::default()
+    };
+    let config = DispatchConfig {
+        rate: RateConfig {
+            ceiling: Some(5.0),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = run(target, config, Duration::from_secs(5), &evs).await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let r = r.stop().await;
+    let counts = r.counts();
+    assert_eq!(
+        counts.leased, 0,
+        "no work may stay leased after a clean stop: {counts:?}"
+    );
+    assert_eq!(counts.total(), 100);
+    assert!(counts.delivered > 0 && counts.queued > 0, "{counts:?}");
+    drop(r.store);
+}
