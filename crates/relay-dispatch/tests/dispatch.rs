@@ -1,6 +1,8 @@
 //! The dispatcher against the mock target over HTTP and the store on disk: every answer class of
 //! the contract, rate limits signalled both ways, and shutdown.
 
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
 use std::time::Duration;
 
 use relay_core::rate::RateConfig;
