@@ -2,10 +2,12 @@
 //!
 //! Without a known limit the controller starts slowly and doubles its rate each second while the
 //! bucket is the bottleneck and answers are clean (slow start). The first rate-limit signal ends
-//! slow start: the limit is estimated from the *delivered* rate over the last two seconds (what
-//! the target actually let through), the rate drops just under it, and from then on it climbs
-//! back quickly to that estimate and probes above it by 1 % a second. Each further signal
-//! re-estimates. `Retry-After` pauses all sending. A configured ceiling caps everything.
+//! slow start: the limit is estimated from the *delivered* rate (what the target actually let
+//! through), the rate drops just under it, and from then on it climbs back quickly to that
+//! estimate and probes above it by 1 % a second. Each further signal re-estimates, from the
+//! deliveries of the whole cycle since the previous one: a shorter window would see only the
+//! burst a target's bucket allows after a pause and overestimate. `Retry-After` pauses all
+//! sending. A configured ceiling caps everything.
 //!
 //! Time is passed in (tokio's `Instant`), so the behaviour is tested with paused time.
 
@@ -19,8 +21,12 @@ const CUT: f64 = 0.95;
 /// Rate-limit answers within this long of a cut belong to the same episode (requests already in
 /// flight at the old rate); reacting to each would collapse the rate.
 const EPISODE: Duration = Duration::from_secs(1);
-/// Window over which the delivered rate is measured.
-const WINDOW: Duration = Duration::from_secs(2);
+/// Shortest window over which the delivered rate is measured (and the only one in slow start).
+const MIN_WINDOW: Duration = Duration::from_secs(2);
+/// Longest window: a cycle between two rate-limit signals, at most this long, is measured whole.
+const MAX_WINDOW: Duration = Duration::from_secs(30);
+/// Deliveries are counted in slots of this length.
+const SLOT: Duration = Duration::from_millis(100);
 /// Probing growth above the last estimate, per second.
 const PROBE_PER_SEC: f64 = 1.01;
 /// Half the gap to the last estimate closes every this long.
@@ -71,7 +77,10 @@ pub struct RateController {
     /// Set when a caller had to wait for a token: only then is the rate the bottleneck and worth
     /// raising (an idle relay must not talk itself into a huge rate).
     starved: bool,
-    delivered: VecDeque<Instant>,
+    /// Deliveries per [`SLOT`], oldest first, covering at most [`MAX_WINDOW`].
+    delivered: VecDeque<(Instant, u32)>,
+    /// When the controller started: a window never reaches back before it.
+    born: Instant,
 }
 
 impl RateController {
@@ -88,6 +97,7 @@ impl RateController {
             last_growth: now,
             starved: false,
             delivered: VecDeque::new(),
+            born: now,
         }
     }
 
@@ -140,7 +150,10 @@ impl RateController {
 
     /// A clean delivery: maybe raise the rate.
     pub fn on_delivered(&mut self, now: Instant) {
-        self.delivered.push_back(now);
+        match self.delivered.back_mut() {
+            Some((start, n)) if now.saturating_duration_since(*start) < SLOT => *n += 1,
+            _ => self.delivered.push_back((now, 1)),
+        }
         self.trim(now);
         let dt = now
             .saturating_duration_since(self.last_growth)
@@ -152,7 +165,9 @@ impl RateController {
         self.refill(now);
         self.rate = match self.phase {
             Phase::SlowStart => self.rate * 2f64.powf(dt),
-            Phase::Steady { estimate } if self.rate < estimate => {
+            // Within half a percent counts as there: the approach is asymptotic and would never
+            // hand over to probing otherwise.
+            Phase::Steady { estimate } if self.rate < estimate * 0.995 => {
                 let closed = 1.0 - 0.5f64.powf(dt / RECOVER_HALF_LIFE.as_secs_f64());
                 (self.rate + (estimate - self.rate) * closed).min(estimate)
             }
@@ -173,7 +188,11 @@ impl RateController {
             return;
         }
         self.trim(now);
-        let delivered = self.delivered_rate(now);
+        let window = self.last_cut.map_or(MIN_WINDOW, |cut| {
+            now.saturating_duration_since(cut)
+                .clamp(MIN_WINDOW, MAX_WINDOW)
+        });
+        let delivered = self.delivered_rate(now, window);
         let estimate = if delivered > 0.0 {
             delivered.min(self.rate)
         } else {
@@ -186,23 +205,27 @@ impl RateController {
         self.clamp();
     }
 
-    /// Delivered requests per second over the last [`WINDOW`] (or since the first delivery).
-    pub fn delivered_rate(&self, now: Instant) -> f64 {
-        let Some(first) = self.delivered.front() else {
-            return 0.0;
-        };
+    /// Delivered requests per second over the last `window`. Quiet time inside the window
+    /// (a `Retry-After` pause) counts: the point is what the target sustains.
+    pub fn delivered_rate(&self, now: Instant, window: Duration) -> f64 {
+        let count: u64 = self
+            .delivered
+            .iter()
+            .rev()
+            .take_while(|(start, _)| now.saturating_duration_since(*start) <= window)
+            .map(|(_, n)| u64::from(*n))
+            .sum();
         let span = now
-            .saturating_duration_since(*first)
-            .max(Duration::from_millis(250))
-            .min(WINDOW);
-        self.delivered.len() as f64 / span.as_secs_f64()
+            .saturating_duration_since(self.born)
+            .clamp(Duration::from_millis(250), window);
+        count as f64 / span.as_secs_f64()
     }
 
     fn trim(&mut self, now: Instant) {
         while self
             .delivered
             .front()
-            .is_some_and(|t| now.saturating_duration_since(*t) > WINDOW)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > MAX_WINDOW)
         {
             self.delivered.pop_front();
         }
@@ -322,6 +345,10 @@ mod tests {
             .await;
             let share = ok as f64 / (90.0 * 50.0);
             let limited_share = limited as f64 / (ok + limited) as f64;
+            println!(
+                "{latency_ms} ms: {share:.3} of the limit, {limited_share:.4} rate-limited, estimate {:?}",
+                rc.estimate()
+            );
             assert!(
                 share >= 0.93,
                 "{latency_ms} ms: delivered {share:.3} of the limit"
