@@ -1,0 +1,91 @@
+//! `relay`: one binary for the relay itself and the tools around it. Each subcommand parses its
+//! flags, builds what it needs once, and calls into the libraries.
+
+mod args;
+mod logging;
+mod signals;
+mod simulate;
+mod target;
+mod up;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Durable, rate-aware event relay: accepts events from a bursty source in milliseconds, stores
+/// them durably, and delivers every one to a rate-limited GraphQL target at the pace it allows.
+///
+/// Start with `relay up --help`. Every flag can also be set by an environment variable (shown
+/// as [env: RELAY_…]).
+#[derive(Debug, Parser)]
+#[command(
+    name = "relay",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+struct Cli {
+    #[command(flatten)]
+    log: logging::LogArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Accept events on the ingest API, store them durably, and deliver them to the target.
+    ///
+    /// Every event answered 2xx is on disk in --data-dir and will reach the target, enriched with
+    /// `brand`, or end in the dead-letter queue with the reason. Without --target-rate the relay
+    /// finds the target's limit from its answers (429, Retry-After, GraphQL RATE_LIMITED).
+    ///
+    /// Example:
+    ///   relay up --target-url https://api.example.com/graphql --api-key "$KEY" --data-dir /var/lib/relay
+    #[command(verbatim_doc_comment)]
+    Up(up::UpArgs),
+    /// Serve a mock GraphQL target that limits requests with a token bucket and misbehaves on cue.
+    ///
+    /// It answers `createEvent(input: EventInput!)`, keeps every event by id and counts duplicates.
+    /// GraphiQL: GET /graphql. Counters: GET /admin/stats. Events: GET /admin/events.
+    /// Change faults while it runs: PUT /admin/faults {"outage": true, "fail_rate": 0.1, ...}.
+    #[command(verbatim_doc_comment)]
+    Target(target::TargetArgs),
+    /// Send events like the real source: open-loop at --rps, each once, 500 ms budget, no retry.
+    ///
+    /// Reports how many were acknowledged (2xx within the budget), late, refused or unanswered, and
+    /// the acknowledgement latency. Exits 1 unless every event was acknowledged in time.
+    ///
+    /// Example:
+    ///   relay simulate --url http://127.0.0.1:8080 --api-key "$KEY" --rps 200 --duration 30s
+    #[command(verbatim_doc_comment)]
+    Simulate(simulate::SimulateArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(&cli.log);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Up(args) => up::run(args).await,
+            Command::Target(args) => target::run(args).await,
+            Command::Simulate(args) => simulate::run(args).await,
+        }
+    });
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! `relay target`: the mock rate-limited GraphQL target, as a process.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use clap::{Args, ValueEnum};
+use target_sim::{Faults, LimitMode, TargetConfig};
+
+use crate::args;
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Mode {
+    /// HTTP 429 with Retry-After.
+    Http429,
+    /// HTTP 200 with a GraphQL error of code RATE_LIMITED.
+    Graphql,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct TargetArgs {
+    /// Address to listen on.
+    #[arg(long, env = "RELAY_TARGET_LISTEN", default_value = "127.0.0.1:4000")]
+    listen: SocketAddr,
+    /// Sustained requests per second allowed.
+    #[arg(long, value_parser = args::positive_rate)]
+    rate: f64,
+    /// Requests allowed in a burst (bucket size); default one second's worth.
+    #[arg(long, value_parser = args::positive_rate)]
+    burst: Option<f64>,
+    /// How the limit is signalled.
+    #[arg(long, value_enum, default_value = "http429")]
+    mode: Mode,
+    /// Share of requests (0–1) answered 503.
+    #[arg(long, default_value_t = 0.0, value_parser = args::share)]
+    fail_rate: f64,
+    /// Delay before every answer, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Refuse events with this name with a permanent GraphQL error; repeatable.
+    #[arg(long = "reject-name")]
+    reject_names: Vec<String>,
+}
+
+pub(crate) async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
+    let config = TargetConfig {
+        rate: args.rate,
+        burst: args.burst,
+        mode: match args.mode {
+            Mode::Http429 => LimitMode::Http429,
+            Mode::Graphql => LimitMode::Graphql,
+        },
+        faults: Faults {
+            fail_rate: args.fail_rate,
+            latency_ms: args.latency_ms,
+            reject_names: args.reject_names,
+            outage: false,
+        },
+    };
+    let target = target_sim::start(args.listen, config)
+        .await
+        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    println!("target listening on {}", target.url());
+    tracing::info!(url = %target.url(), rate = args.rate, "mock target up");
+    crate::signals::stop_requested().await;
+    let stats = target.stats();
+    target.stop().await;
+    println!("{}", serde_json::to_string_pretty(&stats)?);
+    Ok(ExitCode::SUCCESS)
+}

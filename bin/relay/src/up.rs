@@ -1,0 +1,192 @@
+//! `relay up`: the ingest API and the dispatcher over one embedded store, until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+use relay_core::DeliveryPolicy;
+use relay_core::backoff::Backoff;
+use relay_core::rate::RateConfig;
+use relay_dispatch::{DEFAULT_DOCUMENT, DispatchConfig, Dispatcher, GraphqlClient, TargetConfig};
+use relay_ingest::IngestConfig;
+use relay_store::SqliteStore;
+use tokio::sync::watch;
+
+use crate::args;
+
+#[derive(Debug, Args)]
+pub(crate) struct UpArgs {
+    /// Address to serve the ingest API on (POST /events, GET /health). Port 0 picks a free port.
+    #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+
+    /// GraphQL endpoint events are delivered to.
+    #[arg(long, env = "RELAY_TARGET_URL", value_parser = args::http_url)]
+    target_url: String,
+
+    /// API key clients must send as `x-api-key`. Repeat or comma-separate to accept several
+    /// (rotate keys without downtime).
+    #[arg(long = "api-key", env = "RELAY_API_KEY", required = true, value_delimiter = ',', hide_env_values = true, value_parser = args::non_empty)]
+    api_keys: Vec<String>,
+
+    /// Directory of the embedded store; created if missing. One `relay up` per directory.
+    #[arg(long, env = "RELAY_DATA_DIR")]
+    data_dir: PathBuf,
+
+    /// Never send more than this many requests/s to the target. The relay still slows down
+    /// when the target asks. Without it, the relay discovers the limit.
+    #[arg(long, env = "RELAY_TARGET_RATE", value_parser = args::positive_rate)]
+    target_rate: Option<f64>,
+
+    /// Value of the `brand` field added to every event.
+    #[arg(long, env = "RELAY_BRAND", default_value = "testBrand")]
+    brand: String,
+
+    /// GraphQL document sent for each event (the event is `$input`), or @FILE to read it.
+    #[arg(long, env = "RELAY_DOCUMENT", default_value = DEFAULT_DOCUMENT)]
+    document: String,
+
+    /// Extra header on every request to the target, as 'Name: value'; repeatable.
+    /// Example: --header 'Authorization: Bearer abc'.
+    #[arg(long = "header", value_parser = args::header)]
+    headers: Vec<(String, String)>,
+
+    /// Attempts before an event goes to the dead-letter queue. Rate-limited answers do not count.
+    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    max_attempts: u32,
+
+    /// Oldest an undelivered event may get before it goes to the dead-letter queue.
+    #[arg(long, env = "RELAY_MAX_AGE", default_value = "24h", value_parser = args::duration)]
+    max_age: Duration,
+
+    /// Timeout of one request to the target.
+    #[arg(long, env = "RELAY_TARGET_TIMEOUT", default_value = "10s", value_parser = args::duration)]
+    target_timeout: Duration,
+
+    /// Most requests to the target in flight at once.
+    #[arg(long, env = "RELAY_MAX_IN_FLIGHT", default_value_t = 256, value_parser = args::positive_count)]
+    max_in_flight: usize,
+
+    /// First retry waits up to this long; each further retry doubles it (with jitter).
+    #[arg(long, env = "RELAY_BACKOFF_BASE", default_value = "500ms", value_parser = args::duration)]
+    backoff_base: Duration,
+
+    /// No retry waits longer than this (unless the target's Retry-After says so).
+    #[arg(long, env = "RELAY_BACKOFF_CAP", default_value = "5m", value_parser = args::duration)]
+    backoff_cap: Duration,
+
+    /// Longest an ingest request waits for the store before answering 503 (keep it under the
+    /// source's budget).
+    #[arg(long, env = "RELAY_STORE_TIMEOUT", default_value = "400ms", value_parser = args::duration)]
+    store_timeout: Duration,
+}
+
+pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let document = match args.document.strip_prefix('@') {
+        Some(path) => std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read --document file {path}"))?,
+        None => args.document.clone(),
+    };
+    let client = GraphqlClient::new(&TargetConfig {
+        url: args.target_url.clone(),
+        document,
+        brand: args.brand.clone(),
+        headers: args.headers.clone(),
+        timeout: args.target_timeout,
+    })?;
+    let store = SqliteStore::open(&args.data_dir)?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+
+    let dispatcher = Dispatcher::new(
+        store.clone(),
+        client,
+        DispatchConfig {
+            rate: RateConfig {
+                ceiling: args.target_rate,
+                ..RateConfig::default()
+            },
+            policy: DeliveryPolicy {
+                max_attempts: args.max_attempts,
+                max_age: args.max_age,
+                backoff: Backoff {
+                    base: args.backoff_base,
+                    cap: args.backoff_cap,
+                },
+            },
+            max_in_flight: args.max_in_flight,
+            ..DispatchConfig::default()
+        },
+    );
+    let handle = dispatcher.handle();
+    let app = relay_ingest::router(
+        store.clone(),
+        IngestConfig {
+            api_keys: args.api_keys,
+            store_timeout: args.store_timeout,
+        },
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::signals::stop_requested().await;
+        tracing::info!(
+            "shutting down: no new events accepted, finishing work in flight (signal again to force)"
+        );
+        let _ = stop_tx.send(true);
+        crate::signals::stop_requested().await;
+        tracing::warn!("second signal: exiting now; leased work is recovered at next start");
+        std::process::exit(130);
+    });
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let reporter = {
+        let (handle, mut rx) = (handle.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = rx.wait_for(|stop| *stop) => break,
+                }
+                let m = handle.snapshot();
+                tracing::info!(
+                    delivered = m.delivered,
+                    rate_limited = m.rate_limited,
+                    transient = m.transient,
+                    dead = m.dead,
+                    in_flight = m.in_flight,
+                    rate = format!("{:.1}/s", m.rate),
+                    estimated_limit = m.estimated_limit.map(|l| format!("{l:.1}/s")),
+                    "progress"
+                );
+            }
+        })
+    };
+
+    tracing::info!(%addr, target = %args.target_url, data_dir = %args.data_dir.display(), "relay up");
+    // One stable line on stdout for scripts and tests that start `relay up` on port 0.
+    println!("relay listening on http://{addr}");
+
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
+    let (served, ()) = tokio::join!(async { server.await }, dispatcher.run(stopped(stop_rx)));
+    served.context("ingest server failed")?;
+    let _ = reporter.await;
+    let m = handle.snapshot();
+    tracing::info!(
+        delivered = m.delivered,
+        dead = m.dead,
+        attempts = m.attempts,
+        "relay stopped cleanly"
+    );
+    drop(store);
+    Ok(ExitCode::SUCCESS)
+}
