@@ -41,12 +41,12 @@ pub enum OpenError {
     Foreign { path: PathBuf, why: String },
     #[error("data directory {0} is in use by another `relay up` (lock held on {LOCK_FILE})")]
     Locked(PathBuf),
-    #[error("cannot open {path}: {source}")]
+    #[error("cannot open {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("cannot open store {path}: {source}")]
+    #[error("cannot open store {path}")]
     Sqlite {
         path: PathBuf,
         source: rusqlite::Error,
@@ -187,9 +187,15 @@ impl WorkQueue for SqliteStore {
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, OpenError> {
-    let sqlite = |source| OpenError::Sqlite {
-        path: path.into(),
-        source,
+    let sqlite = |source: rusqlite::Error| match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::NotADatabase) => OpenError::Foreign {
+            path: path.into(),
+            why: "it is not an SQLite database".into(),
+        },
+        _ => OpenError::Sqlite {
+            path: path.into(),
+            source,
+        },
     };
     let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;

@@ -295,6 +295,19 @@ fn readers_refuse_what_is_not_a_store() {
         SqliteStore::open(dir.path()),
         Err(OpenError::Foreign { .. })
     ));
+
+    std::fs::remove_file(dir.path().join(DB_FILE)).unwrap();
+    std::fs::write(
+        dir.path().join(DB_FILE),
+        "plain text, long enough to be read as a header by SQLite..........",
+    )
+    .unwrap();
+    let err = SqliteStore::open(dir.path()).unwrap_err();
+    let expected = format!(
+        "{} is not a relay store: it is not an SQLite database",
+        dir.path().join(DB_FILE).display()
+    );
+    assert_eq!(err.to_string(), expected);
 }
 
 #[derive(Debug, Clone)]
