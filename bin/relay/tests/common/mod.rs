@@ -1,0 +1,177 @@
+//! Helpers for tests that run the built `relay` binary as a user would.
+
+#![allow(dead_code, clippy::unwrap_used)] // shared by several test crates; panics are the reports
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+pub const KEY: &str = "test-key";
+
+pub fn relay_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_relay")
+}
+
+/// A `relay up` process. Its stderr goes to a log file that is printed if the test fails.
+pub struct Relay {
+    child: Option<Child>,
+    pub url: String,
+    log: PathBuf,
+}
+
+impl Relay {
+    pub fn start(data_dir: &Path, target_url: &str, extra: &[&str]) -> Relay {
+        let log = data_dir.with_extension(format!("{}.log", std::process::id()));
+        let log_file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .unwrap();
+        let mut child = Command::new(relay_bin())
+            .args([
+                "up",
+                "--listen",
+                "127.0.0.1:0",
+                "--api-key",
+                KEY,
+                "--target-url",
+                target_url,
+            ])
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RELAY_LOG", "info,relay_dispatch=debug")
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let url = line
+            .trim()
+            .strip_prefix("relay listening on ")
+            .unwrap_or_else(|| {
+                panic!(
+                    "unexpected first line {line:?}; log:\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })
+            .to_owned();
+        Relay {
+            child: Some(child),
+            url,
+            log,
+        }
+    }
+
+    pub fn events_url(&self) -> String {
+        format!("{}/events", self.url)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// SIGKILL: no chance to clean up.
+    pub fn kill(mut self) {
+        let mut child = self.child.take().unwrap();
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    /// SIGTERM, then wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        child.wait().unwrap()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("---- relay log ----\n{}", self.log());
+        }
+    }
+}
+
+pub fn event(i: usize) -> Value {
+    json!({
+        "id": format!("evt-{i:05}"),
+        "name": "order.created",
+        "body": format!("{{\"order\":{i},\"note\":\"ünïcode ✓\"}}"),
+        "timestamp": if i % 2 == 0 { json!("2026-11-22T10:00:00.123+01:00") } else { json!(1_763_800_000_000_u64 + i as u64) },
+        "source": {"shard": i % 7, "tags": ["a", "b"]},
+    })
+}
+
+/// Posts events concurrently (at most 32 at once); returns the ids answered 202.
+pub async fn post_all(url: &str, events: &[Value]) -> Vec<String> {
+    let client = reqwest::Client::new();
+    let limit = std::sync::Arc::new(tokio::sync::Semaphore::new(32));
+    let tasks: Vec<_> = events
+        .iter()
+        .cloned()
+        .map(|e| {
+            let (client, url, limit) = (client.clone(), url.to_owned(), limit.clone());
+            tokio::spawn(async move {
+                let _slot = limit.acquire().await.unwrap();
+                let response = client
+                    .post(url)
+                    .header("x-api-key", KEY)
+                    .json(&e)
+                    .send()
+                    .await
+                    .ok()?;
+                (response.status().as_u16() == 202).then(|| e["id"].as_str().unwrap().to_owned())
+            })
+        })
+        .collect();
+    let mut acked = Vec::new();
+    for t in tasks {
+        if let Some(id) = t.await.unwrap() {
+            acked.push(id);
+        }
+    }
+    acked
+}
+
+/// Polls `check` until it holds; the deadline only guards against a hang.
+pub async fn eventually(what: &str, secs: u64, mut check: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !check() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+pub async fn target(rate: f64, burst: f64) -> target_sim::TargetHandle {
+    let config = target_sim::TargetConfig {
+        rate,
+        burst: Some(burst),
+        ..Default::default()
+    };
+    target_sim::start("127.0.0.1:0".parse().unwrap(), config)
+        .await
+        .unwrap()
+}

@@ -1,0 +1,194 @@
+//! `relay up` as a process: end to end into a rate-limited target, crashes, and clean shutdown.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use common::*;
+use relay_store::Reader;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_events_reach_a_rate_limited_target_once_enriched_and_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target(200.0, 20.0).await;
+    let relay = Relay::start(&data, &target.url(), &[]);
+
+    let events: Vec<Value> = (0..1000).map(event).collect();
+    let acked = post_all(&relay.events_url(), &events).await;
+    assert_eq!(acked.len(), 1000, "every valid event is acknowledged");
+    eventually("all 1000 delivered", 120, || target.stats().events == 1000).await;
+
+    let received = target.events();
+    for e in &events {
+        let got = &received[e["id"].as_str().unwrap()];
+        let mut expected = e.clone();
+        expected["brand"] = json!("testBrand");
+        assert_eq!(Value::Object(got.input.clone()), expected);
+        assert_eq!(got.deliveries, 1, "{} delivered more than once", e["id"]);
+    }
+    let stats = target.stats();
+    assert_eq!((stats.duplicates, stats.bad_idempotency_keys), (0, 0));
+    assert!(
+        stats.rate_limited > 0,
+        "the target's limit was reached, so the test exercised it"
+    );
+    let counts = Reader::open(&data).unwrap().status_counts().unwrap();
+    assert_eq!(
+        (counts.delivered, counts.dead, counts.queued, counts.leased),
+        (1000, 0, 0, 0)
+    );
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_ingest_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target(1e6, 1e6).await;
+    let relay = Relay::start(&data, &target.url(), &[]);
+
+    let mut config = source_sim::SourceConfig::new(relay.events_url(), KEY, 400.0, 1200);
+    config.keep_ids = true;
+    let source = tokio::spawn(source_sim::run(config, Arc::default()));
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    relay.kill();
+    let report = source.await.unwrap().unwrap();
+    assert!(
+        report.acked > 100 && report.acked < 1200,
+        "the kill must land mid-stream: {report:?}"
+    );
+
+    let stored: HashSet<String> = Reader::open(&data)
+        .unwrap()
+        .event_ids()
+        .unwrap()
+        .into_iter()
+        .collect();
+    let missing: Vec<_> = report
+        .acked_ids
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "acknowledged but not stored: {missing:?}"
+    );
+
+    let relay = Relay::start(&data, &target.url(), &[]);
+    eventually(
+        "every acknowledged event delivered after restart",
+        60,
+        || {
+            let received = target.events();
+            report.acked_ids.iter().all(|id| received.contains_key(id))
+        },
+    )
+    .await;
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_drain_then_restart_delivers_everything_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target(100.0, 10.0).await;
+    let flags = ["--max-in-flight", "8"];
+    let relay = Relay::start(&data, &target.url(), &flags);
+
+    let events: Vec<Value> = (0..600).map(event).collect();
+    assert_eq!(post_all(&relay.events_url(), &events).await.len(), 600);
+    eventually("the drain is under way", 60, || {
+        target.stats().events >= 100
+    })
+    .await;
+    relay.kill();
+    let at_kill = target.stats().events;
+    assert!(
+        at_kill < 600,
+        "the kill must land mid-drain ({at_kill} delivered)"
+    );
+
+    let relay = Relay::start(&data, &target.url(), &flags);
+    eventually("all 600 delivered after restart", 120, || {
+        target.stats().events == 600
+    })
+    .await;
+    assert_eq!(relay.terminate().code(), Some(0));
+
+    let reader = Reader::open(&data).unwrap();
+    for e in &events {
+        let id = e["id"].as_str().unwrap();
+        let delivered = reader
+            .attempts(id)
+            .unwrap()
+            .iter()
+            .filter(|a| a.outcome == "delivered")
+            .count();
+        assert_eq!(delivered, 1, "{id} recorded as delivered {delivered} times");
+    }
+    // Only requests in flight at the kill can reach the target twice, and they carry the same
+    // idempotency key, so the target keeps one copy.
+    let stats = target.stats();
+    assert!(
+        stats.duplicates <= 8,
+        "{} duplicates with at most 8 in flight",
+        stats.duplicates
+    );
+    assert_eq!(stats.bad_idempotency_keys, 0);
+    assert_eq!(reader.status_counts().unwrap().delivered, 600);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_cleanly_and_leaves_nothing_leased() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target(20.0, 1.0).await;
+    let relay = Relay::start(&data, &target.url(), &["--target-rate", "20"]);
+    let events: Vec<Value> = (0..200).map(event).collect();
+    assert_eq!(post_all(&relay.events_url(), &events).await.len(), 200);
+    eventually("some delivered", 30, || target.stats().events >= 5).await;
+    let log_before = relay.log();
+    let status = relay.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "clean exit on SIGTERM; log:\n{log_before}"
+    );
+
+    let counts = Reader::open(&data).unwrap().status_counts().unwrap();
+    assert_eq!(counts.leased, 0, "{counts:?}");
+    assert_eq!(counts.total(), 200);
+    assert!(
+        counts.queued > 0,
+        "the test must stop mid-drain: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_relay_on_the_same_data_dir_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let _relay = Relay::start(&data, "http://127.0.0.1:9/graphql", &[]);
+    let output = std::process::Command::new(relay_bin())
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            KEY,
+            "--target-url",
+            "http://127.0.0.1:9/graphql",
+            "--data-dir",
+        ])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("in use by another `relay up`"), "{stderr}");
+}
