@@ -117,7 +117,7 @@ pub fn event(i: usize) -> Value {
         "id": format!("evt-{i:05}"),
         "name": "order.created",
         "body": format!("{{\"order\":{i},\"note\":\"ünïcode ✓\"}}"),
-        "timestamp": if i % 2 == 0 { json!("2026-11-22T10:00:00.123+01:00") } else { json!(1_763_800_000_000_u64 + i as u64) },
+        "timestamp": if i.is_multiple_of(2) { json!("2026-11-22T10:00:00.123+01:00") } else { json!(1_763_800_000_000_u64 + i as u64) },
         "source": {"shard": i % 7, "tags": ["a", "b"]},
     })
 }
