@@ -310,6 +310,29 @@ fn readers_refuse_what_is_not_a_store() {
     assert_eq!(err.to_string(), expected);
 }
 
+#[test]
+fn claiming_is_an_index_range_scan_whatever_the_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(SqliteStore::open(dir.path()).unwrap());
+    let conn = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
+    let plan: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {}", writer::CLAIM_SQL))
+        .unwrap()
+        .query_map(rusqlite::params![0, 1], |r| r.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        plan.iter()
+            .any(|step| step.contains("USING INDEX deliveries_due")),
+        "{plan:?}"
+    );
+    assert!(
+        !plan.iter().any(|step| step.contains("TEMP B-TREE")),
+        "claims must not sort the backlog: {plan:?}"
+    );
+}
+
 #[derive(Debug, Clone)]
 enum Op {
     Accept(u8, u8),
