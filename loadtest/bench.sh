@@ -55,7 +55,7 @@ ingest() {
       if [ "$load" = 2000 ]; then
         args=(--rps 2000 --duration 20s)
       else
-        args=(--rps 30000 --duration 10s --max-in-flight 256)
+        args=(--rps 60000 --duration 10s --max-in-flight 256)
       fi
       "$BIN/relay" simulate --url "http://127.0.0.1:$port" --api-key bench "${args[@]}" --json \
         >"$WORK/$name-$load.json" || true
@@ -105,7 +105,10 @@ memory() {
   for i in 1 2 3 4 5; do
     "$BIN/relay" simulate --url http://127.0.0.1:8304 --api-key bench --rps 8000 --count 200000 \
       --max-in-flight 512 --json >"$WORK/mem-$i.json" || true
-    echo "after batch $i ($(json "$WORK/mem-$i.json" "d['acked']") acked, $(json "$WORK/mem-$i.json" "round(d['acked_per_s'])")/s): $(rss)"
+    f="$WORK/mem-$i.json"
+    echo "after batch $i ($(json "$f" "d['acked']") of 200000 acked at $(json "$f" "round(d['acked_per_s'])")/s;" \
+      "late $(json "$f" "d['late']"), skipped $(json "$f" "d['skipped']"), no answer $(json "$f" "d['errors']");" \
+      "p99 $(json "$f" "d['latency_ms']['p99']") ms): $(rss)"
   done
   sleep 10
   echo "holding the backlog 10 s later: $(rss)"
