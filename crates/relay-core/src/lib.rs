@@ -8,6 +8,7 @@ pub mod backoff;
 pub mod classify;
 pub mod delivery;
 pub mod event;
+pub mod ops;
 pub mod ports;
 pub mod rate;
 

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use relay_core::ops::DispatcherReport;
 use relay_core::ports::{Clock, SystemClock};
 use relay_core::{
     AcceptOutcome, AttemptRecord, Claim, Event, Ingest, Settlement, StoreError, WorkQueue,
@@ -20,7 +21,7 @@ use relay_core::{
 use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, mpsc, oneshot};
 
-pub use read::{AttemptView, DeadLetterView, DeliveryView, Reader, StatusCounts};
+pub use read::{DeliveryView, Reader, StatusCounts};
 use writer::Job;
 
 /// `PRAGMA application_id` of a relay store ("rely"), so other files are recognised as such.
@@ -28,6 +29,8 @@ const APPLICATION_ID: i64 = 0x7265_6c79;
 const SCHEMA_VERSION: i64 = 1;
 const DB_FILE: &str = "relay.db";
 const LOCK_FILE: &str = "relay.lock";
+/// `meta` key under which a running dispatcher publishes its [`DispatcherReport`].
+const DISPATCHER_KEY: &str = "dispatcher";
 /// Writes queued beyond this are refused at once (the caller answers 503) instead of piling up.
 const QUEUE_CAPACITY: usize = 16_384;
 
@@ -127,6 +130,17 @@ impl SqliteStore {
 
     pub fn dir(&self) -> &Path {
         &self.inner.dir
+    }
+
+    /// Publishes the dispatcher's live figures for `relay status` in other processes.
+    pub async fn publish_dispatcher(&self, report: &DispatcherReport) -> Result<(), StoreError> {
+        let value = serde_json::to_string(report).map_err(|e| StoreError::Failed(e.to_string()))?;
+        self.submit(|reply| Job::Publish {
+            key: DISPATCHER_KEY,
+            value,
+            reply,
+        })
+        .await
     }
 
     async fn submit<T>(
@@ -238,7 +252,10 @@ fn init_schema(conn: &Connection, path: &Path) -> Result<(), OpenError> {
                 .map_err(sqlite)?;
             Ok(())
         }
-        (APPLICATION_ID, SCHEMA_VERSION) => Ok(()),
+        // Every statement is IF NOT EXISTS: tables added within a schema version appear.
+        (APPLICATION_ID, SCHEMA_VERSION) => conn
+            .execute_batch(include_str!("schema.sql"))
+            .map_err(sqlite),
         (APPLICATION_ID, v) => Err(OpenError::Foreign {
             path: path.into(),
             why: format!("schema version {v}, this relay understands {SCHEMA_VERSION}"),

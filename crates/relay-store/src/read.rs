@@ -3,17 +3,25 @@
 
 use std::path::{Path, PathBuf};
 
-use relay_core::{DeliveryStatus, UnixMillis};
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use relay_core::ops::{
+    AttemptView, DeadLetterView, DeliveryState, DispatcherReport, DlqFilter, EventTrace,
+    Operations, RedriveReport, StatusReport,
+};
+use relay_core::{DeliveryStatus, StoreError, UnixMillis, now_millis};
+use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
-use crate::{APPLICATION_ID, DB_FILE, OpenError, open_connection};
+use crate::{APPLICATION_ID, DB_FILE, DISPATCHER_KEY, OpenError, open_connection};
 
-/// A connection for reading (and, later, operator writes such as redrive) that does not need
-/// the writer's lock.
+/// A connection for operators and tools, usable while `relay up` runs: reads see a consistent
+/// snapshot and never block the writer; the few writes (redrive) are short transactions that
+/// wait their turn for SQLite's write lock.
 #[derive(Debug)]
 pub struct Reader {
-    conn: Connection,
+    conn: Mutex<Connection>,
     path: PathBuf,
 }
 
@@ -28,26 +36,7 @@ pub struct DeliveryView {
     pub due_at: UnixMillis,
     pub last_error: Option<String>,
     pub delivered_at: Option<UnixMillis>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct AttemptView {
-    pub n: u32,
-    pub trigger: String,
-    pub started_at: UnixMillis,
-    pub duration_ms: u64,
-    pub outcome: String,
-    pub http_status: Option<u16>,
-    pub detail: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DeadLetterView {
-    pub event_id: String,
-    pub reason: String,
-    pub attempts: u32,
-    pub last_response: Option<String>,
-    pub dead_at: UnixMillis,
+    pub next_trigger: String,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
@@ -90,18 +79,26 @@ impl Reader {
                 why: "it belongs to another application".into(),
             });
         }
-        Ok(Reader { conn, path })
+        Ok(Reader {
+            conn: Mutex::new(conn),
+            path,
+        })
     }
 
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    fn conn(&self) -> MutexGuard<'_, Connection> {
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     pub fn status_counts(&self) -> rusqlite::Result<StatusCounts> {
+        let conn = self.conn();
         let mut counts = StatusCounts::default();
-        let mut stmt = self
-            .conn
-            .prepare("SELECT status, count(*) FROM deliveries GROUP BY status")?;
+        let mut stmt = conn.prepare("SELECT status, count(*) FROM deliveries GROUP BY status")?;
         let rows = stmt.query_map([], |r| {
             Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
         })?;
@@ -119,10 +116,10 @@ impl Reader {
     }
 
     pub fn delivery(&self, id: &str) -> rusqlite::Result<Option<DeliveryView>> {
-        self.conn
+        self.conn()
             .query_row(
                 "SELECT d.event_id, e.payload, e.received_at, d.status, d.attempts, d.tries, d.due_at,
-                        d.last_error, d.delivered_at
+                        d.last_error, d.delivered_at, d.next_trigger
                  FROM deliveries d JOIN events e ON e.id = d.event_id WHERE d.event_id = ?1",
                 [id],
                 |r| {
@@ -136,6 +133,7 @@ impl Reader {
                         due_at: r.get(6)?,
                         last_error: r.get(7)?,
                         delivered_at: r.get(8)?,
+                        next_trigger: r.get(9)?,
                     })
                 },
             )
@@ -143,7 +141,8 @@ impl Reader {
     }
 
     pub fn attempts(&self, id: &str) -> rusqlite::Result<Vec<AttemptView>> {
-        let mut stmt = self.conn.prepare(
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
             "SELECT n, trigger, started_at, duration_ms, outcome, http_status, detail
              FROM attempts WHERE event_id = ?1 ORDER BY n",
         )?;
@@ -162,29 +161,173 @@ impl Reader {
     }
 
     pub fn dead_letter(&self, id: &str) -> rusqlite::Result<Option<DeadLetterView>> {
-        self.conn
+        self.conn()
             .query_row(
                 "SELECT event_id, reason, attempts, last_response, dead_at FROM dead_letters WHERE event_id = ?1",
                 [id],
-                |r| {
-                    Ok(DeadLetterView {
-                        event_id: r.get(0)?,
-                        reason: r.get(1)?,
-                        attempts: r.get(2)?,
-                        last_response: r.get(3)?,
-                        dead_at: r.get(4)?,
-                    })
-                },
+                dead_letter_row,
             )
             .optional()
     }
 
     /// Every stored event id, in arrival order (tests and verification tools).
     pub fn event_ids(&self) -> rusqlite::Result<Vec<String>> {
-        let mut stmt = self
-            .conn
-            .prepare("SELECT id FROM events ORDER BY received_at, rowid")?;
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT id FROM events ORDER BY received_at, rowid")?;
         let rows = stmt.query_map([], |r| r.get(0))?;
         rows.collect()
+    }
+
+    fn trace_now(&self, id: &str) -> rusqlite::Result<Option<EventTrace>> {
+        let Some(d) = self.delivery(id)? else {
+            return Ok(None);
+        };
+        let status = DeliveryStatus::parse(&d.status).unwrap_or(DeliveryStatus::Queued);
+        let waiting = matches!(status, DeliveryStatus::Queued | DeliveryStatus::Leased);
+        Ok(Some(EventTrace {
+            payload: serde_json::from_str(&d.payload)
+                .unwrap_or(serde_json::Value::String(d.payload.clone())),
+            received_at: d.received_at,
+            delivery: DeliveryState {
+                status,
+                attempts: d.attempts,
+                tries: d.tries,
+                due_at: waiting.then_some(d.due_at),
+                delivered_at: d.delivered_at,
+                last_error: d.last_error,
+                next_trigger: d.next_trigger,
+            },
+            attempts: self.attempts(id)?,
+            dead_letter: self.dead_letter(id)?,
+            trace_ids: Vec::new(),
+            event_id: d.event_id,
+        }))
+    }
+
+    fn status_now(&self) -> rusqlite::Result<StatusReport> {
+        let now = now_millis();
+        let counts = self.status_counts()?;
+        let conn = self.conn();
+        let minute_ago = now - 60_000;
+        let count = |sql: &str| {
+            conn.query_row(sql, [minute_ago], |r| r.get::<_, i64>(0))
+                .map(|n| n as u64)
+        };
+        let delivered_last_minute = count(
+            "SELECT count(*) FROM deliveries WHERE status = 'delivered' AND updated_at >= ?1",
+        )?;
+        let retried_last_minute = count(
+            "SELECT count(*) FROM deliveries WHERE status = 'queued' AND updated_at >= ?1 AND tries > 0",
+        )?;
+        let dead_lettered_last_minute =
+            count("SELECT count(*) FROM dead_letters WHERE dead_at >= ?1")?;
+        let oldest_waiting_received_at = conn.query_row(
+            "SELECT MIN(e.received_at) FROM deliveries d JOIN events e ON e.id = d.event_id
+             WHERE d.status IN ('queued', 'leased')",
+            [],
+            |r| r.get::<_, Option<i64>>(0),
+        )?;
+        let dispatcher = conn
+            .query_row(
+                "SELECT value FROM meta WHERE key = ?1",
+                [DISPATCHER_KEY],
+                |r| r.get::<_, String>(0),
+            )
+            .optional()?
+            .and_then(|json| serde_json::from_str::<DispatcherReport>(&json).ok());
+        Ok(StatusReport {
+            now,
+            queued: counts.queued,
+            in_flight: counts.leased,
+            delivered: counts.delivered,
+            dead: counts.dead,
+            oldest_waiting_received_at,
+            delivered_last_minute,
+            retried_last_minute,
+            dead_lettered_last_minute,
+            dispatcher,
+        })
+    }
+
+    fn dead_letters_now(&self, filter: &DlqFilter) -> rusqlite::Result<Vec<DeadLetterView>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT event_id, reason, attempts, last_response, dead_at FROM dead_letters
+             WHERE (?1 IS NULL OR dead_at >= ?1) AND (?2 IS NULL OR instr(lower(reason), lower(?2)) > 0)
+             ORDER BY dead_at DESC, event_id LIMIT ?3",
+        )?;
+        let limit = filter.limit.map_or(-1, |l| l as i64);
+        let rows = stmt.query_map(params![filter.since, filter.reason, limit], dead_letter_row)?;
+        rows.collect()
+    }
+
+    fn redrive_now(&self, ids: &[String], spread: Duration) -> rusqlite::Result<RedriveReport> {
+        let mut conn = self.conn();
+        let txn = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let now = now_millis();
+        let step = if ids.len() > 1 {
+            spread.as_millis() as f64 / (ids.len() - 1) as f64
+        } else {
+            0.0
+        };
+        let mut report = RedriveReport::default();
+        {
+            // A fresh attempt budget, and `redrive` as the trigger of the next attempt, so the
+            // trace shows who sent it again.
+            let mut requeue = txn.prepare(
+                "UPDATE deliveries SET status = 'queued', due_at = ?2, attempts = 0, lease = NULL,
+                 next_trigger = 'redrive', updated_at = ?3 WHERE event_id = ?1 AND status = 'dead'",
+            )?;
+            let mut forget = txn.prepare("DELETE FROM dead_letters WHERE event_id = ?1")?;
+            for id in ids {
+                let due = now + (step * report.redriven.len() as f64) as i64;
+                if requeue.execute(params![id, due, now])? == 1 {
+                    forget.execute([id])?;
+                    report.redriven.push(id.clone());
+                } else {
+                    report.skipped.push(id.clone());
+                }
+            }
+        }
+        txn.commit()?;
+        Ok(report)
+    }
+}
+
+fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterView> {
+    Ok(DeadLetterView {
+        event_id: r.get(0)?,
+        reason: r.get(1)?,
+        attempts: r.get(2)?,
+        last_response: r.get(3)?,
+        dead_at: r.get(4)?,
+    })
+}
+
+fn store_error(e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Unavailable(e.to_string())
+        }
+        _ => StoreError::Failed(e.to_string()),
+    }
+}
+
+/// Blocking SQLite calls inside `async fn`s: fine for the CLI, which does one thing at a time.
+impl Operations for Reader {
+    async fn trace(&self, id: &str) -> Result<Option<EventTrace>, StoreError> {
+        self.trace_now(id).map_err(store_error)
+    }
+
+    async fn status(&self) -> Result<StatusReport, StoreError> {
+        self.status_now().map_err(store_error)
+    }
+
+    async fn dead_letters(&self, filter: &DlqFilter) -> Result<Vec<DeadLetterView>, StoreError> {
+        self.dead_letters_now(filter).map_err(store_error)
+    }
+
+    async fn redrive(&self, ids: &[String], spread: Duration) -> Result<RedriveReport, StoreError> {
+        self.redrive_now(ids, spread).map_err(store_error)
     }
 }

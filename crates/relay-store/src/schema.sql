@@ -43,3 +43,10 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     last_response TEXT,
     dead_at       INTEGER NOT NULL
 );
+
+-- Small facts a running relay publishes for other processes (the dispatcher's current rate).
+CREATE TABLE IF NOT EXISTS meta (
+    key        TEXT PRIMARY KEY,
+    value      TEXT NOT NULL,       -- JSON
+    updated_at INTEGER NOT NULL
+);

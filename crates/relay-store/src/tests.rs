@@ -434,3 +434,173 @@ proptest! {
         prop_assert_eq!(counts.leased, count(|m| matches!(m, M::Leased { .. })));
     }
 }
+
+mod operations {
+    use relay_core::ops::{DispatcherReport, DlqFilter, Operations};
+
+    use super::*;
+
+    /// Four events: "a" delivered, "b" dead (permanent), "c" dead (exhausted), "d" waiting.
+    async fn populated(dir: &Path) -> SqliteStore {
+        // The wall clock: redrive runs in another process and stamps real time.
+        let store = SqliteStore::open(dir).unwrap();
+        for id in ["a", "b", "c", "d"] {
+            store.accept(event(id, 0)).await.unwrap();
+        }
+        let claims = store.claim(3, LEASE).await.unwrap();
+        for c in claims {
+            let settlement = match c.event_id.as_str() {
+                "a" => Settlement::Delivered,
+                "b" => Settlement::Dead {
+                    reason: "permanent failure: GraphQL error BAD_USER_INPUT".into(),
+                },
+                _ => Settlement::Dead {
+                    reason: "attempts exhausted (10 of 10): HTTP 503".into(),
+                },
+            };
+            let outcome = if c.event_id == "a" {
+                "delivered"
+            } else {
+                "permanent"
+            };
+            store
+                .settle(&c, attempt(outcome), settlement)
+                .await
+                .unwrap();
+        }
+        store
+    }
+
+    #[tokio::test]
+    async fn trace_tells_the_whole_story() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = populated(dir.path()).await;
+        let reader = Reader::open(dir.path()).unwrap();
+        let b = reader.trace("b").await.unwrap().unwrap();
+        assert_eq!(b.delivery.status, relay_core::DeliveryStatus::Dead);
+        assert_eq!(b.attempts.len(), 1);
+        assert!(b.dead_letter.unwrap().reason.contains("BAD_USER_INPUT"));
+        assert_eq!(
+            b.payload,
+            serde_json::from_str::<serde_json::Value>(&event("b", 0).payload_json()).unwrap()
+        );
+        let d = reader.trace("d").await.unwrap().unwrap();
+        assert_eq!(
+            (d.delivery.status, d.attempts.len()),
+            (relay_core::DeliveryStatus::Queued, 0)
+        );
+        assert!(d.delivery.due_at.is_some());
+        assert_eq!(reader.trace("nope").await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn dead_letters_filter_by_reason_time_and_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = populated(dir.path()).await;
+        let reader = Reader::open(dir.path()).unwrap();
+        let all = reader.dead_letters(&DlqFilter::default()).await.unwrap();
+        assert_eq!(
+            all.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(),
+            ["b", "c"]
+        );
+        let by_reason = reader
+            .dead_letters(&DlqFilter {
+                reason: Some("bad_user".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(by_reason.len(), 1);
+        let future = DlqFilter {
+            since: Some(relay_core::now_millis() + 60_000),
+            ..Default::default()
+        };
+        assert!(reader.dead_letters(&future).await.unwrap().is_empty());
+        assert_eq!(
+            reader
+                .dead_letters(&DlqFilter {
+                    limit: Some(1),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn redrive_requeues_dead_letters_with_a_fresh_budget_and_a_redrive_trigger() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = populated(dir.path()).await;
+        let reader = Reader::open(dir.path()).unwrap();
+        let ids = ["b", "c", "a", "zzz"].map(String::from);
+        let report = reader.redrive(&ids, Duration::ZERO).await.unwrap();
+        assert_eq!(report.redriven, ["b", "c"]);
+        assert_eq!(
+            report.skipped,
+            ["a", "zzz"],
+            "only dead letters are redriven"
+        );
+        assert!(
+            reader
+                .dead_letters(&DlqFilter::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let claims = store.claim(10, LEASE).await.unwrap();
+        let redriven: Vec<_> = claims
+            .iter()
+            .filter(|c| c.trigger == Trigger::Redrive)
+            .map(|c| c.event_id.as_str())
+            .collect();
+        assert_eq!(redriven, ["b", "c"]);
+        assert!(claims.iter().all(|c| c.attempts == 0));
+    }
+
+    #[tokio::test]
+    async fn redrive_can_spread_due_times() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store = populated(dir.path()).await;
+        let reader = Reader::open(dir.path()).unwrap();
+        reader
+            .redrive(&["b".into(), "c".into()], Duration::from_secs(60))
+            .await
+            .unwrap();
+        let (b, c) = (
+            reader.delivery("b").unwrap().unwrap(),
+            reader.delivery("c").unwrap().unwrap(),
+        );
+        assert_eq!(c.due_at - b.due_at, 60_000);
+    }
+
+    #[tokio::test]
+    async fn status_counts_and_reports_the_dispatcher() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = populated(dir.path()).await;
+        let reader = Reader::open(dir.path()).unwrap();
+        let status = reader.status().await.unwrap();
+        assert_eq!(
+            (
+                status.queued,
+                status.in_flight,
+                status.delivered,
+                status.dead
+            ),
+            (1, 0, 1, 2)
+        );
+        assert_eq!(status.dispatcher, None);
+        assert!(status.oldest_waiting_received_at.is_some());
+
+        let report = DispatcherReport {
+            rate: 12.5,
+            estimated_limit: Some(13.0),
+            in_flight: 3,
+            reported_at: 42,
+        };
+        store.publish_dispatcher(&report).await.unwrap();
+        assert_eq!(reader.status().await.unwrap().dispatcher, Some(report));
+    }
+}

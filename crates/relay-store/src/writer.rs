@@ -39,6 +39,11 @@ pub(crate) enum Job {
         claims: Vec<Claim>,
         reply: Reply<()>,
     },
+    Publish {
+        key: &'static str,
+        value: String,
+        reply: Reply<()>,
+    },
 }
 
 /// A job's answer, held until the batch is committed.
@@ -172,7 +177,9 @@ fn fail(job: Job, err: &StoreError) {
     match job {
         Job::Accept { reply, .. } => drop(reply.send(Err(err))),
         Job::Claim { reply, .. } => drop(reply.send(Err(err))),
-        Job::Settle { reply, .. } | Job::Release { reply, .. } => drop(reply.send(Err(err))),
+        Job::Settle { reply, .. } | Job::Release { reply, .. } | Job::Publish { reply, .. } => {
+            drop(reply.send(Err(err)))
+        }
     }
 }
 
@@ -221,6 +228,18 @@ fn run_in_savepoint(
         Job::Release { claims, reply } => {
             Done::Unit(reply, guarded(txn, |c| release(c, &claims, now)))
         }
+        Job::Publish { key, value, reply } => Done::Unit(
+            reply,
+            guarded(txn, |c| {
+                c.prepare_cached(
+                    "INSERT INTO meta (key, value, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                )
+                .and_then(|mut s| s.execute(params![key, value, now]))
+                .map(drop)
+                .map_err(failed)
+            }),
+        ),
     }
 }
 

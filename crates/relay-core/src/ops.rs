@@ -1,0 +1,144 @@
+//! The operator's port: everything `relay trace`, `relay dlq` and `relay status` need, so the
+//! commands work unchanged over any backend (the embedded store now, AWS later).
+
+use std::future::Future;
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::UnixMillis;
+use crate::delivery::DeliveryStatus;
+use crate::ports::StoreError;
+
+/// One event's whole story, from every place it can be.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventTrace {
+    pub event_id: String,
+    /// The event as received.
+    pub payload: serde_json::Value,
+    pub received_at: UnixMillis,
+    pub delivery: DeliveryState,
+    pub attempts: Vec<AttemptView>,
+    pub dead_letter: Option<DeadLetterView>,
+    /// Ids of this event in tracing systems (X-Ray trace/segment ids on AWS); none locally.
+    pub trace_ids: Vec<TraceRef>,
+}
+
+/// Where the delivery stands now.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeliveryState {
+    #[serde(serialize_with = "as_str")]
+    pub status: DeliveryStatus,
+    /// Attempts counted toward the limit.
+    pub attempts: u32,
+    /// Every attempt made.
+    pub tries: u32,
+    /// When the next attempt is due (queued), or when the lease ends (in flight).
+    pub due_at: Option<UnixMillis>,
+    pub delivered_at: Option<UnixMillis>,
+    pub last_error: Option<String>,
+    /// What starts the next attempt: `scheduled`, or `redrive` after an operator's redrive.
+    pub next_trigger: String,
+}
+
+fn as_str<S: serde::Serializer>(status: &DeliveryStatus, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(status.as_str())
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttemptView {
+    pub n: u32,
+    pub trigger: String,
+    pub started_at: UnixMillis,
+    pub duration_ms: u64,
+    pub outcome: String,
+    pub http_status: Option<u16>,
+    pub detail: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetterView {
+    pub event_id: String,
+    pub reason: String,
+    pub attempts: u32,
+    pub last_response: Option<String>,
+    pub dead_at: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TraceRef {
+    /// e.g. `xray`.
+    pub system: String,
+    pub id: String,
+}
+
+/// Which dead letters to list or redrive.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DlqFilter {
+    /// Dead-lettered at or after this time.
+    pub since: Option<UnixMillis>,
+    /// Reason contains this text (case-insensitive).
+    pub reason: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// What a running dispatcher last reported about itself.
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
+pub struct DispatcherReport {
+    /// Current sending rate, requests/s.
+    pub rate: f64,
+    /// The target limit estimated from its rate-limit signals.
+    pub estimated_limit: Option<f64>,
+    pub in_flight: u64,
+    pub reported_at: UnixMillis,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StatusReport {
+    pub now: UnixMillis,
+    /// Waiting for their next attempt.
+    pub queued: u64,
+    /// Claimed by a dispatcher (being sent).
+    pub in_flight: u64,
+    pub delivered: u64,
+    /// In the dead-letter queue.
+    pub dead: u64,
+    /// When the oldest event still waiting for delivery was received.
+    pub oldest_waiting_received_at: Option<UnixMillis>,
+    pub delivered_last_minute: u64,
+    /// Attempts that failed and were scheduled again, last minute.
+    pub retried_last_minute: u64,
+    pub dead_lettered_last_minute: u64,
+    /// `None` when no dispatcher has ever reported.
+    pub dispatcher: Option<DispatcherReport>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct RedriveReport {
+    /// Back in the queue.
+    pub redriven: Vec<String>,
+    /// Asked for but not in the dead-letter queue (unknown, or not dead).
+    pub skipped: Vec<String>,
+}
+
+/// Inspecting and operating a relay's state.
+pub trait Operations {
+    fn trace(
+        &self,
+        id: &str,
+    ) -> impl Future<Output = Result<Option<EventTrace>, StoreError>> + Send;
+    fn status(&self) -> impl Future<Output = Result<StatusReport, StoreError>> + Send;
+    /// Newest first.
+    fn dead_letters(
+        &self,
+        filter: &DlqFilter,
+    ) -> impl Future<Output = Result<Vec<DeadLetterView>, StoreError>> + Send;
+    /// Puts dead letters back in the queue with a fresh attempt budget; their next attempt is
+    /// triggered `redrive`. `spread` staggers their due times over that long, so a large redrive
+    /// reaches the dispatcher gradually.
+    fn redrive(
+        &self,
+        ids: &[String],
+        spread: Duration,
+    ) -> impl Future<Output = Result<RedriveReport, StoreError>> + Send;
+}
