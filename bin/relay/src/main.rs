@@ -2,10 +2,14 @@
 //! flags, builds what it needs once, and calls into the libraries.
 
 mod args;
+mod dlq;
 mod logging;
+mod ops;
 mod signals;
 mod simulate;
+mod status;
 mod target;
+mod trace;
 mod up;
 
 use std::process::ExitCode;
@@ -59,6 +63,22 @@ enum Command {
     ///   relay simulate --url http://127.0.0.1:8080 --api-key "$KEY" --rps 200 --duration 30s
     #[command(verbatim_doc_comment)]
     Simulate(simulate::SimulateArgs),
+    /// Show one event's timeline: received, every attempt with its answer, delivered or dead.
+    ///
+    /// Works while `relay up` runs. Exits 1 if the id is unknown.
+    ///
+    /// Example:
+    ///   relay trace order-1042 --data-dir /var/lib/relay
+    #[command(verbatim_doc_comment)]
+    Trace(trace::TraceArgs),
+    /// Inspect and redrive the dead-letter queue.
+    Dlq(dlq::DlqArgs),
+    /// Show queue depth, in flight, DLQ depth, recent deliveries and the dispatcher's rate.
+    ///
+    /// Example:
+    ///   relay status --data-dir /var/lib/relay --watch
+    #[command(verbatim_doc_comment)]
+    Status(status::StatusArgs),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +99,9 @@ fn main() -> ExitCode {
             Command::Up(args) => up::run(args).await,
             Command::Target(args) => target::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
+            Command::Trace(args) => trace::run(args).await,
+            Command::Dlq(args) => dlq::run(args).await,
+            Command::Status(args) => status::run(args).await,
         }
     });
     match result {

@@ -9,6 +9,7 @@ use anyhow::Context;
 use clap::Args;
 use relay_core::DeliveryPolicy;
 use relay_core::backoff::Backoff;
+use relay_core::ops::DispatcherReport;
 use relay_core::rate::RateConfig;
 use relay_dispatch::{DEFAULT_DOCUMENT, DispatchConfig, Dispatcher, GraphqlClient, TargetConfig};
 use relay_ingest::IngestConfig;
@@ -147,27 +148,39 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         let _ = rx.wait_for(|stop| *stop).await;
     };
 
+    // Every 2 s the dispatcher's figures go to the store, where `relay status` reads them from
+    // another process; every 10 s they also go to the log.
     let reporter = {
-        let (handle, mut rx) = (handle.clone(), stop_rx.clone());
+        let (handle, store, mut rx) = (handle.clone(), store.clone(), stop_rx.clone());
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(10));
-            tick.tick().await;
-            loop {
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            for n in 0u64.. {
                 tokio::select! {
                     _ = tick.tick() => {}
                     _ = rx.wait_for(|stop| *stop) => break,
                 }
                 let m = handle.snapshot();
-                tracing::info!(
-                    delivered = m.delivered,
-                    rate_limited = m.rate_limited,
-                    transient = m.transient,
-                    dead = m.dead,
-                    in_flight = m.in_flight,
-                    rate = format!("{:.1}/s", m.rate),
-                    estimated_limit = m.estimated_limit.map(|l| format!("{l:.1}/s")),
-                    "progress"
-                );
+                let report = DispatcherReport {
+                    rate: m.rate,
+                    estimated_limit: m.estimated_limit,
+                    in_flight: m.in_flight,
+                    reported_at: relay_core::now_millis(),
+                };
+                if let Err(e) = store.publish_dispatcher(&report).await {
+                    tracing::debug!(error = %e, "could not publish dispatcher figures");
+                }
+                if n % 5 == 4 {
+                    tracing::info!(
+                        delivered = m.delivered,
+                        rate_limited = m.rate_limited,
+                        transient = m.transient,
+                        dead = m.dead,
+                        in_flight = m.in_flight,
+                        rate = format!("{:.1}/s", m.rate),
+                        estimated_limit = m.estimated_limit.map(|l| format!("{l:.1}/s")),
+                        "progress"
+                    );
+                }
             }
         })
     };

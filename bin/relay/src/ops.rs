@@ -1,0 +1,87 @@
+//! What the operator commands share: opening the backend, and showing times and tables.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Args;
+use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use relay_core::UnixMillis;
+use relay_store::Reader;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Where the relay's state lives.
+#[derive(Debug, Args)]
+pub(crate) struct StoreArgs {
+    /// Data directory of the relay (the one given to `relay up`).
+    #[arg(long, env = "RELAY_DATA_DIR")]
+    pub(crate) data_dir: PathBuf,
+}
+
+impl StoreArgs {
+    /// Opens the store for operations; safe while `relay up` runs on it.
+    pub(crate) fn open(&self) -> anyhow::Result<Reader> {
+        Reader::open(&self.data_dir)
+            .context("cannot open the relay's state (is --data-dir the directory `relay up` uses?)")
+    }
+}
+
+pub(crate) fn table() -> Table {
+    let mut t = Table::new();
+    t.load_style(UTF8_FULL_CONDENSED)
+        .set_content_arrangement(ContentArrangement::Dynamic);
+    t
+}
+
+pub(crate) fn timestamp(ms: UnixMillis) -> String {
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000)
+        .ok()
+        .and_then(|t| t.format(&Rfc3339).ok())
+        .unwrap_or_else(|| ms.to_string())
+}
+
+/// "3.2 s ago" / "in 4 s".
+pub(crate) fn relative(ms: UnixMillis, now: UnixMillis) -> String {
+    let d = (now - ms) as f64 / 1000.0;
+    let text = |s: f64| match s {
+        s if s < 60.0 => format!("{s:.1} s"),
+        s if s < 3600.0 => format!("{:.1} min", s / 60.0),
+        s if s < 86_400.0 => format!("{:.1} h", s / 3600.0),
+        s => format!("{:.1} d", s / 86_400.0),
+    };
+    if d >= 0.0 {
+        format!("{} ago", text(d))
+    } else {
+        format!("in {}", text(-d))
+    }
+}
+
+/// `--since` accepts a duration back from now (`90m`) or an RFC 3339 time.
+pub(crate) fn since(raw: &str) -> Result<UnixMillis, String> {
+    if let Ok(d) = humantime::parse_duration(raw) {
+        return Ok(relay_core::now_millis() - d.as_millis() as i64);
+    }
+    OffsetDateTime::parse(raw, &Rfc3339)
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as i64)
+        .map_err(|_| "expected a duration back from now (30m, 2h) or an RFC 3339 time".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn relative_times_read_naturally() {
+        assert_eq!(relative(0, 3_200), "3.2 s ago");
+        assert_eq!(relative(10_000, 6_000), "in 4.0 s");
+        assert_eq!(relative(0, 7_200_000), "2.0 h ago");
+    }
+
+    #[test]
+    fn since_takes_durations_and_times() {
+        assert_eq!(since("2026-11-22T00:00:00Z"), Ok(1_763_769_600_000));
+        let an_hour_ago = since("1h").unwrap();
+        assert!((relay_core::now_millis() - an_hour_ago - 3_600_000).abs() < 5_000);
+        assert!(since("yesterday-ish").is_err());
+    }
+}

@@ -1,0 +1,101 @@
+//! `relay status`: the queue, the DLQ and the dispatcher at a glance.
+
+use std::io::Write;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Args;
+use comfy_table::{Cell, Color};
+use relay_core::ops::{Operations, StatusReport};
+
+use crate::args;
+use crate::ops::{StoreArgs, relative, table};
+
+/// A dispatcher that has not reported for this long is shown as not running.
+const STALE_MS: i64 = 10_000;
+
+#[derive(Debug, Args)]
+pub(crate) struct StatusArgs {
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Refresh every INTERVAL until interrupted (default 2s).
+    #[arg(long, value_name = "INTERVAL", num_args = 0..=1, default_missing_value = "2s", value_parser = args::duration)]
+    watch: Option<Duration>,
+}
+
+pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let ops = args.store.open()?;
+    loop {
+        let status = ops.status().await?;
+        let text = if args.json {
+            serde_json::to_string_pretty(&status)?
+        } else {
+            render(&status)
+        };
+        match args.watch {
+            None => {
+                println!("{text}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            Some(interval) => {
+                // Clear the screen and redraw, like `watch`.
+                print!(
+                    "\x1b[2J\x1b[H{text}\n(refreshing every {}; Ctrl-C to stop)\n",
+                    humantime::format_duration(interval)
+                );
+                std::io::stdout().flush()?;
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = crate::signals::stop_requested() => return Ok(ExitCode::SUCCESS),
+                }
+            }
+        }
+    }
+}
+
+fn render(s: &StatusReport) -> String {
+    let mut t = table();
+    let oldest = s.oldest_waiting_received_at.map_or("—".into(), |at| {
+        format!("received {}", relative(at, s.now))
+    });
+    let dlq = Cell::new(s.dead).fg(if s.dead > 0 { Color::Red } else { Color::Green });
+    let rows: Vec<(&str, Cell)> = vec![
+        ("queue depth (waiting)", Cell::new(s.queued)),
+        ("in flight", Cell::new(s.in_flight)),
+        ("oldest waiting event", Cell::new(oldest)),
+        ("dead-letter queue", dlq),
+        ("delivered (all time)", Cell::new(s.delivered)),
+        ("delivered, last minute", Cell::new(s.delivered_last_minute)),
+        ("retried, last minute", Cell::new(s.retried_last_minute)),
+        (
+            "dead-lettered, last minute",
+            Cell::new(s.dead_lettered_last_minute),
+        ),
+    ];
+    for (k, v) in rows {
+        t.add_row(vec![Cell::new(k), v]);
+    }
+    let dispatcher = match &s.dispatcher {
+        Some(d) if s.now - d.reported_at <= STALE_MS => {
+            let limit = d
+                .estimated_limit
+                .map_or("not yet known".into(), |l| format!("{l:.1}/s"));
+            Cell::new(format!(
+                "running: pacing at ≤ {:.1}/s, target limit ≈ {limit}, {} in flight",
+                d.rate, d.in_flight
+            ))
+            .fg(Color::Green)
+        }
+        Some(d) => Cell::new(format!(
+            "not running (last report {})",
+            relative(d.reported_at, s.now)
+        ))
+        .fg(Color::Yellow),
+        None => Cell::new("no dispatcher has run on this data directory").fg(Color::Yellow),
+    };
+    t.add_row(vec![Cell::new("dispatcher"), dispatcher]);
+    t.to_string()
+}

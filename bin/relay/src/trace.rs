@@ -1,0 +1,156 @@
+//! `relay trace <id>`: one event's timeline.
+
+use std::process::ExitCode;
+
+use clap::Args;
+use comfy_table::{Cell, Color};
+use relay_core::ops::{EventTrace, Operations};
+
+use crate::ops::{StoreArgs, relative, table, timestamp};
+
+#[derive(Debug, Args)]
+pub(crate) struct TraceArgs {
+    /// The event id, as the source sent it.
+    id: String,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print the trace as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
+    let ops = args.store.open()?;
+    let Some(trace) = ops.trace(&args.id).await? else {
+        eprintln!(
+            "no event with id {:?} in {}",
+            args.id,
+            args.store.data_dir.display()
+        );
+        return Ok(ExitCode::FAILURE);
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&trace)?);
+    } else {
+        print(&trace);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn outcome_colour(outcome: &str) -> Color {
+    match outcome {
+        "delivered" => Color::Green,
+        "rate_limited" | "transient" => Color::Yellow,
+        _ => Color::Red,
+    }
+}
+
+fn print(t: &EventTrace) {
+    let now = relay_core::now_millis();
+    let d = &t.delivery;
+    let mut summary = table();
+    summary.add_row(vec![Cell::new("event"), Cell::new(&t.event_id)]);
+    summary.add_row(vec![
+        Cell::new("received"),
+        Cell::new(format!(
+            "{} ({})",
+            timestamp(t.received_at),
+            relative(t.received_at, now)
+        )),
+    ]);
+    let status = format!(
+        "{} after {} attempt(s), {} counted toward the limit",
+        d.status, d.tries, d.attempts
+    );
+    summary.add_row(vec![
+        Cell::new("status"),
+        Cell::new(status).fg(outcome_colour(match d.status.as_str() {
+            "delivered" => "delivered",
+            "dead" => "permanent",
+            _ => "transient",
+        })),
+    ]);
+    match (d.status.as_str(), d.due_at) {
+        ("queued", Some(at)) => {
+            summary.add_row(vec![
+                Cell::new("next attempt"),
+                Cell::new(format!(
+                    "{} ({}, trigger {})",
+                    timestamp(at),
+                    relative(at, now),
+                    d.next_trigger
+                )),
+            ]);
+        }
+        ("leased", Some(at)) => {
+            summary.add_row(vec![
+                Cell::new("in flight"),
+                Cell::new(format!("lease until {}", timestamp(at))),
+            ]);
+        }
+        _ => {}
+    }
+    if let Some(at) = d.delivered_at {
+        summary.add_row(vec![Cell::new("delivered"), Cell::new(timestamp(at))]);
+    }
+    if let Some(error) = &d.last_error {
+        summary.add_row(vec![Cell::new("last error"), Cell::new(error)]);
+    }
+    summary.add_row(vec![Cell::new("payload"), Cell::new(t.payload.to_string())]);
+    println!("{summary}");
+
+    if t.attempts.is_empty() {
+        println!("no attempts yet");
+    } else {
+        let mut attempts = table();
+        attempts.set_header(["#", "started", "trigger", "outcome", "HTTP", "ms", "answer"]);
+        for a in &t.attempts {
+            attempts.add_row(vec![
+                Cell::new(a.n),
+                Cell::new(timestamp(a.started_at)),
+                Cell::new(&a.trigger),
+                Cell::new(&a.outcome).fg(outcome_colour(&a.outcome)),
+                Cell::new(a.http_status.map_or("—".into(), |s| s.to_string())),
+                Cell::new(a.duration_ms),
+                Cell::new(&a.detail),
+            ]);
+        }
+        println!("{attempts}");
+    }
+    if let Some(dl) = &t.dead_letter {
+        let mut dead = table();
+        dead.set_header(["dead letter", ""]);
+        dead.add_row(vec![Cell::new("since"), Cell::new(timestamp(dl.dead_at))]);
+        dead.add_row(vec![
+            Cell::new("reason"),
+            Cell::new(&dl.reason).fg(Color::Red),
+        ]);
+        dead.add_row(vec![Cell::new("attempts"), Cell::new(dl.attempts)]);
+        dead.add_row(vec![
+            Cell::new("last answer"),
+            Cell::new(dl.last_response.as_deref().unwrap_or("—")),
+        ]);
+        println!("{dead}");
+        println!(
+            "redrive with: relay dlq redrive --id {} --data-dir …",
+            shell_word(&t.event_id)
+        );
+    }
+    if t.trace_ids.is_empty() {
+        println!("trace ids: none (the local backend keeps its own timeline above)");
+    } else {
+        for r in &t.trace_ids {
+            println!("trace id ({}): {}", r.system, r.id);
+        }
+    }
+}
+
+fn shell_word(s: &str) -> String {
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:".contains(c))
+    {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
