@@ -53,7 +53,7 @@ pub(crate) async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
             fail_rate: args.fail_rate,
             latency_ms: args.latency_ms,
             reject_names: args.reject_names,
-            outage: false,
+            ..Faults::default()
         },
     };
     let target = target_sim::start(args.listen, config)

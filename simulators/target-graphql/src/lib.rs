@@ -53,6 +53,11 @@ pub struct Faults {
     pub latency_ms: u64,
     /// Events with these names get a permanent GraphQL error (`BAD_USER_INPUT`).
     pub reject_names: Vec<String>,
+    /// Misbehaviour for proving verifiers can fail: acknowledge every Nth new event but do not
+    /// store it, as a target that loses data would.
+    pub drop_every: Option<u64>,
+    /// Record every Nth new event as delivered twice, as if the relay had sent it twice.
+    pub duplicate_every: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -134,6 +139,8 @@ pub(crate) struct Shared {
     faults: Mutex<Faults>,
     stats: Mutex<Stats>,
     events: Mutex<HashMap<String, Received>>,
+    /// `createEvent` calls so far, for the every-Nth faults.
+    arrivals: std::sync::atomic::AtomicU64,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -153,7 +160,24 @@ impl Shared {
 
     /// Stores an event (first time) or counts a duplicate; answers whether it was new.
     pub(crate) fn store(&self, id: &str, input: Map<String, Value>) -> bool {
+        let (drop_every, duplicate_every) = {
+            let faults = lock(&self.faults);
+            (faults.drop_every, faults.duplicate_every)
+        };
         let mut events = lock(&self.events);
+        let nth = self.arrivals.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        if !events.contains_key(id) && drop_every.is_some_and(|n| n > 0 && nth % n == 0) {
+            return true;
+        }
+        if !events.contains_key(id) && duplicate_every.is_some_and(|n| n > 0 && nth % n == 0) {
+            events.insert(id.to_owned(), Received { input, deliveries: 2 });
+            drop(events);
+            self.count(|s| {
+                s.events += 1;
+                s.duplicates += 1;
+            });
+            return true;
+        }
         let new = match events.get_mut(id) {
             Some(seen) => {
                 seen.deliveries += 1;
@@ -249,6 +273,7 @@ pub async fn start(listen: SocketAddr, config: TargetConfig) -> std::io::Result<
         faults: Mutex::new(config.faults),
         stats: Mutex::new(Stats::default()),
         events: Mutex::new(HashMap::new()),
+        arrivals: std::sync::atomic::AtomicU64::new(0),
     });
     let app = router(Arc::clone(&shared));
     let (stop, stopped) = oneshot::channel::<()>();
