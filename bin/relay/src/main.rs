@@ -3,6 +3,8 @@
 
 mod args;
 mod dlq;
+mod e2e;
+mod harness;
 mod logging;
 mod ops;
 mod signals;
@@ -71,6 +73,18 @@ enum Command {
     ///   relay trace order-1042 --data-dir /var/lib/relay
     #[command(verbatim_doc_comment)]
     Trace(trace::TraceArgs),
+    /// Run scripted end-to-end scenarios and verify every event at the target.
+    ///
+    /// Scenarios: steady load, a target outage and recovery, a 429 storm, GraphQL-signalled
+    /// limits, permanent rejections to the DLQ then redrive, SIGKILL and restart of the relay.
+    /// Each is checked by event id at the mock target: every acknowledged event delivered once,
+    /// enriched with brand, fields unchanged, acknowledged within 500 ms. Exits 1 on any failure.
+    ///
+    /// Example:
+    ///   relay e2e                      # all scenarios, about a minute
+    ///   relay e2e --scenario sigkill --json
+    #[command(verbatim_doc_comment)]
+    E2e(e2e::E2eArgs),
     /// Inspect and redrive the dead-letter queue.
     Dlq(dlq::DlqArgs),
     /// Show queue depth, in flight, DLQ depth, recent deliveries and the dispatcher's rate.
@@ -100,6 +114,7 @@ fn main() -> ExitCode {
             Command::Target(args) => target::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,
             Command::Trace(args) => trace::run(args).await,
+            Command::E2e(args) => e2e::run(args).await,
             Command::Dlq(args) => dlq::run(args).await,
             Command::Status(args) => status::run(args).await,
         }

@@ -100,6 +100,9 @@ pub struct Report {
     /// Ids acknowledged within budget (only with `keep_ids`).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub acked_ids: Vec<String>,
+    /// The acknowledged events exactly as sent, in the same order (only with `keep_ids`).
+    #[serde(skip)]
+    pub acked_events: Vec<serde_json::Value>,
 }
 
 impl Report {
@@ -120,7 +123,7 @@ pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report
         .timeout(config.patience)
         .tcp_nodelay(true)
         .build()?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Answer)>();
+    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Answer, Option<serde_json::Value>)>();
     let in_flight = Arc::new(AtomicU64::new(0));
     let body = "x".repeat(config.body_bytes);
     let start = Instant::now();
@@ -140,7 +143,7 @@ pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report
             let (mut acked, mut late, mut rejected, mut errors) = (0, 0, 0, 0);
             let mut statuses = BTreeMap::new();
             let mut ids = Vec::new();
-            while let Some((n, answer)) = rx.recv().await {
+            while let Some((n, answer, sent)) = rx.recv().await {
                 match answer {
                     Answer::Status(status, latency) => {
                         *statuses.entry(status).or_insert(0) += 1;
@@ -150,7 +153,7 @@ pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report
                                 acked += 1;
                                 progress.acked.fetch_add(1, Relaxed);
                                 if keep_ids {
-                                    ids.push(format!("{prefix}-{n}"));
+                                    ids.push((n, format!("{prefix}-{n}"), sent));
                                 }
                             } else {
                                 late += 1;
@@ -191,6 +194,7 @@ pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report
             .header("x-api-key", &config.api_key)
             .header("content-type", "application/json")
             .body(event.to_string());
+        let kept = config.keep_ids.then_some(event);
         let (tx, in_flight) = (tx.clone(), Arc::clone(&in_flight));
         tokio::spawn(async move {
             let answer = match request.send().await {
@@ -198,13 +202,17 @@ pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report
                 Err(_) => Answer::Error,
             };
             in_flight.fetch_sub(1, Relaxed);
-            let _ = tx.send((n, answer));
+            let _ = tx.send((n, answer, kept));
         });
     }
     drop(tx);
-    let (hist, acked, late, rejected, errors, statuses, mut acked_ids) =
+    let (hist, acked, late, rejected, errors, statuses, mut kept) =
         collector.await.expect("collector never panics");
-    acked_ids.sort_by_key(|id| id.rsplit('-').next().and_then(|n| n.parse::<u64>().ok()));
+    kept.sort_by_key(|(n, _, _)| *n);
+    let (acked_ids, acked_events) = kept
+        .into_iter()
+        .map(|(_, id, sent)| (id, sent.unwrap_or_default()))
+        .unzip();
     let elapsed = start.elapsed().as_secs_f64();
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     Ok(Report {
@@ -225,6 +233,7 @@ pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report
         elapsed_s: elapsed,
         acked_per_s: acked as f64 / elapsed.max(1e-9),
         acked_ids,
+        acked_events,
     })
 }
 
@@ -291,6 +300,14 @@ mod tests {
         );
         assert_eq!(report.statuses[&503], 14);
         assert_eq!(report.acked_ids.len(), 48);
+        assert_eq!(report.acked_events.len(), 48);
+        assert!(
+            report
+                .acked_ids
+                .iter()
+                .zip(&report.acked_events)
+                .all(|(id, e)| e["id"] == id.as_str())
+        );
         assert!(report.acked_ids.iter().all(|id| {
             let n: u64 = id[2..].parse().unwrap();
             n % 5 != 4 && n % 7 != 6

@@ -165,12 +165,21 @@ impl Shared {
             (faults.drop_every, faults.duplicate_every)
         };
         let mut events = lock(&self.events);
-        let nth = self.arrivals.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let nth = self
+            .arrivals
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+            + 1;
         if !events.contains_key(id) && drop_every.is_some_and(|n| n > 0 && nth % n == 0) {
             return true;
         }
         if !events.contains_key(id) && duplicate_every.is_some_and(|n| n > 0 && nth % n == 0) {
-            events.insert(id.to_owned(), Received { input, deliveries: 2 });
+            events.insert(
+                id.to_owned(),
+                Received {
+                    input,
+                    deliveries: 2,
+                },
+            );
             drop(events);
             self.count(|s| {
                 s.events += 1;

@@ -199,16 +199,30 @@ async fn unknown_admin_fields_are_refused() {
 #[tokio::test]
 async fn drop_and_duplicate_faults_misbehave_on_every_nth_event() {
     let t = target(unlimited()).await;
-    t.set_faults(Faults { drop_every: Some(3), ..Default::default() });
+    t.set_faults(Faults {
+        drop_every: Some(3),
+        ..Default::default()
+    });
     for id in ["a", "b", "c", "d"] {
-        assert_eq!(create(&t, id, "n", Some(id)).await.0, 200, "dropped events are still acknowledged");
+        assert_eq!(
+            create(&t, id, "n", Some(id)).await.0,
+            200,
+            "dropped events are still acknowledged"
+        );
     }
     let mut stored: Vec<_> = t.events().into_keys().collect();
     stored.sort();
     assert_eq!(stored, ["a", "b", "d"]);
 
-    t.set_faults(Faults { duplicate_every: Some(5), ..Default::default() });
+    t.set_faults(Faults {
+        duplicate_every: Some(5),
+        ..Default::default()
+    });
     create(&t, "e", "n", Some("e")).await;
     create(&t, "f", "n", Some("f")).await;
-    assert_eq!((t.events()["e"].deliveries, t.events()["f"].deliveries), (2, 1), "the 5th arrival is recorded twice");
+    assert_eq!(
+        (t.events()["e"].deliveries, t.events()["f"].deliveries),
+        (2, 1),
+        "the 5th arrival is recorded twice"
+    );
 }

@@ -1,0 +1,253 @@
+//! A whole relay setup run from inside the binary, for `relay demo` and `relay e2e`: the mock
+//! target in-process, `relay up` as a child process of this same binary (so it can be killed
+//! and restarted like the real thing), and the mock source in-process.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use serde_json::Value;
+use target_sim::TargetHandle;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+/// A `relay up` child process. Its log goes to a file next to the data directory.
+#[derive(Debug)]
+pub(crate) struct RelayProcess {
+    child: Option<Child>,
+    pub(crate) url: String,
+    pub(crate) api_key: String,
+    args: Vec<String>,
+    pub(crate) log: PathBuf,
+}
+
+impl RelayProcess {
+    pub(crate) async fn start(
+        data_dir: &Path,
+        target_url: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        let api_key = format!("harness-{:016x}", fastrand::u64(..));
+        let mut args: Vec<String> = [
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--target-url",
+            target_url,
+            "--api-key",
+            &api_key,
+        ]
+        .map(String::from)
+        .into();
+        args.push("--data-dir".into());
+        args.push(data_dir.display().to_string());
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let log = data_dir.with_extension("log");
+        let mut relay = RelayProcess {
+            child: None,
+            url: String::new(),
+            api_key,
+            args,
+            log,
+        };
+        relay.spawn().await?;
+        Ok(relay)
+    }
+
+    async fn spawn(&mut self) -> anyhow::Result<()> {
+        let exe =
+            std::env::current_exe().context("cannot find the relay binary to start `relay up`")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("cannot write {}", self.log.display()))?;
+        let mut child = Command::new(exe)
+            .args(&self.args)
+            .env("RELAY_LOG_FORMAT", "pretty")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .context("cannot start `relay up`")?;
+        let stdout = child.stdout.take().context("no stdout from `relay up`")?;
+        let mut line = String::new();
+        let read = tokio::time::timeout(
+            Duration::from_secs(15),
+            BufReader::new(stdout).read_line(&mut line),
+        )
+        .await;
+        match (read, line.trim().strip_prefix("relay listening on ")) {
+            (Ok(Ok(_)), Some(url)) => {
+                self.url = url.to_owned();
+                // A restart listens where the first start did, as a real restart would.
+                if let Some(addr) = url.strip_prefix("http://")
+                    && let Some(listen) = self.args.iter().position(|a| a == "--listen")
+                {
+                    self.args[listen + 1] = addr.to_owned();
+                }
+            }
+            _ => bail!(
+                "`relay up` did not start; its log ({}):\n{}",
+                self.log.display(),
+                std::fs::read_to_string(&self.log).unwrap_or_default()
+            ),
+        }
+        self.child = Some(child);
+        Ok(())
+    }
+
+    pub(crate) fn events_url(&self) -> String {
+        format!("{}/events", self.url)
+    }
+
+    /// SIGKILL: the process gets no chance to clean up.
+    pub(crate) async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same data directory (after [`kill`](Self::kill)).
+    pub(crate) async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill().await;
+        self.spawn().await
+    }
+
+    /// SIGTERM and wait: a clean stop.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        let Some(mut child) = self.child.take() else {
+            return Ok(());
+        };
+        if let Some(pid) = child.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+            .await
+            .context("`relay up` did not stop within 30 s of SIGTERM")??;
+        if !status.success() {
+            bail!("`relay up` exited with {status} on SIGTERM");
+        }
+        Ok(())
+    }
+}
+
+/// What the target holds, compared with what the source was told was accepted.
+#[derive(Debug, Clone, Default, Serialize)]
+pub(crate) struct Verdict {
+    pub(crate) acked: usize,
+    /// Acknowledged events the target holds.
+    pub(crate) delivered: usize,
+    /// Acknowledged but never reached the target.
+    pub(crate) lost: Vec<String>,
+    /// Reached the target more than once.
+    pub(crate) duplicated: Vec<String>,
+    /// Reached the target without the right `brand`.
+    pub(crate) unenriched: Vec<String>,
+    /// Reached the target with other fields changed.
+    pub(crate) altered: Vec<String>,
+}
+
+impl Verdict {
+    pub(crate) fn of(sent: &[Value], target: &TargetHandle, brand: &str) -> Verdict {
+        let received = target.events();
+        let mut v = Verdict {
+            acked: sent.len(),
+            ..Verdict::default()
+        };
+        for event in sent {
+            let id = event["id"].as_str().unwrap_or_default().to_owned();
+            let Some(got) = received.get(&id) else {
+                v.lost.push(id);
+                continue;
+            };
+            v.delivered += 1;
+            if got.deliveries > 1 {
+                v.duplicated.push(id.clone());
+            }
+            let mut input = got.input.clone();
+            match input.remove("brand") {
+                Some(Value::String(b)) if b == brand => {}
+                _ => v.unenriched.push(id.clone()),
+            }
+            if Value::Object(input) != *event {
+                v.altered.push(id);
+            }
+        }
+        v
+    }
+
+    /// Every acknowledged event is at the target, enriched and unchanged, and at most
+    /// `allowed_duplicates` arrived twice.
+    pub(crate) fn passed(&self, allowed_duplicates: usize) -> bool {
+        self.lost.is_empty()
+            && self.unenriched.is_empty()
+            && self.altered.is_empty()
+            && self.duplicated.len() <= allowed_duplicates
+    }
+}
+
+/// Waits until the target holds every id in `sent`, or the relay has nothing left to send (then
+/// whatever is missing is lost), or `timeout` passes.
+pub(crate) async fn drained(
+    sent: &[Value],
+    target: &TargetHandle,
+    data_dir: &Path,
+    timeout: Duration,
+) -> bool {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let ops = relay_store::Reader::open(data_dir).ok();
+    let mut idle_polls = 0;
+    loop {
+        let received: HashMap<_, _> = target.events();
+        if sent
+            .iter()
+            .all(|e| e["id"].as_str().is_some_and(|id| received.contains_key(id)))
+        {
+            return true;
+        }
+        if let Some(ops) = &ops
+            && let Ok(s) = relay_core::ops::Operations::status(ops).await
+        {
+            // Two polls in a row with nothing waiting or in flight: the relay is done.
+            idle_polls = if s.queued + s.in_flight == 0 {
+                idle_polls + 1
+            } else {
+                0
+            };
+            if idle_polls >= 2 {
+                return false;
+            }
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Posts events directly (not open-loop), for scenarios that need particular payloads;
+/// returns the ones answered 202.
+pub(crate) async fn post(relay: &RelayProcess, events: &[Value]) -> anyhow::Result<Vec<Value>> {
+    let client = reqwest::Client::new();
+    let mut accepted = Vec::new();
+    for e in events {
+        let response = client
+            .post(relay.events_url())
+            .header("x-api-key", &relay.api_key)
+            .json(e)
+            .send()
+            .await?;
+        if response.status().as_u16() == 202 {
+            accepted.push(e.clone());
+        }
+    }
+    Ok(accepted)
+}

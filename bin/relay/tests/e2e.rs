@@ -1,0 +1,109 @@
+//! `relay e2e` itself: it passes against a correct relay, and its checks fail when the far end
+//! loses or duplicates events.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use assert_cmd::Command;
+use serde_json::Value;
+
+fn e2e(args: &[&str]) -> (Option<i32>, Value) {
+    let output = Command::new(common::relay_bin())
+        .arg("e2e")
+        .arg("--json")
+        .args(args)
+        .output()
+        .unwrap();
+    let json = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}); stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    (output.status.code(), json)
+}
+
+fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
+    report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["scenario"] == name)
+        .unwrap()
+}
+
+#[test]
+fn every_scenario_passes_against_the_relay() {
+    let (code, report) = e2e(&[]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert_eq!(report["passed"], true);
+    let names: Vec<&str> = report["scenarios"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["scenario"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "steady",
+            "outage",
+            "storm429",
+            "graphql-limits",
+            "dlq-redrive",
+            "sigkill"
+        ]
+    );
+    for s in report["scenarios"].as_array().unwrap() {
+        assert!(s["acked"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(s["acked"], s["delivered"], "{s}");
+    }
+    assert!(
+        scenario(&report, "storm429")["rate_limited"]
+            .as_u64()
+            .unwrap()
+            >= 5
+    );
+}
+
+#[test]
+fn a_target_that_drops_events_fails_the_run() {
+    let (code, report) = e2e(&["--scenario", "steady", "--inject", "drop"]);
+    assert_eq!(code, Some(1), "{report:#}");
+    let steady = scenario(&report, "steady");
+    assert_eq!(steady["passed"], false);
+    assert_eq!(
+        steady["lost"].as_array().unwrap().len(),
+        12,
+        "every 50th of 600 acknowledged but dropped: {steady}"
+    );
+}
+
+#[test]
+fn a_target_that_duplicates_events_fails_the_run() {
+    let (code, report) = e2e(&["--scenario", "steady", "--inject", "duplicate"]);
+    assert_eq!(code, Some(1), "{report:#}");
+    let steady = scenario(&report, "steady");
+    assert_eq!(steady["passed"], false);
+    assert_eq!(
+        steady["duplicated"].as_array().unwrap().len(),
+        12,
+        "{steady}"
+    );
+    assert!(steady["lost"].as_array().unwrap().is_empty());
+}
+
+#[test]
+fn only_known_backends_and_scenarios_are_accepted() {
+    for args in [
+        &["e2e", "--backend", "cloud"][..],
+        &["e2e", "--scenario", "meteor"],
+        &["e2e", "--inject", "chaos"],
+    ] {
+        Command::new(common::relay_bin())
+            .args(args)
+            .assert()
+            .code(2);
+    }
+}
