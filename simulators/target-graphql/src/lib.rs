@@ -169,10 +169,12 @@ impl Shared {
             .arrivals
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             + 1;
-        if !events.contains_key(id) && drop_every.is_some_and(|n| n > 0 && nth % n == 0) {
+        if !events.contains_key(id) && drop_every.is_some_and(|n| n > 0 && nth.is_multiple_of(n)) {
             return true;
         }
-        if !events.contains_key(id) && duplicate_every.is_some_and(|n| n > 0 && nth % n == 0) {
+        if !events.contains_key(id)
+            && duplicate_every.is_some_and(|n| n > 0 && nth.is_multiple_of(n))
+        {
             events.insert(
                 id.to_owned(),
                 Received {
