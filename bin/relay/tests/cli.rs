@@ -23,7 +23,9 @@ fn help_lists_the_commands_and_teaches_up() {
         .stdout
         .clone();
     let text = String::from_utf8(out).unwrap();
-    for cmd in ["up", "trace", "dlq", "status", "target", "simulate"] {
+    for cmd in [
+        "demo", "up", "trace", "dlq", "status", "e2e", "target", "simulate",
+    ] {
         assert!(text.contains(cmd), "{text}");
     }
     let out = relay()
