@@ -499,10 +499,13 @@ mod operations {
         let _store = populated(dir.path()).await;
         let reader = Reader::open(dir.path()).unwrap();
         let all = reader.dead_letters(&DlqFilter::default()).await.unwrap();
-        assert_eq!(
-            all.iter().map(|d| d.event_id.as_str()).collect::<Vec<_>>(),
-            ["b", "c"]
+        assert!(
+            all.windows(2).all(|w| w[0].dead_at >= w[1].dead_at),
+            "newest first"
         );
+        let mut ids: Vec<_> = all.iter().map(|d| d.event_id.as_str()).collect();
+        ids.sort_unstable();
+        assert_eq!(ids, ["b", "c"]);
         let by_reason = reader
             .dead_letters(&DlqFilter {
                 reason: Some("bad_user".into()),
