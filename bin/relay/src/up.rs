@@ -86,6 +86,17 @@ pub(crate) struct UpArgs {
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    if args.backoff_base > args.backoff_cap {
+        clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "--backoff-base ({}) must not exceed --backoff-cap ({})\n",
+                humantime::format_duration(args.backoff_base),
+                humantime::format_duration(args.backoff_cap)
+            ),
+        )
+        .exit();
+    }
     let document = match args.document.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --document file {path}"))?,

@@ -139,6 +139,22 @@ fn usage_errors_exit_2_and_name_the_flag() {
             ],
             "--max-attempts",
         ),
+        (
+            &[
+                "up",
+                "--target-url",
+                "http://t",
+                "--api-key",
+                "k",
+                "--data-dir",
+                "d",
+                "--backoff-base",
+                "10s",
+                "--backoff-cap",
+                "1s",
+            ],
+            "--backoff-cap",
+        ),
         (&["target", "--rate", "0"], "--rate"),
         (
             &["target", "--rate", "5", "--fail-rate", "2"],
