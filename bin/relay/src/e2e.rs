@@ -188,6 +188,14 @@ async fn source(relay: &RelayProcess, rps: f64, count: u64) -> anyhow::Result<so
     Ok(source_sim::run(config, Arc::default()).await?)
 }
 
+/// A target with room to spare: 1,000 requests/s.
+fn roomy() -> TargetConfig {
+    TargetConfig {
+        rate: 1000.0,
+        ..TargetConfig::default()
+    }
+}
+
 /// A limited target 100 ms away: enough requests are in flight when the limit bites for the
 /// rate-limit answers to come as a storm, not one at a time.
 fn limited(rate: f64, mode: LimitMode) -> TargetConfig {
@@ -213,27 +221,13 @@ async fn run_scenario(
     let mut allowed_duplicates = 0;
     let (target, relay, sent, report) = match scenario {
         Scenario::Steady => {
-            let target = start_target(
-                TargetConfig {
-                    rate: 1000.0,
-                    ..TargetConfig::default()
-                },
-                inject,
-            )
-            .await?;
+            let target = start_target(roomy(), inject).await?;
             let relay = RelayProcess::start(&data, &target.url(), &[]).await?;
             let report = source(&relay, 200.0, 600).await?;
             (target, relay, report.acked_events.clone(), report)
         }
         Scenario::Outage => {
-            let target = start_target(
-                TargetConfig {
-                    rate: 1000.0,
-                    ..TargetConfig::default()
-                },
-                inject,
-            )
-            .await?;
+            let target = start_target(roomy(), inject).await?;
             let mut faults = target.faults();
             faults.outage = true;
             target.set_faults(faults.clone());
@@ -264,14 +258,7 @@ async fn run_scenario(
             (target, relay, report.acked_events.clone(), report)
         }
         Scenario::DlqRedrive => {
-            let target = start_target(
-                TargetConfig {
-                    rate: 1000.0,
-                    ..TargetConfig::default()
-                },
-                inject,
-            )
-            .await?;
+            let target = start_target(roomy(), inject).await?;
             let mut faults = target.faults();
             faults.reject_names = vec!["poison".into()];
             target.set_faults(faults.clone());
