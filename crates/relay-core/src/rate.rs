@@ -114,11 +114,6 @@ impl RateController {
         }
     }
 
-    /// Until when sending is paused by a `Retry-After`, if it is.
-    pub fn paused_until(&self, now: Instant) -> Option<Instant> {
-        (self.paused_until > now).then_some(self.paused_until)
-    }
-
     fn burst(&self) -> f64 {
         // 100 ms worth: enough to absorb timer jitter, too little to trip a strict target.
         (self.rate / 10.0).max(1.0)
@@ -207,7 +202,7 @@ impl RateController {
 
     /// Delivered requests per second over the last `window`. Quiet time inside the window
     /// (a `Retry-After` pause) counts: the point is what the target sustains.
-    pub fn delivered_rate(&self, now: Instant, window: Duration) -> f64 {
+    fn delivered_rate(&self, now: Instant, window: Duration) -> f64 {
         let count: u64 = self
             .delivered
             .iter()

@@ -35,10 +35,6 @@ impl ApiError {
         self.field = Some(field);
         self
     }
-
-    pub fn status(&self) -> StatusCode {
-        self.status
-    }
 }
 
 impl IntoResponse for ApiError {

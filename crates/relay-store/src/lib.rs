@@ -66,7 +66,6 @@ pub struct SqliteStore {
 struct Inner {
     jobs: mpsc::Sender<Job>,
     work: Arc<Notify>,
-    dir: PathBuf,
     _lock: File,
 }
 
@@ -122,14 +121,9 @@ impl SqliteStore {
             inner: Arc::new(Inner {
                 jobs,
                 work,
-                dir: dir.into(),
                 _lock: lock,
             }),
         })
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.inner.dir
     }
 
     /// Publishes the dispatcher's live figures for `relay status` in other processes.

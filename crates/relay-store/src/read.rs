@@ -1,7 +1,7 @@
 //! Reading the store from any process, including while `relay up` writes to it: delivery state,
 //! attempt history, dead letters and counts.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
@@ -22,7 +22,6 @@ use crate::{APPLICATION_ID, DB_FILE, DISPATCHER_KEY, OpenError, open_connection}
 #[derive(Debug)]
 pub struct Reader {
     conn: Mutex<Connection>,
-    path: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,12 +80,7 @@ impl Reader {
         }
         Ok(Reader {
             conn: Mutex::new(conn),
-            path,
         })
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 
     fn conn(&self) -> MutexGuard<'_, Connection> {
