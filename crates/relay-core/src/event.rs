@@ -19,7 +19,7 @@ pub struct Event {
 impl Event {
     /// The payload as compact JSON text, the form the store keeps.
     pub fn payload_json(&self) -> String {
-        Value::Object(self.payload.clone()).to_string()
+        serde_json::to_string(&self.payload).expect("a map of JSON values always serializes")
     }
 }
 

@@ -157,7 +157,15 @@ impl SqliteStore {
 
 impl Ingest for SqliteStore {
     async fn accept(&self, event: Event) -> Result<AcceptOutcome, StoreError> {
-        self.submit(|reply| Job::Accept { event, reply }).await
+        // Serialized here, on the caller's task: the writer thread is the one thing every
+        // request shares, so it only does SQL.
+        let payload = event.payload_json();
+        self.submit(|reply| Job::Accept {
+            event,
+            payload,
+            reply,
+        })
+        .await
     }
 }
 

@@ -10,7 +10,7 @@ use relay_core::{
     AcceptOutcome, AttemptRecord, Claim, Event, Settlement, StoreError, Trigger, UnixMillis,
 };
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use serde_json::Value;
+use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 /// Upper bound on jobs in one transaction, so one commit never holds answers back for long.
@@ -22,6 +22,8 @@ type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 pub(crate) enum Job {
     Accept {
         event: Event,
+        /// `event.payload` serialized by the caller, off this thread.
+        payload: String,
         reply: Reply<AcceptOutcome>,
     },
     Claim {
@@ -208,9 +210,11 @@ fn run_in_savepoint(
         result
     }
     match job {
-        Job::Accept { event, reply } => {
-            Done::Accept(reply, guarded(txn, |c| accept(c, &event, now)))
-        }
+        Job::Accept {
+            event,
+            payload,
+            reply,
+        } => Done::Accept(reply, guarded(txn, |c| accept(c, &event, &payload, now))),
         Job::Claim { max, lease, reply } => {
             let token = *next_lease;
             *next_lease += 1;
@@ -243,8 +247,12 @@ fn run_in_savepoint(
     }
 }
 
-fn accept(conn: &Connection, event: &Event, now: UnixMillis) -> Result<AcceptOutcome, StoreError> {
-    let payload = event.payload_json();
+fn accept(
+    conn: &Connection,
+    event: &Event,
+    payload: &str,
+    now: UnixMillis,
+) -> Result<AcceptOutcome, StoreError> {
     let inserted = conn
         .prepare_cached("INSERT INTO events (id, payload, received_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
         .and_then(|mut s| s.execute(params![event.id, payload, now]))
@@ -262,8 +270,8 @@ fn accept(conn: &Connection, event: &Event, now: UnixMillis) -> Result<AcceptOut
         .and_then(|mut s| s.query_row([&event.id], |r| r.get(0)))
         .map_err(failed)?;
     // Same payload means the same JSON value: key order and whitespace do not matter.
-    let same = serde_json::from_str::<Value>(&stored)
-        .is_ok_and(|v| v == Value::Object(event.payload.clone()));
+    let same =
+        serde_json::from_str::<Map<String, Value>>(&stored).is_ok_and(|m| m == event.payload);
     Ok(if same {
         AcceptOutcome::Duplicate
     } else {
