@@ -51,8 +51,8 @@ pub(crate) struct UpArgs {
     document: String,
 
     /// Extra header on every request to the target, as 'Name: value'; repeatable.
-    /// Example: --header 'Authorization: Bearer abc'.
-    #[arg(long = "header", value_parser = args::header)]
+    /// Example: --header 'Authorization: Bearer abc'. In the environment, one header per line.
+    #[arg(long = "header", env = "RELAY_HEADERS", value_delimiter = '\n', hide_env_values = true, value_parser = args::header)]
     headers: Vec<(String, String)>,
 
     /// Attempts before an event goes to the dead-letter queue. Rate-limited answers do not count.

@@ -222,6 +222,25 @@ fn flags_fall_back_to_relay_environment_variables() {
 }
 
 #[test]
+fn target_headers_come_from_the_environment_one_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // The second line is malformed: the refusal proves every line was read and checked.
+    relay()
+        .args([
+            "up",
+            "--target-url",
+            "http://127.0.0.1:9/graphql",
+            "--api-key",
+            "k",
+        ])
+        .env("RELAY_DATA_DIR", dir.path())
+        .env("RELAY_HEADERS", "Authorization: Bearer abc\nNoColonHere")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains("NoColonHere"));
+}
+
+#[test]
 fn a_data_dir_that_is_not_a_relay_store_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("relay.db"), b"this is not sqlite at all, just text padding..........................................................................").unwrap();
