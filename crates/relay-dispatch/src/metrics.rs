@@ -23,6 +23,7 @@ pub struct MetricsSnapshot {
     pub delivered: u64,
     pub rate_limited: u64,
     pub transient: u64,
+    /// Deliveries dead-lettered (permanent answer, attempts exhausted or max age).
     pub dead: u64,
     /// Current sending rate, requests/s.
     pub rate: f64,
@@ -38,16 +39,17 @@ impl Metrics {
 
     pub(crate) fn finished(&self, outcome: &Outcome, settlement: &Settlement) {
         self.in_flight.fetch_sub(1, Relaxed);
-        let counter = match outcome {
-            Outcome::Delivered => &self.delivered,
-            Outcome::RateLimited { .. } => &self.rate_limited,
-            Outcome::Transient { .. } => &self.transient,
-            Outcome::Permanent { .. } => &self.dead,
+        // Answers by kind; `dead` counts dead-lettered deliveries, whatever the last answer was.
+        let answer = match outcome {
+            Outcome::Delivered => Some(&self.delivered),
+            Outcome::RateLimited { .. } => Some(&self.rate_limited),
+            Outcome::Transient { .. } => Some(&self.transient),
+            Outcome::Permanent { .. } => None,
         };
-        counter.fetch_add(1, Relaxed);
-        if matches!(settlement, Settlement::Dead { .. })
-            && !matches!(outcome, Outcome::Permanent { .. })
-        {
+        if let Some(counter) = answer {
+            counter.fetch_add(1, Relaxed);
+        }
+        if matches!(settlement, Settlement::Dead { .. }) {
             self.dead.fetch_add(1, Relaxed);
         }
     }
