@@ -10,29 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet -p relay -p relay-loadtest
-BIN="${CARGO_TARGET_DIR:-target}/release"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+source loadtest/lib.sh
 
-# start NAME CMD...: runs CMD in the background, waits for its "listening on" line.
-start() {
-  local name=$1; shift
-  "$@" >"$WORK/$name.out" 2>"$WORK/$name.err" &
-  PIDS+=($!)
-  LAST_PID=$!
-  for _ in $(seq 100); do
-    grep -q "listening on" "$WORK/$name.out" 2>/dev/null && return 0
-    sleep 0.1
-  done
-  echo "$name did not start:" >&2; cat "$WORK/$name.err" >&2; exit 1
-}
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'d': d}))" "$@"; }
 stats() { curl -sf "http://$1/admin/stats"; }

@@ -11,27 +11,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo build --release --quiet -p relay -p relay-loadtest
-BIN="${CARGO_TARGET_DIR:-target}/release"
+source loadtest/lib.sh
 REPORTS="${REPORTS:-loadtest/reports}"
 SOAK="${SOAK:-5m}"
 mkdir -p "$REPORTS"
-WORK="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
 
 export RELAY_API_KEY="goose-$RANDOM$RANDOM"
-"$BIN/relay" target --listen 127.0.0.1:4310 --rate 200 >"$WORK/target.out" 2>&1 &
-PIDS+=($!)
-"$BIN/relay" up --listen 127.0.0.1:8310 --target-url http://127.0.0.1:4310/graphql \
-  --data-dir "$WORK/data" >"$WORK/relay.out" 2>"$WORK/relay.err" &
-PIDS+=($!)
-for _ in $(seq 100); do grep -q "listening on" "$WORK/relay.out" 2>/dev/null && break; sleep 0.1; done
+start target "$BIN/relay" target --listen 127.0.0.1:4310 --rate 200
+start relay "$BIN/relay" up --listen 127.0.0.1:8310 --target-url http://127.0.0.1:4310/graphql \
+  --data-dir "$WORK/data"
 
 run() {
   local name=$1; shift
