@@ -41,6 +41,11 @@ pub(crate) struct SimulateArgs {
     /// relay is overloaded; skipped sends are reported).
     #[arg(long, default_value_t = 10_000)]
     max_in_flight: u64,
+    /// Send over exactly this many connections, one request at a time on each (as wrk2 does);
+    /// a send that waits for a free connection counts the wait in its latency. Default: open
+    /// another connection whenever all are busy.
+    #[arg(long, value_parser = args::positive_count)]
+    connections: Option<usize>,
     /// Write the acknowledged event ids here, one per line, to check delivery later.
     #[arg(long)]
     ids_out: Option<PathBuf>,
@@ -65,6 +70,7 @@ pub(crate) async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     config.body_bytes = args.body_bytes;
     config.max_in_flight = args.max_in_flight;
     config.keep_ids = args.ids_out.is_some();
+    config.connections = args.connections;
 
     let progress = Arc::new(Progress::default());
     let bar = ProgressBar::new(count).with_style(

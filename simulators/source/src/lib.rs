@@ -40,6 +40,10 @@ pub struct SourceConfig {
     pub body_bytes: usize,
     /// Keep the acknowledged ids in the report.
     pub keep_ids: bool,
+    /// Send over at most this many connections, one request at a time on each, as wrk2 does.
+    /// A send waits for a free connection, and that wait counts in its latency (measured from
+    /// the scheduled time). `None`: a new connection whenever all are busy.
+    pub connections: Option<usize>,
 }
 
 impl SourceConfig {
@@ -55,6 +59,7 @@ impl SourceConfig {
             id_prefix: format!("sim-{:08x}", fastrand::u32(..)),
             body_bytes: 64,
             keep_ids: false,
+            connections: None,
         }
     }
 }
@@ -119,10 +124,18 @@ enum Answer {
 
 /// Sends `config.count` events at `config.rps` and reports. `progress` is updated live.
 pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report, reqwest::Error> {
-    let client = reqwest::Client::builder()
+    let mut client = reqwest::Client::builder()
         .timeout(config.patience)
-        .tcp_nodelay(true)
-        .build()?;
+        .tcp_nodelay(true);
+    // With a fixed number of connections, at most that many requests are ever in flight, so the
+    // pool never holds more.
+    if let Some(n) = config.connections {
+        client = client.pool_max_idle_per_host(n);
+    }
+    let client = client.build()?;
+    let connections = config
+        .connections
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
     let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Answer, Option<serde_json::Value>)>();
     let in_flight = Arc::new(AtomicU64::new(0));
     let body = "x".repeat(config.body_bytes);
@@ -195,8 +208,13 @@ pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report
             .header("content-type", "application/json")
             .body(event.to_string());
         let kept = config.keep_ids.then_some(event);
-        let (tx, in_flight) = (tx.clone(), Arc::clone(&in_flight));
+        let (tx, in_flight, connections) =
+            (tx.clone(), Arc::clone(&in_flight), connections.clone());
         tokio::spawn(async move {
+            let _connection = match connections {
+                Some(c) => Some(c.acquire_owned().await.expect("never closed")),
+                None => None,
+            };
             let answer = match request.send().await {
                 Ok(response) => Answer::Status(response.status().as_u16(), scheduled.elapsed()),
                 Err(_) => Answer::Error,
