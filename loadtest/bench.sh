@@ -4,13 +4,22 @@
 #   loadtest/bench.sh ingest     ack latency at 2,000/s and saturation, relay vs a bare handler
 #   loadtest/bench.sh dispatch   delivered share of an undisclosed 50/s limit, 0 and 200 ms latency
 #   loadtest/bench.sh memory     RSS of `relay up` holding a 1,000,000-event backlog
+#   loadtest/bench.sh ack-tail   ack p99/p99.9 at 2,000/s over 16 and 256 connections (wrk2-style)
+#   loadtest/bench.sh pressure   200/s for 20 s while `dd … conv=fsync` writes 3 GB to the same disk
+#   loadtest/bench.sh fsyncs     fsync/fdatasync calls per acknowledged event at 100/s and 2,000/s
+#   loadtest/bench.sh retention  store size and RSS over 10 min of 500/s with --retention 1m
 #   loadtest/bench.sh all
+#
+# RELAY=/path/to/relay runs `relay up` from another build (e.g. the previous commit's), with this
+# build's simulator, for before/after comparisons in one run.
 #
 # Every run is bounded in time and count and talks to 127.0.0.1 only.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 source loadtest/lib.sh
+
+UP=${RELAY:-$BIN/relay}
 
 stop() { kill "$1" 2>/dev/null || true; wait "$1" 2>/dev/null || true; }
 json() { python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(eval(sys.argv[2], {}, {'d': d}))" "$@"; }
@@ -20,7 +29,7 @@ ingest() {
   echo "## ingest (open loop, $(nproc) cores, sender on the same machine)"
   start target "$BIN/relay" target --listen 127.0.0.1:4301 --rate 50
   T=$LAST_PID
-  start relay "$BIN/relay" up --listen 127.0.0.1:8301 --target-url http://127.0.0.1:4301/graphql \
+  start relay "$UP" up --listen 127.0.0.1:8301 --target-url http://127.0.0.1:4301/graphql \
     --api-key bench --data-dir "$WORK/ingest-data"
   R=$LAST_PID
   start bare "$BIN/bare-ingest" 127.0.0.1:8302
@@ -54,7 +63,7 @@ dispatch() {
   for latency in 0 200; do
     start target "$BIN/relay" target --listen 127.0.0.1:4302 --rate 50 --latency-ms "$latency"
     T=$LAST_PID
-    start relay "$BIN/relay" up --listen 127.0.0.1:8303 --target-url http://127.0.0.1:4302/graphql \
+    start relay "$UP" up --listen 127.0.0.1:8303 --target-url http://127.0.0.1:4302/graphql \
       --api-key bench --data-dir "$WORK/dispatch-$latency"
     R=$LAST_PID
     "$BIN/relay" simulate --url http://127.0.0.1:8303 --api-key bench --rps 1000 --count 5000 --json >/dev/null
@@ -76,7 +85,7 @@ memory() {
   echo "## memory (backlog of 1,000,000 events held by relay up)"
   start target "$BIN/relay" target --listen 127.0.0.1:4303 --rate 1
   T=$LAST_PID
-  start relay "$BIN/relay" up --listen 127.0.0.1:8304 --target-url http://127.0.0.1:4303/graphql \
+  start relay "$UP" up --listen 127.0.0.1:8304 --target-url http://127.0.0.1:4303/graphql \
     --api-key bench --data-dir "$WORK/memory-data" --target-rate 1
   R=$LAST_PID
   rss() { awk '/VmRSS|VmHWM/ {printf "%s %.1f MB  ", $1, $2/1024}' "/proc/$R/status"; echo; }
@@ -95,10 +104,124 @@ memory() {
   stop "$R"; stop "$T"
 }
 
+
+# sim PORT ARGS...: this build's open-loop source against 127.0.0.1:PORT, JSON report on stdout.
+sim() { local port=$1; shift; "$BIN/relay" simulate --url "http://127.0.0.1:$port" --api-key bench --json "$@" || true; }
+row() {
+  local f=$1 label=$2
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" \
+    "$(json "$f" "d['acked']")/$(json "$f" "d['sent'] + d['skipped']")" \
+    "$(json "$f" "sum(v for k, v in d['statuses'].items() if not k.startswith('2'))")" \
+    "$(json "$f" "d['late'] + d['errors'] + d['skipped']")" \
+    "$(json "$f" "d['latency_ms']['p50']")" "$(json "$f" "d['latency_ms']['p99']")" \
+    "$(json "$f" "d['latency_ms']['p999']")" "$(json "$f" "d['latency_ms']['max']")"
+}
+up() { # up NAME PORT TARGET_PORT EXTRA...: relay up on a fresh data dir
+  local name=$1 port=$2 tport=$3; shift 3
+  start "$name" "$UP" up --listen "127.0.0.1:$port" --target-url "http://127.0.0.1:$tport/graphql" \
+    --api-key bench --data-dir "$WORK/$name-data" "$@"
+}
+
+ack_tail() {
+  echo "## ack tail at 2,000/s, 20 s, open loop over a fixed number of connections ($UP)"
+  start target "$BIN/relay" target --listen 127.0.0.1:4310 --rate 50
+  T=$LAST_PID
+  printf '| connections | acked | refused | late/lost | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|\n'
+  for conns in 16 256; do
+    up "tail-$conns" 8310 4310
+    R=$LAST_PID
+    sim 8310 --rps 500 --count 1000 >/dev/null
+    sim 8310 --rps 2000 --duration 20s --connections "$conns" >"$WORK/tail-$conns.json"
+    row "$WORK/tail-$conns.json" "$conns"
+    stop "$R"
+  done
+  stop "$T"
+}
+
+pressure() {
+  echo "## 200/s for 20 s while dd writes 3 GB with conv=fsync to the same filesystem ($UP)"
+  start target "$BIN/relay" target --listen 127.0.0.1:4311 --rate 25
+  T=$LAST_PID
+  up pressure 8311 4311
+  R=$LAST_PID
+  sim 8311 --rps 200 --count 200 >/dev/null
+  # dd over and over, so the disk is under pressure for the whole run, not only its first seconds.
+  (while :; do dd if=/dev/zero of="$WORK/dd.bin" bs=1M count=3000 conv=fsync 2>>"$WORK/dd.err"; done) &
+  D=$!
+  sleep 1
+  sim 8311 --rps 200 --duration 20s >"$WORK/pressure.json"
+  kill "$D"; wait "$D" 2>/dev/null || true; pkill -f "of=$WORK/dd.bin" || true; rm -f "$WORK/dd.bin"
+  printf '| run | acked | refused | late/lost | p50 ms | p99 ms | p99.9 ms | max ms |\n|---|---|---|---|---|---|---|---|\n'
+  row "$WORK/pressure.json" "200/s + dd"
+  echo "dd runs: $(grep -c copied "$WORK/dd.err"), e.g. $(grep copied "$WORK/dd.err" | tail -1)"
+  stop "$R"; stop "$T"
+}
+
+fsyncs() {
+  echo "## fsync and fdatasync calls of relay up per acknowledged event ($UP)"
+  printf '| load | events acked | fsync | fdatasync | per event |\n|---|---|---|---|---|\n'
+  start target "$BIN/relay" target --listen 127.0.0.1:4312 --rate 100000
+  T=$LAST_PID
+  for load in 100:30s 2000:20s; do
+    rps=${load%%:*}; dur=${load##*:}
+    rm -rf "$WORK/fsync-data"
+    "$UP" up --listen 127.0.0.1:8312 --target-url http://127.0.0.1:4312/graphql --api-key bench \
+      --data-dir "$WORK/fsync-data" >"$WORK/fs.out" 2>"$WORK/fs.err" &
+    R=$!
+    for _ in $(seq 100); do grep -q "listening on" "$WORK/fs.out" && break; sleep 0.1; done
+    # Counted from here: ingest, delivery to a target that takes everything, and housekeeping.
+    strace -f -c -e trace=fsync,fdatasync -o "$WORK/strace-$rps.txt" -p "$R" 2>/dev/null &
+    S=$!
+    sleep 1
+    sim 8312 --rps "$rps" --duration "$dur" >"$WORK/fs-$rps.json"
+    sleep 3
+    kill -INT "$S"; wait "$S" 2>/dev/null || true
+    acked=$(json "$WORK/fs-$rps.json" "d['acked']")
+    python3 - "$WORK/strace-$rps.txt" "$rps" "$acked" <<'PY'
+import re, sys
+calls = {"fsync": 0, "fdatasync": 0}
+for line in open(sys.argv[1]):
+    parts = line.split()
+    if parts and parts[-1] in calls:
+        calls[parts[-1]] = int(parts[3])
+acked = int(sys.argv[3])
+total = calls["fsync"] + calls["fdatasync"]
+print(f"| {sys.argv[2]}/s | {acked} | {calls['fsync']} | {calls['fdatasync']} | {total / max(acked, 1):.3f} |")
+PY
+    stop "$R"
+  done
+  stop "$T"
+}
+
+retention() {
+  echo "## constant 500/s for 10 min with --retention 1m: store size and RSS ($UP)"
+  start target "$BIN/relay" target --listen 127.0.0.1:4313 --rate 100000
+  T=$LAST_PID
+  up retention 8313 4313 --retention 1m
+  R=$LAST_PID
+  sim 8313 --rps 500 --duration 600s >"$WORK/retention.json" &
+  S=$!
+  printf '| minute | store (relay.db + wal + journal) | archive | RSS MB |\n|---|---|---|---|\n'
+  for m in $(seq 1 10); do
+    sleep 60
+    live=$(du -sk --exclude=archive "$WORK/retention-data" | cut -f1)
+    arch=$(du -sk "$WORK/retention-data/archive" 2>/dev/null | cut -f1 || echo 0)
+    rss=$(awk '/VmRSS/ {printf "%.1f", $2/1024}' "/proc/$R/status")
+    echo "| $m | $((live / 1024)) MB | $((${arch:-0} / 1024)) MB | $rss |"
+  done
+  wait "$S" || true
+  row "$WORK/retention.json" "500/s, 10 min"
+  stop "$R"; stop "$T"
+}
+
 case "${1:-all}" in
   ingest) ingest ;;
   dispatch) dispatch ;;
   memory) memory ;;
-  all) ingest; dispatch; memory ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|all]" >&2; exit 2 ;;
+  ack-tail) ack_tail ;;
+  pressure) pressure ;;
+  fsyncs) fsyncs ;;
+  retention) retention ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|all]" >&2; exit 2 ;;
 esac
