@@ -74,6 +74,18 @@ fn render(s: &StatusReport) -> String {
             "dead-lettered, last minute",
             Cell::new(s.dead_lettered_last_minute),
         ),
+        (
+            "acknowledged before flush",
+            Cell::new(match s.acked_before_flush {
+                0 => "0".to_owned(),
+                n => format!("{n} (answered while the disk stalled; see docs/runbook.md)"),
+            })
+            .fg(if s.acked_before_flush > 0 {
+                Color::Yellow
+            } else {
+                Color::Reset
+            }),
+        ),
     ];
     for (k, v) in rows {
         t.add_row(vec![Cell::new(k), v]);

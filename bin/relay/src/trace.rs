@@ -96,6 +96,37 @@ fn print(t: &EventTrace) {
     if let Some(error) = &d.last_error {
         summary.add_row(vec![Cell::new("last error"), Cell::new(error)]);
     }
+    if let Some(early) = &t.acked_before_flush {
+        let flushed = early.flushed_at.map_or_else(
+            || {
+                "its flush was not recorded (the process stopped first; the event survived that)"
+                    .into()
+            },
+            |at| format!("flushed {} ms later", at - early.acked_at),
+        );
+        summary.add_row(vec![
+            Cell::new("durability"),
+            Cell::new(format!(
+                "acknowledged before its flush to disk, at {}; {flushed}",
+                timestamp(early.acked_at)
+            ))
+            .fg(Color::Yellow),
+        ]);
+    }
+    if let Some(a) = &t.archived {
+        summary.add_row(vec![
+            Cell::new("archived"),
+            Cell::new(format!(
+                "{} ({}) in {}",
+                timestamp(a.archived_at),
+                match a.why.as_str() {
+                    "purged" => "purged from the dead-letter queue",
+                    _ => "delivered longer ago than the retention",
+                },
+                a.location
+            )),
+        ]);
+    }
     summary.add_row(vec![Cell::new("payload"), Cell::new(t.payload.to_string())]);
     println!("{summary}");
 
@@ -131,10 +162,12 @@ fn print(t: &EventTrace) {
             Cell::new(dl.last_response.as_deref().unwrap_or("—")),
         ]);
         println!("{dead}");
-        println!(
-            "redrive with: relay dlq redrive --id {} --data-dir …",
-            shell_word(&t.event_id)
-        );
+        if t.archived.is_none() {
+            println!(
+                "redrive with: relay dlq redrive --id {} --data-dir …",
+                shell_word(&t.event_id)
+            );
+        }
     }
     if t.trace_ids.is_empty() {
         println!("trace ids: none (the local backend keeps its own timeline above)");

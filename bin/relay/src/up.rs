@@ -13,7 +13,8 @@ use relay_core::ops::DispatcherReport;
 use relay_core::rate::RateConfig;
 use relay_dispatch::{DEFAULT_DOCUMENT, DispatchConfig, Dispatcher, GraphqlClient, TargetConfig};
 use relay_ingest::IngestConfig;
-use relay_store::SqliteStore;
+use relay_store::{Durability, SqliteStore, StoreOptions};
+use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
 
 use crate::args;
@@ -83,6 +84,41 @@ pub(crate) struct UpArgs {
     /// source's budget).
     #[arg(long, env = "RELAY_STORE_TIMEOUT", default_value = "400ms", value_parser = args::duration)]
     store_timeout: Duration,
+
+    /// When a 2xx may be sent relative to the flush (fsync) that makes the event survive a
+    /// power cut. Either way it is sent only once the event is written, so it survives the
+    /// process being killed.
+    ///   deadline: wait for the flush up to --flush-wait; if the disk stalls longer, answer
+    ///             anyway and count the event as acknowledged before flush (relay status,
+    ///             relay trace, the progress log). No event is refused because the disk is slow.
+    ///   flush:    never answer before the flush; when the disk stalls past --store-timeout the
+    ///             answer is 503, and a source that never retries loses the event.
+    #[arg(
+        long,
+        env = "RELAY_DURABILITY",
+        value_enum,
+        default_value = "deadline",
+        verbatim_doc_comment
+    )]
+    durability: DurabilityArg,
+
+    /// With --durability deadline, how long a 2xx waits for its flush. Must be under
+    /// --store-timeout.
+    #[arg(long, env = "RELAY_FLUSH_WAIT", default_value = "100ms", value_parser = args::duration)]
+    flush_wait: Duration,
+
+    /// Delivered events older than this (since delivery) move from the live store to
+    /// compressed JSON lines under DATA_DIR/archive/, where `relay trace` still finds them.
+    /// Dead letters stay until redriven or purged. Duplicates of an id are recognised while it
+    /// is in the live store.
+    #[arg(long, env = "RELAY_RETENTION", default_value = "7d", value_parser = args::duration)]
+    retention: Duration,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum DurabilityArg {
+    Deadline,
+    Flush,
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
@@ -93,6 +129,17 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 "--backoff-base ({}) must not exceed --backoff-cap ({})\n",
                 humantime::format_duration(args.backoff_base),
                 humantime::format_duration(args.backoff_cap)
+            ),
+        )
+        .exit();
+    }
+    if args.flush_wait >= args.store_timeout {
+        clap::Error::raw(
+            clap::error::ErrorKind::ArgumentConflict,
+            format!(
+                "--flush-wait ({}) must be under --store-timeout ({}): past the store timeout the answer is 503\n",
+                humantime::format_duration(args.flush_wait),
+                humantime::format_duration(args.store_timeout)
             ),
         )
         .exit();
@@ -109,7 +156,19 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         headers: args.headers.clone(),
         timeout: args.target_timeout,
     })?;
-    let store = SqliteStore::open(&args.data_dir)?;
+    let store = SqliteStore::open_with(
+        &args.data_dir,
+        StoreOptions {
+            durability: match args.durability {
+                DurabilityArg::Deadline => Durability::Deadline,
+                DurabilityArg::Flush => Durability::Flush,
+            },
+            flush_wait: args.flush_wait,
+            retention: Some(args.retention),
+            ..StoreOptions::default()
+        }
+        .with_faults_from_env(),
+    )?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -181,6 +240,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     tracing::debug!(error = %e, "could not publish dispatcher figures");
                 }
                 if n % 5 == 4 {
+                    let flush = store.flush_stats();
                     tracing::info!(
                         delivered = m.delivered,
                         rate_limited = m.rate_limited,
@@ -189,6 +249,9 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                         in_flight = m.in_flight,
                         rate = format!("{:.1}/s", m.rate),
                         estimated_limit = m.estimated_limit.map(|l| format!("{l:.1}/s")),
+                        acked_before_flush = flush.acked_before_flush.load(Relaxed),
+                        flushes = flush.flushes.load(Relaxed),
+                        longest_flush_ms = flush.longest_flush_us.load(Relaxed) / 1000,
                         "progress"
                     );
                 }

@@ -63,12 +63,7 @@ async fn sigkill_during_ingest_loses_no_acknowledged_event() {
         "the kill must land mid-stream: {report:?}"
     );
 
-    let stored: HashSet<String> = Reader::open(&data)
-        .unwrap()
-        .event_ids()
-        .unwrap()
-        .into_iter()
-        .collect();
+    let stored = stored_after_restart(&data).await;
     let missing: Vec<_> = report
         .acked_ids
         .iter()
@@ -90,6 +85,79 @@ async fn sigkill_during_ingest_loses_no_acknowledged_event() {
     )
     .await;
     assert_eq!(relay.terminate().code(), Some(0));
+}
+
+/// What a restart finds on disk: opening the store replays the journal into the index, as
+/// `relay up` does when it starts.
+async fn stored_after_restart(data: &std::path::Path) -> HashSet<String> {
+    let store = relay_store::SqliteStore::open(data).unwrap();
+    store.indexed().await.unwrap();
+    drop(store);
+    Reader::open(data)
+        .unwrap()
+        .event_ids()
+        .unwrap()
+        .into_iter()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_flushes_stalled_every_event_is_acked_in_time_survives_sigkill_and_is_delivered() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target(1e6, 1e6).await;
+    // Every flush of the journal takes 2 s, far past the source's 500 ms budget.
+    let stall = [("RELAY_FAULT_FLUSH_STALL", "2s")];
+    let relay = Relay::start_env(&data, &target.url(), &[], &stall);
+    let mut config = source_sim::SourceConfig::new(relay.events_url(), KEY, 200.0, 1000);
+    config.keep_ids = true;
+    let report = source_sim::run(config, Arc::default()).await.unwrap();
+    assert_eq!(
+        (report.acked, report.rejected, report.late, report.errors),
+        (1000, 0, 0, 0),
+        "every event answered 2xx within 500 ms: {report:?}"
+    );
+    // The last flushes are still stalled: kill now.
+    relay.kill();
+    let stored = stored_after_restart(&data).await;
+    let missing: Vec<_> = report
+        .acked_ids
+        .iter()
+        .filter(|id| !stored.contains(*id))
+        .collect();
+    assert!(missing.is_empty(), "acknowledged but lost: {missing:?}");
+    let status = relay_core::ops::Operations::status(&Reader::open(&data).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        status.acked_before_flush > 0,
+        "the stall made the relay answer before flushing, and it counted that"
+    );
+
+    let relay = Relay::start(&data, &target.url(), &[]);
+    eventually("all 1000 delivered after the restart", 60, || {
+        let received = target.events();
+        report.acked_ids.iter().all(|id| received.contains_key(id))
+    })
+    .await;
+    assert_eq!(target.stats().bad_idempotency_keys, 0);
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_flush_policy_refuses_rather_than_answer_before_a_stalled_flush() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target(1e6, 1e6).await;
+    let stall = [("RELAY_FAULT_FLUSH_STALL", "2s")];
+    let relay = Relay::start_env(&data, &target.url(), &["--durability", "flush"], &stall);
+    let config = source_sim::SourceConfig::new(relay.events_url(), KEY, 50.0, 50);
+    let report = source_sim::run(config, Arc::default()).await.unwrap();
+    assert!(
+        report.statuses.get(&503).copied().unwrap_or(0) > 0,
+        "a 2 s flush is past the store timeout: {report:?}"
+    );
+    assert!(report.acked < 50, "{report:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

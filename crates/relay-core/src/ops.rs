@@ -4,7 +4,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::UnixMillis;
 use crate::delivery::DeliveryStatus;
@@ -22,6 +22,30 @@ pub struct EventTrace {
     pub dead_letter: Option<DeadLetterView>,
     /// Ids of this event in tracing systems (X-Ray trace/segment ids on AWS); none locally.
     pub trace_ids: Vec<TraceRef>,
+    /// Set when the event was answered 2xx before its flush to disk completed (the local
+    /// store's `deadline` durability policy, while the disk stalled).
+    pub acked_before_flush: Option<EarlyAck>,
+    /// Set when the event has left the live store for the archive.
+    pub archived: Option<ArchiveRef>,
+}
+
+/// An acknowledgement sent before the event's flush to disk completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EarlyAck {
+    pub acked_at: UnixMillis,
+    /// When the flush landed; `None` if the process stopped first (the event was written, so
+    /// it survived that, and the next start made it durable).
+    pub flushed_at: Option<UnixMillis>,
+}
+
+/// Where an archived event is kept.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ArchiveRef {
+    /// A file path (local) or an object URL (S3).
+    pub location: String,
+    /// `retention` (delivered long enough ago) or `purged` (a dead letter purged by an operator).
+    pub why: String,
+    pub archived_at: UnixMillis,
 }
 
 /// Where the delivery stands now.
@@ -45,7 +69,7 @@ fn as_str<S: serde::Serializer>(status: &DeliveryStatus, s: S) -> Result<S::Ok, 
     s.serialize_str(status.as_str())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AttemptView {
     pub n: u32,
     pub trigger: String,
@@ -56,7 +80,7 @@ pub struct AttemptView {
     pub detail: String,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DeadLetterView {
     pub event_id: String,
     pub reason: String,
@@ -72,11 +96,13 @@ pub struct TraceRef {
     pub id: String,
 }
 
-/// Which dead letters to list or redrive.
+/// Which dead letters to list, redrive or purge.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct DlqFilter {
     /// Dead-lettered at or after this time.
     pub since: Option<UnixMillis>,
+    /// Dead-lettered before this time.
+    pub before: Option<UnixMillis>,
     /// Reason contains this text (case-insensitive).
     pub reason: Option<String>,
     pub limit: Option<usize>,
@@ -109,6 +135,9 @@ pub struct StatusReport {
     /// Attempts that failed and were scheduled again, last minute.
     pub retried_last_minute: u64,
     pub dead_lettered_last_minute: u64,
+    /// Events answered 2xx before their flush to disk completed, since the store was created
+    /// (always 0 on AWS, where every answer follows the durable write).
+    pub acked_before_flush: u64,
     /// `None` when no dispatcher has ever reported.
     pub dispatcher: Option<DispatcherReport>,
 }
@@ -119,6 +148,22 @@ pub struct RedriveReport {
     pub redriven: Vec<String>,
     /// Asked for but not in the dead-letter queue (unknown, or not dead).
     pub skipped: Vec<String>,
+    /// Asked for, but purged to the archive: not redriven (re-send the archived payload).
+    pub archived: Vec<ArchivedId>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ArchivedId {
+    pub id: String,
+    pub location: String,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PurgeReport {
+    /// Removed from the dead-letter queue (or, with a dry run, would be).
+    pub purged: Vec<String>,
+    /// Where their copies went.
+    pub archive: Option<String>,
 }
 
 /// Inspecting and operating a relay's state.
@@ -141,4 +186,11 @@ pub trait Operations {
         ids: &[String],
         spread: Duration,
     ) -> impl Future<Output = Result<RedriveReport, StoreError>> + Send;
+    /// Removes the dead letters `filter` matches, each with a copy in the archive. With
+    /// `dry_run`, only says which.
+    fn purge(
+        &self,
+        filter: &DlqFilter,
+        dry_run: bool,
+    ) -> impl Future<Output = Result<PurgeReport, StoreError>> + Send;
 }

@@ -1,16 +1,25 @@
-//! relay's embedded durable store: SQLite in a data directory, implementing the core's ports.
+//! relay's embedded durable store, in a data directory, implementing the core's ports.
 //!
-//! One process owns a data directory for writing (`relay up`, guarded by a lock file); every
-//! write goes through one writer thread that commits whole batches (group commit), so many
-//! concurrent requests share one fsync. Other processes open the same directory read-mostly
-//! ([`Reader`]) thanks to SQLite's WAL mode.
+//! An accepted event is committed to an append-only journal (`journal/`): one `write` per group
+//! of requests, flushed by its own thread, so a slow flush never stops the next group being
+//! written. SQLite (`relay.db`) is the index and the work queue: one writer thread applies the
+//! journal and every claim and settlement, in group transactions that are flushed by a
+//! checkpoint about once a second, off the ingest path. Delivered events older than the
+//! retention move to compressed files under `archive/`.
+//!
+//! One process owns a data directory for writing (`relay up`, guarded by a lock file). Other
+//! processes open it read-mostly ([`Reader`]) thanks to SQLite's WAL mode.
 
+mod archive;
+mod journal;
 mod read;
 mod writer;
 
 use std::fs::{File, OpenOptions};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::thread::JoinHandle;
 use std::time::Duration;
 
 use relay_core::ops::DispatcherReport;
@@ -19,8 +28,10 @@ use relay_core::{
     AcceptOutcome, AttemptRecord, Claim, Event, Ingest, Settlement, StoreError, WorkQueue,
 };
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{Notify, mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
+pub use archive::{ARCHIVE_DIR, ArchivedEvent};
+pub use journal::FlushStats;
 pub use read::{DeliveryView, Reader, StatusCounts};
 use writer::Job;
 
@@ -33,6 +44,89 @@ const LOCK_FILE: &str = "relay.lock";
 const DISPATCHER_KEY: &str = "dispatcher";
 /// Writes queued beyond this are refused at once (the caller answers 503) instead of piling up.
 const QUEUE_CAPACITY: usize = 16_384;
+
+/// When an acknowledgement may be sent, relative to the journal flush that makes the event
+/// survive a power cut. Either way it is sent only once the event is written, so it survives
+/// the process being killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Wait for the flush up to [`StoreOptions::flush_wait`]. If the disk is slower, answer
+    /// anyway: the event is written and its flush follows. Each such event is counted, and its
+    /// trace says so.
+    #[default]
+    Deadline,
+    /// Never answer before the flush: when the disk stalls, the caller's own timeout answers
+    /// (503), and a source that never retries loses the event.
+    Flush,
+}
+
+/// How the store behaves; `StoreOptions::default()` suits tests and tools.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub clock: Arc<dyn Clock>,
+    pub durability: Durability,
+    /// With [`Durability::Deadline`], how long an acknowledgement waits for its flush.
+    pub flush_wait: Duration,
+    /// Delivered events older than this (since delivery) move to `DATA_DIR/archive/`;
+    /// `None` keeps them in the live store.
+    pub retention: Option<Duration>,
+    /// Fault injection for tests: every journal flush first sleeps this long.
+    #[cfg(any(test, feature = "fault-injection"))]
+    pub flush_stall: Duration,
+}
+
+impl StoreOptions {
+    /// Applies fault-injection settings from the environment, for tests of the built binary:
+    /// `RELAY_FAULT_FLUSH_STALL=2s` stalls every journal flush that long. Does nothing unless
+    /// built with the `fault-injection` feature.
+    #[must_use]
+    pub fn with_faults_from_env(self) -> Self {
+        #[cfg(feature = "fault-injection")]
+        {
+            let mut options = self;
+            if let Ok(raw) = std::env::var("RELAY_FAULT_FLUSH_STALL") {
+                match parse_millis(&raw) {
+                    Some(stall) => {
+                        tracing::warn!(?stall, "fault injection: every journal flush stalls");
+                        options.flush_stall = stall;
+                    }
+                    None => {
+                        tracing::warn!(%raw, "ignoring RELAY_FAULT_FLUSH_STALL: expected e.g. 2000ms")
+                    }
+                }
+            }
+            options
+        }
+        #[cfg(not(feature = "fault-injection"))]
+        self
+    }
+}
+
+/// `250ms` or `2s`.
+#[cfg(feature = "fault-injection")]
+fn parse_millis(raw: &str) -> Option<Duration> {
+    let raw = raw.trim();
+    if let Some(ms) = raw.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    raw.strip_suffix('s')?
+        .parse()
+        .ok()
+        .map(Duration::from_secs_f64)
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            clock: Arc::new(SystemClock),
+            durability: Durability::default(),
+            flush_wait: Duration::from_millis(100),
+            retention: None,
+            #[cfg(any(test, feature = "fault-injection"))]
+            flush_stall: Duration::ZERO,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
@@ -64,19 +158,54 @@ pub struct SqliteStore {
 
 #[derive(Debug)]
 struct Inner {
-    jobs: mpsc::Sender<Job>,
+    journal: Option<mpsc::Sender<journal::Accept>>,
+    jobs: Option<mpsc::Sender<Job>>,
+    shared: Arc<journal::Shared>,
     work: Arc<Notify>,
+    clock: Arc<dyn Clock>,
+    durability: Durability,
+    flush_wait: Duration,
+    stop_housekeeping: Option<std::sync::mpsc::Sender<()>>,
+    /// Joined on drop, in this order, each after the channel feeding it is closed.
+    housekeeper: Option<JoinHandle<()>>,
+    journal_threads: Vec<JoinHandle<()>>,
+    writer: Option<JoinHandle<()>>,
     _lock: File,
 }
 
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // Each thread finishes what the one before handed it: the housekeeper its archiving,
+        // the journal its queued requests (and the flusher their flush), the writer the rest.
+        drop(self.stop_housekeeping.take());
+        join(self.housekeeper.take());
+        drop(self.journal.take());
+        for t in self.journal_threads.drain(..) {
+            join(Some(t));
+        }
+        drop(self.jobs.take());
+        join(self.writer.take());
+    }
+}
+
+fn join(thread: Option<JoinHandle<()>>) {
+    if let Some(t) = thread
+        && t.join().is_err()
+    {
+        tracing::error!("a store thread panicked");
+    }
+}
+
 impl SqliteStore {
-    /// Opens (creating if needed) the store in `dir` for exclusive writing, and makes every lease
-    /// left by a previous owner due again: that owner is gone, since we hold the lock.
+    /// Opens (creating if needed) the store in `dir` for exclusive writing, with default options.
     pub fn open(dir: &Path) -> Result<Self, OpenError> {
-        Self::open_with_clock(dir, Arc::new(SystemClock))
+        Self::open_with(dir, StoreOptions::default())
     }
 
-    pub fn open_with_clock(dir: &Path, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+    /// Opens (creating if needed) the store in `dir` for exclusive writing. Whatever an earlier
+    /// run left is taken over: journal segments are indexed, and leases are due again (that
+    /// owner is gone, since we hold the lock).
+    pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, OpenError> {
         std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
             path: dir.into(),
             source,
@@ -100,30 +229,97 @@ impl SqliteStore {
         })?;
 
         let path = dir.join(DB_FILE);
+        let sqlite = |source| OpenError::Sqlite {
+            path: path.clone(),
+            source,
+        };
         let conn = open_connection(&path, OpenFlags::default())?;
         init_schema(&conn, &path)?;
-        let recovered =
-            writer::recover_leases(&conn, clock.now()).map_err(|source| OpenError::Sqlite {
-                path: path.clone(),
-                source,
-            })?;
+        // The journal makes accepted events durable; SQLite's own commits need no flush, and
+        // its checkpoints run when the writer says so, not inside a commit.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(sqlite)?;
+        conn.pragma_update(None, "journal_size_limit", 64 << 20)
+            .map_err(sqlite)?;
+        let recovered = writer::recover_leases(&conn, options.clock.now()).map_err(sqlite)?;
         if recovered > 0 {
             tracing::info!(recovered, "made leases of a previous run due again");
         }
+        let journal = replay_journal(dir, &conn, &path)?;
 
         let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
+        let (accepts, accept_rx) = mpsc::channel(QUEUE_CAPACITY);
         let work = Arc::new(Notify::new());
-        writer::spawn(conn, rx, Arc::clone(&work), clock).map_err(|source| OpenError::Io {
+        let io = |source| OpenError::Io {
             path: path.clone(),
             source,
-        })?;
+        };
+        let lookup = open_connection(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        let journal = journal::start(
+            &journal,
+            journal::Start {
+                data_dir: dir.into(),
+                lookup,
+                clock: Arc::clone(&options.clock),
+                apply: jobs.clone(),
+                #[cfg(any(test, feature = "fault-injection"))]
+                flush_stall: options.flush_stall,
+                #[cfg(not(any(test, feature = "fault-injection")))]
+                flush_stall: Duration::ZERO,
+            },
+            accept_rx,
+        )
+        .map_err(io)?;
+        let writer = writer::spawn(
+            conn,
+            rx,
+            Arc::clone(&work),
+            Arc::clone(&options.clock),
+            Arc::clone(&journal.shared),
+        )
+        .map_err(io)?;
+        let archiver = match options.retention {
+            Some(retention) => Some(archive::Archiver::new(
+                dir,
+                retention,
+                Arc::clone(&options.clock),
+            )?),
+            None => None,
+        };
+        let (stop_housekeeping, stop) = std::sync::mpsc::channel();
+        let housekeeper =
+            archive::spawn_housekeeper(jobs.downgrade(), stop, archiver).map_err(io)?;
         Ok(SqliteStore {
             inner: Arc::new(Inner {
-                jobs,
+                journal: Some(accepts),
+                jobs: Some(jobs),
+                shared: journal.shared,
                 work,
+                clock: options.clock,
+                durability: options.durability,
+                flush_wait: options.flush_wait,
+                stop_housekeeping: Some(stop_housekeeping),
+                housekeeper: Some(housekeeper),
+                journal_threads: journal.threads,
+                writer: Some(writer),
                 _lock: lock,
             }),
         })
+    }
+
+    /// Resolves once every event accepted so far is indexed, so a [`Reader`] sees it.
+    pub async fn indexed(&self) -> Result<(), StoreError> {
+        self.submit(|reply| Job::Barrier { reply }).await
+    }
+
+    /// How the journal's flushes are going: counts for metrics and progress reports.
+    pub fn flush_stats(&self) -> &FlushStats {
+        &self.inner.shared.stats
     }
 
     /// Publishes the dispatcher's live figures for `relay status` in other processes.
@@ -142,30 +338,98 @@ impl SqliteStore {
         job: impl FnOnce(oneshot::Sender<Result<T, StoreError>>) -> Job,
     ) -> Result<T, StoreError> {
         let (tx, rx) = oneshot::channel();
-        self.inner.jobs.try_send(job(tx)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => {
-                StoreError::Unavailable("store write queue is full".into())
-            }
-            mpsc::error::TrySendError::Closed(_) => {
-                StoreError::Unavailable("store writer has stopped".into())
-            }
-        })?;
+        send(self.jobs(), job(tx))?;
         rx.await
             .map_err(|_| StoreError::Unavailable("store writer stopped before answering".into()))?
     }
+
+    fn jobs(&self) -> &mpsc::Sender<Job> {
+        self.inner.jobs.as_ref().expect("taken only on drop")
+    }
+
+    /// Counts an event answered before its flush, records it for `relay trace`, and records
+    /// when the flush lands.
+    fn acked_before_flush(&self, id: String, seq: u64, mut durable: watch::Receiver<u64>) {
+        self.inner
+            .shared
+            .stats
+            .acked_before_flush
+            .fetch_add(1, Relaxed);
+        tracing::debug!(event_id = %id, "acknowledged before its flush");
+        let at = self.inner.clock.now();
+        let jobs = self.jobs();
+        let _ = jobs.try_send(Job::AckedBeforeFlush { id: id.clone(), at });
+        // A weak handle: a flush that never comes must not keep the writer alive.
+        let (jobs, clock) = (jobs.downgrade(), Arc::clone(&self.inner.clock));
+        tokio::spawn(async move {
+            if durable.wait_for(|d| *d >= seq).await.is_ok()
+                && let Some(jobs) = jobs.upgrade()
+            {
+                let _ = jobs.try_send(Job::Flushed {
+                    id,
+                    at: clock.now(),
+                });
+            }
+        });
+    }
+}
+
+fn send<T>(tx: &mpsc::Sender<T>, job: T) -> Result<(), StoreError> {
+    tx.try_send(job).map_err(|e| match e {
+        mpsc::error::TrySendError::Full(_) => {
+            StoreError::Unavailable("store write queue is full".into())
+        }
+        mpsc::error::TrySendError::Closed(_) => {
+            StoreError::Unavailable("store writer has stopped".into())
+        }
+    })
 }
 
 impl Ingest for SqliteStore {
     async fn accept(&self, event: Event) -> Result<AcceptOutcome, StoreError> {
-        // Serialized here, on the caller's task: the writer thread is the one thing every
-        // request shares, so it only does SQL.
+        let started = tokio::time::Instant::now();
+        // Serialized here, on the caller's task: the journal thread is the one thing every
+        // request shares, so it only checks and writes.
         let payload = event.payload_json();
-        self.submit(|reply| Job::Accept {
-            event,
-            payload,
-            reply,
-        })
+        let id = event.id.clone();
+        let (reply, logged) = oneshot::channel();
+        send(
+            self.inner.journal.as_ref().expect("taken only on drop"),
+            journal::Accept {
+                event,
+                payload,
+                reply,
+            },
+        )?;
+        let logged = logged.await.map_err(|_| {
+            StoreError::Unavailable("the journal stopped before answering".into())
+        })??;
+        let mut durable = self.inner.shared.subscribe();
+        if *durable.borrow_and_update() >= logged.seq {
+            return Ok(logged.outcome);
+        }
+        let stopped = |_| StoreError::Unavailable("the journal stopped before flushing".into());
+        if self.inner.durability == Durability::Flush {
+            durable
+                .wait_for(|d| *d >= logged.seq)
+                .await
+                .map_err(stopped)?;
+            return Ok(logged.outcome);
+        }
+        let flushed = tokio::time::timeout_at(
+            started + self.inner.flush_wait,
+            durable.wait_for(|d| *d >= logged.seq),
+        )
         .await
+        .map(|flushed| flushed.map(drop));
+        match flushed {
+            Ok(flushed) => flushed.map_err(stopped)?,
+            Err(_late) if logged.outcome == AcceptOutcome::Accepted => {
+                self.acked_before_flush(id, logged.seq, durable)
+            }
+            Err(_late) => {}
+        }
+        Ok(logged.outcome)
     }
 }
 
@@ -200,6 +464,55 @@ impl WorkQueue for SqliteStore {
     async fn wait_for_work(&self, at_most: Duration) {
         let _ = tokio::time::timeout(at_most, self.inner.work.notified()).await;
     }
+}
+
+/// Indexes what earlier runs left in the journal, makes it durable in SQLite, and deletes it.
+fn replay_journal(
+    dir: &Path,
+    conn: &Connection,
+    db: &Path,
+) -> Result<journal::Recovered, OpenError> {
+    let io = |source| OpenError::Io {
+        path: dir.join(journal::DIR),
+        source,
+    };
+    let sqlite = |source| OpenError::Sqlite {
+        path: db.into(),
+        source,
+    };
+    let mut recovered = journal::recover(dir).map_err(io)?;
+    let mut new = 0;
+    for segment in recovered.segments.clone() {
+        let (entries, torn) = journal::read_segment(&segment).map_err(io)?;
+        if let Some(why) = torn {
+            tracing::warn!(segment = %segment.display(), %why, intact = entries.len(),
+                "a journal segment ends in a write cut short by a crash; its intact events are kept");
+        }
+        let txn = conn.unchecked_transaction().map_err(sqlite)?;
+        new += writer::apply(&txn, &entries).map_err(|e| OpenError::Foreign {
+            path: db.into(),
+            why: format!("cannot index the journal: {e}"),
+        })?;
+        txn.commit().map_err(sqlite)?;
+        recovered.saw(&entries);
+    }
+    if recovered.segments.is_empty() {
+        return Ok(recovered);
+    }
+    // Only once SQLite holds them durably may the segments go; otherwise the next start
+    // replays them again, which changes nothing.
+    if writer::checkpoint(conn).map_err(sqlite)? {
+        for segment in &recovered.segments {
+            std::fs::remove_file(segment).map_err(io)?;
+        }
+    }
+    if new > 0 {
+        tracing::info!(
+            events = new,
+            "indexed events the last run had journaled but not indexed"
+        );
+    }
+    Ok(recovered)
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, OpenError> {

@@ -1,19 +1,21 @@
 //! Reading the store from any process, including while `relay up` writes to it: delivery state,
 //! attempt history, dead letters and counts.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use relay_core::ops::{
-    AttemptView, DeadLetterView, DeliveryState, DispatcherReport, DlqFilter, EventTrace,
-    Operations, RedriveReport, StatusReport,
+    ArchiveRef, ArchivedId, AttemptView, DeadLetterView, DeliveryState, DispatcherReport,
+    DlqFilter, EarlyAck, EventTrace, Operations, PurgeReport, RedriveReport, StatusReport,
 };
 use relay_core::{DeliveryStatus, StoreError, UnixMillis, now_millis};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
 use serde::Serialize;
 
+use crate::archive::{self, ArchivedEvent};
+use crate::writer::ACKED_BEFORE_FLUSH_KEY;
 use crate::{APPLICATION_ID, DB_FILE, DISPATCHER_KEY, OpenError, open_connection};
 
 /// A connection for operators and tools, usable while `relay up` runs: reads see a consistent
@@ -22,6 +24,7 @@ use crate::{APPLICATION_ID, DB_FILE, DISPATCHER_KEY, OpenError, open_connection}
 #[derive(Debug)]
 pub struct Reader {
     conn: Mutex<Connection>,
+    dir: PathBuf,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -80,6 +83,7 @@ impl Reader {
         }
         Ok(Reader {
             conn: Mutex::new(conn),
+            dir: dir.into(),
         })
     }
 
@@ -135,33 +139,16 @@ impl Reader {
     }
 
     pub fn attempts(&self, id: &str) -> rusqlite::Result<Vec<AttemptView>> {
-        let conn = self.conn();
-        let mut stmt = conn.prepare(
-            "SELECT n, trigger, started_at, duration_ms, outcome, http_status, detail
-             FROM attempts WHERE event_id = ?1 ORDER BY n",
-        )?;
-        let rows = stmt.query_map([id], |r| {
-            Ok(AttemptView {
-                n: r.get(0)?,
-                trigger: r.get(1)?,
-                started_at: r.get(2)?,
-                duration_ms: r.get::<_, i64>(3)? as u64,
-                outcome: r.get(4)?,
-                http_status: r.get(5)?,
-                detail: r.get(6)?,
-            })
-        })?;
-        rows.collect()
+        attempts(&self.conn(), id)
     }
 
     pub fn dead_letter(&self, id: &str) -> rusqlite::Result<Option<DeadLetterView>> {
-        self.conn()
-            .query_row(
-                "SELECT event_id, reason, attempts, last_response, dead_at FROM dead_letters WHERE event_id = ?1",
-                [id],
-                dead_letter_row,
-            )
-            .optional()
+        dead_letter(&self.conn(), id)
+    }
+
+    /// An event the archive holds (retention or purge), with the file it is in.
+    pub fn archived(&self, id: &str) -> std::io::Result<Option<(ArchivedEvent, PathBuf)>> {
+        archive::find(&self.dir, id)
     }
 
     /// Every stored event id, in arrival order (tests and verification tools).
@@ -172,12 +159,26 @@ impl Reader {
         rows.collect()
     }
 
-    fn trace_now(&self, id: &str) -> rusqlite::Result<Option<EventTrace>> {
-        let Some(d) = self.delivery(id)? else {
-            return Ok(None);
+    fn trace_now(&self, id: &str) -> Result<Option<EventTrace>, StoreError> {
+        let Some(d) = self.delivery(id).map_err(store_error)? else {
+            return self.archived_trace(id);
         };
         let status = DeliveryStatus::parse(&d.status).unwrap_or(DeliveryStatus::Queued);
         let waiting = matches!(status, DeliveryStatus::Queued | DeliveryStatus::Leased);
+        let conn = self.conn();
+        let early = conn
+            .query_row(
+                "SELECT acked_at, flushed_at FROM early_acks WHERE event_id = ?1",
+                [id],
+                |r| {
+                    Ok(EarlyAck {
+                        acked_at: r.get(0)?,
+                        flushed_at: r.get(1)?,
+                    })
+                },
+            )
+            .optional()
+            .map_err(store_error)?;
         Ok(Some(EventTrace {
             payload: serde_json::from_str(&d.payload)
                 .unwrap_or(serde_json::Value::String(d.payload.clone())),
@@ -191,10 +192,52 @@ impl Reader {
                 last_error: d.last_error,
                 next_trigger: d.next_trigger,
             },
-            attempts: self.attempts(id)?,
-            dead_letter: self.dead_letter(id)?,
+            attempts: attempts(&conn, id).map_err(store_error)?,
+            dead_letter: dead_letter(&conn, id).map_err(store_error)?,
             trace_ids: Vec::new(),
+            acked_before_flush: early,
+            archived: None,
             event_id: d.event_id,
+        }))
+    }
+
+    fn archived_trace(&self, id: &str) -> Result<Option<EventTrace>, StoreError> {
+        let found = self
+            .archived(id)
+            .map_err(|e| StoreError::Failed(format!("cannot read the archive: {e}")))?;
+        Ok(found.map(|(a, path)| {
+            let status = DeliveryStatus::parse(&a.status).unwrap_or(DeliveryStatus::Delivered);
+            EventTrace {
+                delivery: DeliveryState {
+                    status,
+                    attempts: a.dead_letter.as_ref().map_or_else(
+                        || {
+                            a.attempts
+                                .iter()
+                                .filter(|x| x.outcome != "rate_limited")
+                                .count() as u32
+                        },
+                        |d| d.attempts,
+                    ),
+                    tries: a.attempts.len() as u32,
+                    due_at: None,
+                    delivered_at: a.delivered_at,
+                    last_error: a.dead_letter.as_ref().map(|d| d.reason.clone()),
+                    next_trigger: "scheduled".into(),
+                },
+                event_id: a.id,
+                payload: a.payload,
+                received_at: a.received_at,
+                attempts: a.attempts,
+                dead_letter: a.dead_letter,
+                trace_ids: Vec::new(),
+                acked_before_flush: a.acked_before_flush,
+                archived: Some(ArchiveRef {
+                    location: path.display().to_string(),
+                    why: a.why,
+                    archived_at: a.archived_at,
+                }),
+            }
         }))
     }
 
@@ -221,14 +264,17 @@ impl Reader {
             [],
             |r| r.get::<_, Option<i64>>(0),
         )?;
-        let dispatcher = conn
-            .query_row(
-                "SELECT value FROM meta WHERE key = ?1",
-                [DISPATCHER_KEY],
-                |r| r.get::<_, String>(0),
-            )
-            .optional()?
+        let meta = |key: &str| {
+            conn.query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()
+        };
+        let dispatcher = meta(DISPATCHER_KEY)?
             .and_then(|json| serde_json::from_str::<DispatcherReport>(&json).ok());
+        let acked_before_flush = meta(ACKED_BEFORE_FLUSH_KEY)?
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
         Ok(StatusReport {
             now,
             queued: counts.queued,
@@ -239,6 +285,7 @@ impl Reader {
             delivered_last_minute,
             retried_last_minute,
             dead_lettered_last_minute,
+            acked_before_flush,
             dispatcher,
         })
     }
@@ -248,10 +295,14 @@ impl Reader {
         let mut stmt = conn.prepare(
             "SELECT event_id, reason, attempts, last_response, dead_at FROM dead_letters
              WHERE (?1 IS NULL OR dead_at >= ?1) AND (?2 IS NULL OR instr(lower(reason), lower(?2)) > 0)
+               AND (?4 IS NULL OR dead_at < ?4)
              ORDER BY dead_at DESC, event_id LIMIT ?3",
         )?;
         let limit = filter.limit.map_or(-1, |l| l as i64);
-        let rows = stmt.query_map(params![filter.since, filter.reason, limit], dead_letter_row)?;
+        let rows = stmt.query_map(
+            params![filter.since, filter.reason, limit, filter.before],
+            dead_letter_row,
+        )?;
         rows.collect()
     }
 
@@ -286,6 +337,84 @@ impl Reader {
         txn.commit()?;
         Ok(report)
     }
+
+    /// Archives, then deletes, the matching dead letters with everything about them.
+    fn purge_now(&self, filter: &DlqFilter, dry_run: bool) -> Result<PurgeReport, StoreError> {
+        let ids: Vec<String> = self
+            .dead_letters_now(filter)
+            .map_err(store_error)?
+            .into_iter()
+            .map(|d| d.event_id)
+            .collect();
+        if dry_run || ids.is_empty() {
+            return Ok(PurgeReport {
+                purged: ids,
+                archive: None,
+            });
+        }
+        let now = now_millis();
+        let events = archive::load(&self.conn(), &ids, "purged", now).map_err(store_error)?;
+        let file = archive::write(&self.dir, "purged", &events, now)
+            .map_err(|e| StoreError::Failed(format!("cannot write the archive: {e}")))?;
+        let mut conn = self.conn();
+        let txn = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .map_err(store_error)?;
+        let mut purged = Vec::with_capacity(ids.len());
+        for id in ids {
+            // Only if it is still dead: a redrive may have come first.
+            let gone = txn
+                .execute(
+                    "DELETE FROM deliveries WHERE event_id = ?1 AND status = 'dead'",
+                    [&id],
+                )
+                .map_err(store_error)?;
+            if gone == 1 {
+                for sql in [
+                    "DELETE FROM dead_letters WHERE event_id = ?1",
+                    "DELETE FROM attempts WHERE event_id = ?1",
+                    "DELETE FROM early_acks WHERE event_id = ?1",
+                    "DELETE FROM events WHERE id = ?1",
+                ] {
+                    txn.execute(sql, [&id]).map_err(store_error)?;
+                }
+                purged.push(id);
+            }
+        }
+        txn.commit().map_err(store_error)?;
+        Ok(PurgeReport {
+            purged,
+            archive: Some(file.display().to_string()),
+        })
+    }
+}
+
+pub(crate) fn attempts(conn: &Connection, id: &str) -> rusqlite::Result<Vec<AttemptView>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT n, trigger, started_at, duration_ms, outcome, http_status, detail
+         FROM attempts WHERE event_id = ?1 ORDER BY n",
+    )?;
+    let rows = stmt.query_map([id], |r| {
+        Ok(AttemptView {
+            n: r.get(0)?,
+            trigger: r.get(1)?,
+            started_at: r.get(2)?,
+            duration_ms: r.get::<_, i64>(3)? as u64,
+            outcome: r.get(4)?,
+            http_status: r.get(5)?,
+            detail: r.get(6)?,
+        })
+    })?;
+    rows.collect()
+}
+
+pub(crate) fn dead_letter(conn: &Connection, id: &str) -> rusqlite::Result<Option<DeadLetterView>> {
+    conn.query_row(
+        "SELECT event_id, reason, attempts, last_response, dead_at FROM dead_letters WHERE event_id = ?1",
+        [id],
+        dead_letter_row,
+    )
+    .optional()
 }
 
 fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterView> {
@@ -310,7 +439,7 @@ fn store_error(e: rusqlite::Error) -> StoreError {
 /// Blocking SQLite calls inside `async fn`s: fine for the CLI, which does one thing at a time.
 impl Operations for Reader {
     async fn trace(&self, id: &str) -> Result<Option<EventTrace>, StoreError> {
-        self.trace_now(id).map_err(store_error)
+        self.trace_now(id)
     }
 
     async fn status(&self) -> Result<StatusReport, StoreError> {
@@ -322,6 +451,23 @@ impl Operations for Reader {
     }
 
     async fn redrive(&self, ids: &[String], spread: Duration) -> Result<RedriveReport, StoreError> {
-        self.redrive_now(ids, spread).map_err(store_error)
+        let mut report = self.redrive_now(ids, spread).map_err(store_error)?;
+        // A purged dead letter lives on in the archive: say so, rather than "unknown".
+        let mut skipped = Vec::new();
+        for id in std::mem::take(&mut report.skipped) {
+            match self.archived(&id) {
+                Ok(Some((_, path))) => report.archived.push(ArchivedId {
+                    id,
+                    location: path.display().to_string(),
+                }),
+                _ => skipped.push(id),
+            }
+        }
+        report.skipped = skipped;
+        Ok(report)
+    }
+
+    async fn purge(&self, filter: &DlqFilter, dry_run: bool) -> Result<PurgeReport, StoreError> {
+        self.purge_now(filter, dry_run)
     }
 }

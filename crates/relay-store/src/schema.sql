@@ -50,3 +50,11 @@ CREATE TABLE IF NOT EXISTS meta (
     value      TEXT NOT NULL,       -- JSON
     updated_at INTEGER NOT NULL
 );
+
+-- Events answered 2xx before their journal flush completed (the `deadline` durability policy):
+-- when, and when the flush landed. Removed with the event.
+CREATE TABLE IF NOT EXISTS early_acks (
+    event_id   TEXT PRIMARY KEY,
+    acked_at   INTEGER NOT NULL,
+    flushed_at INTEGER
+);

@@ -53,7 +53,14 @@ const LEASE: Duration = Duration::from_secs(1);
 fn open(dir: &Path) -> (SqliteStore, Arc<ManualClock>) {
     let clock = Arc::new(ManualClock(AtomicI64::new(1_000_000)));
     (
-        SqliteStore::open_with_clock(dir, clock.clone()).unwrap(),
+        SqliteStore::open_with(
+            dir,
+            StoreOptions {
+                clock: clock.clone(),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap(),
         clock,
     )
 }
@@ -75,6 +82,7 @@ async fn accept_is_idempotent_by_id_and_payload() {
         Ok(AcceptOutcome::Conflict)
     );
 
+    store.indexed().await.unwrap();
     let reader = Reader::open(dir.path()).unwrap();
     assert_eq!(
         reader.status_counts().unwrap(),
@@ -244,6 +252,7 @@ async fn concurrent_accepts_all_commit() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), Ok(AcceptOutcome::Accepted));
     }
+    store.indexed().await.unwrap();
     assert_eq!(
         Reader::open(dir.path())
             .unwrap()
@@ -255,22 +264,38 @@ async fn concurrent_accepts_all_commit() {
 }
 
 #[tokio::test]
-async fn a_locked_database_makes_the_store_unavailable_not_stuck() {
+async fn ingest_does_not_wait_for_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let (store, _) = open(dir.path());
+    // Another process holds SQLite's write lock: the index cannot be written.
     let blocker = rusqlite::Connection::open(dir.path().join(DB_FILE)).unwrap();
     blocker.execute_batch("BEGIN EXCLUSIVE").unwrap();
-    let pending =
-        tokio::time::timeout(Duration::from_millis(300), store.accept(event("a", 0))).await;
-    assert!(
-        pending.is_err(),
-        "the accept must wait for the lock, not claim success"
+    let answered = tokio::time::timeout(Duration::from_millis(300), async {
+        (
+            store.accept(event("a", 0)).await,
+            store.accept(event("a", 0)).await,
+            store.accept(event("a", 1)).await,
+        )
+    })
+    .await;
+    assert_eq!(
+        answered,
+        Ok((
+            Ok(AcceptOutcome::Accepted),
+            Ok(AcceptOutcome::Duplicate),
+            Ok(AcceptOutcome::Conflict)
+        )),
+        "the journal answers; SQLite catches up later"
     );
     blocker.execute_batch("ROLLBACK").unwrap();
-    assert_eq!(
-        store.accept(event("b", 0)).await,
-        Ok(AcceptOutcome::Accepted)
-    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if store.claim(1, LEASE).await.map(|c| c.len()) == Ok(1) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never indexed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[test]
@@ -424,6 +449,7 @@ proptest! {
                     Op::Advance(ms) => clock.advance(ms),
                 }
             }
+            store.indexed().await.unwrap();
             Ok(())
         })?;
         let counts = Reader::open(dir.path()).unwrap().status_counts().unwrap();
@@ -605,5 +631,226 @@ mod operations {
         };
         store.publish_dispatcher(&report).await.unwrap();
         assert_eq!(reader.status().await.unwrap().dispatcher, Some(report));
+    }
+}
+
+mod durability {
+    use std::sync::atomic::Ordering::Relaxed;
+
+    use relay_core::ops::Operations;
+
+    use super::*;
+
+    fn stalled(dir: &Path, durability: Durability, stall: Duration) -> SqliteStore {
+        SqliteStore::open_with(
+            dir,
+            StoreOptions {
+                durability,
+                flush_wait: Duration::from_millis(100),
+                flush_stall: stall,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stalled_flush_holds_no_answer_past_the_wait_and_every_early_answer_is_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = stalled(dir.path(), Durability::Deadline, Duration::from_secs(2));
+        let answered = tokio::time::timeout(Duration::from_secs(1), async {
+            (
+                store.accept(event("a", 0)).await,
+                store.accept(event("a", 0)).await,
+            )
+        })
+        .await;
+        assert_eq!(
+            answered,
+            Ok((Ok(AcceptOutcome::Accepted), Ok(AcceptOutcome::Duplicate))),
+            "every flush takes 2 s, and no answer waits for it"
+        );
+        assert_eq!(store.flush_stats().acked_before_flush.load(Relaxed), 1);
+
+        // The trace says so, and records when the flush landed.
+        let reader = Reader::open(dir.path()).unwrap();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let early = loop {
+            store.indexed().await.unwrap();
+            let trace = reader.trace("a").await.unwrap().unwrap();
+            if let Some(early) = trace.acked_before_flush
+                && early.flushed_at.is_some()
+            {
+                break early;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "flush never recorded"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(early.flushed_at.unwrap() >= early.acked_at);
+        assert_eq!(reader.status().await.unwrap().acked_before_flush, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn the_flush_policy_answers_only_after_the_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = stalled(dir.path(), Durability::Flush, Duration::from_millis(1500));
+        let accept = store.accept(event("a", 0));
+        tokio::pin!(accept);
+        assert!(
+            tokio::time::timeout(Duration::from_millis(700), &mut accept)
+                .await
+                .is_err(),
+            "answered before its flush"
+        );
+        assert_eq!(accept.await, Ok(AcceptOutcome::Accepted));
+        assert_eq!(store.flush_stats().acked_before_flush.load(Relaxed), 0);
+    }
+
+    #[tokio::test]
+    async fn a_restart_indexes_what_the_journal_holds_up_to_a_torn_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let journal_dir = dir.path().join(journal::DIR);
+        std::fs::create_dir_all(&journal_dir).unwrap();
+        let mut buf = Vec::new();
+        for (seq, id) in [(1, "x"), (2, "y"), (3, "z")] {
+            journal::encode(&mut buf, seq, 5, id, &event(id, 0).payload_json());
+        }
+        // "z" was being written when the machine died: its record is cut short.
+        buf.truncate(buf.len() - 1);
+        std::fs::write(journal_dir.join("000000000007.log"), &buf).unwrap();
+
+        let (store, _) = open(dir.path());
+        let mut claimed: Vec<_> = store
+            .claim(10, LEASE)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.event_id, c.received_at))
+            .collect();
+        claimed.sort();
+        assert_eq!(claimed, [("x".into(), 5), ("y".into(), 5)]);
+        assert_eq!(
+            store.accept(event("x", 0)).await,
+            Ok(AcceptOutcome::Duplicate)
+        );
+        assert_eq!(
+            store.accept(event("z", 0)).await,
+            Ok(AcceptOutcome::Accepted)
+        );
+        let segments: Vec<_> = std::fs::read_dir(&journal_dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(
+            segments,
+            ["000000000008.log"],
+            "the replayed segment is gone"
+        );
+    }
+}
+
+mod retention {
+    use relay_core::ops::{DlqFilter, Operations};
+
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn delivered_events_past_the_retention_move_to_the_archive_and_dead_letters_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock(AtomicI64::new(relay_core::now_millis())));
+        let store = SqliteStore::open_with(
+            dir.path(),
+            StoreOptions {
+                clock: clock.clone(),
+                retention: Some(Duration::from_secs(60)),
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        for id in ["a", "b", "c"] {
+            store.accept(event(id, 0)).await.unwrap();
+        }
+        for c in store.claim(3, LEASE).await.unwrap() {
+            let settlement = match c.event_id.as_str() {
+                "c" => Settlement::Dead {
+                    reason: "permanent".into(),
+                },
+                _ => Settlement::Delivered,
+            };
+            store
+                .settle(&c, attempt("delivered"), settlement)
+                .await
+                .unwrap();
+        }
+        let reader = Reader::open(dir.path()).unwrap();
+        clock.advance(30_000);
+        // Not yet: archiving runs every few seconds, and the retention is a minute.
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(reader.status_counts().unwrap().delivered, 2);
+
+        clock.advance(31_000);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+        while reader.status_counts().unwrap().delivered > 0 {
+            assert!(tokio::time::Instant::now() < deadline, "never archived");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let trace = reader
+            .trace("a")
+            .await
+            .unwrap()
+            .expect("found in the archive");
+        let archived = trace.archived.expect("marked archived");
+        assert_eq!(archived.why, "retention");
+        assert!(
+            archived.location.ends_with(".jsonl.gz"),
+            "{}",
+            archived.location
+        );
+        assert_eq!(trace.delivery.status, relay_core::DeliveryStatus::Delivered);
+        assert_eq!(trace.attempts.len(), 1);
+        assert_eq!(
+            trace.payload,
+            serde_json::Value::Object(event("a", 0).payload)
+        );
+        assert!(
+            reader.delivery("a").unwrap().is_none(),
+            "gone from the live store"
+        );
+        assert_eq!(
+            reader.status_counts().unwrap().dead,
+            1,
+            "dead letters stay until redriven or purged"
+        );
+
+        // Purge: a dry run changes nothing; the real one archives, then removes.
+        let all = DlqFilter {
+            before: Some(relay_core::now_millis() + 1),
+            ..DlqFilter::default()
+        };
+        let dry = reader.purge(&all, true).await.unwrap();
+        assert_eq!(
+            (dry.purged.as_slice(), dry.archive),
+            (["c".to_owned()].as_slice(), None)
+        );
+        assert_eq!(reader.status_counts().unwrap().dead, 1);
+        let done = reader.purge(&all, false).await.unwrap();
+        assert_eq!(done.purged, ["c"]);
+        assert_eq!(reader.status_counts().unwrap().dead, 0);
+        let trace = reader.trace("c").await.unwrap().unwrap();
+        assert_eq!(trace.archived.unwrap().why, "purged");
+        assert_eq!(trace.dead_letter.unwrap().reason, "permanent");
+
+        // A purged dead letter cannot be redriven: the report says where it went.
+        let redrive = reader
+            .redrive(&["c".into(), "nope".into()], Duration::ZERO)
+            .await
+            .unwrap();
+        assert!(redrive.redriven.is_empty());
+        assert_eq!(redrive.skipped, ["nope"]);
+        assert_eq!(redrive.archived.len(), 1);
+        assert_eq!(redrive.archived[0].id, "c");
     }
 }

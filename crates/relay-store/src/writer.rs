@@ -1,31 +1,35 @@
-//! The writer thread: the only code that writes the store. It takes every job queued while the
-//! previous commit was syncing, runs them in one transaction (each in its own savepoint, so one
+//! The writer thread: the only code that writes SQLite. It takes every job queued while the
+//! previous transaction ran, runs them in one transaction (each in its own savepoint, so one
 //! failing job cannot spoil the others) and answers them all after the commit.
+//!
+//! Commits are not flushed (`synchronous=NORMAL` in WAL mode): accepted events are already
+//! durable in the journal, and losing the rest (claims, settlements, figures) to a power cut
+//! only means a redelivery under the same idempotency key. A checkpoint about once a second
+//! flushes it all, here, off the ingest path; then the journal segments it covered can go.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use relay_core::ports::Clock;
-use relay_core::{
-    AcceptOutcome, AttemptRecord, Claim, Event, Settlement, StoreError, Trigger, UnixMillis,
-};
+use relay_core::{AttemptRecord, Claim, Settlement, StoreError, Trigger, UnixMillis};
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
-use serde_json::{Map, Value};
 use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::journal::{Entry, Shared};
 
 /// Upper bound on jobs in one transaction, so one commit never holds answers back for long.
 const MAX_BATCH: usize = 4096;
+/// How often committed work is checkpointed (flushed to the database file).
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// `meta` key of the count of events acknowledged before their journal flush.
+pub(crate) const ACKED_BEFORE_FLUSH_KEY: &str = "acked_before_flush";
 
 type Reply<T> = oneshot::Sender<Result<T, StoreError>>;
 
 #[derive(Debug)]
 pub(crate) enum Job {
-    Accept {
-        event: Event,
-        /// `event.payload` serialized by the caller, off this thread.
-        payload: String,
-        reply: Reply<AcceptOutcome>,
-    },
+    /// Events the journal logged: index them and queue their deliveries.
+    Apply(Vec<Entry>),
     Claim {
         max: usize,
         lease: Duration,
@@ -46,31 +50,33 @@ pub(crate) enum Job {
         value: String,
         reply: Reply<()>,
     },
+    /// An event was answered 2xx before its journal flush.
+    AckedBeforeFlush { id: String, at: UnixMillis },
+    /// …and its flush has landed since.
+    Flushed { id: String, at: UnixMillis },
+    /// Delivered events archived elsewhere: remove them, with their attempts.
+    Forget {
+        ids: Vec<String>,
+        reply: Reply<usize>,
+    },
+    /// Checkpoint if anything was committed since the last one (sent about once a second).
+    Tick,
+    /// Answered once everything queued before it is committed.
+    Barrier { reply: Reply<()> },
 }
 
 /// A job's answer, held until the batch is committed.
 enum Done {
-    Accept(Reply<AcceptOutcome>, Result<AcceptOutcome, StoreError>),
+    /// Entries applied (`Ok(true)`: at least one new delivery queued), or to apply again.
+    Apply(Vec<Entry>, Result<bool, StoreError>),
     Claim(Reply<Vec<Claim>>, Result<Vec<Claim>, StoreError>),
-    Unit(Reply<()>, Result<(), StoreError>),
+    Count(Reply<usize>, Result<usize, StoreError>),
+    Unit(Option<Reply<()>>, Result<(), StoreError>),
 }
 
-impl Done {
-    fn send(self, commit: Result<(), &StoreError>) {
-        // A dropped receiver means the caller gave up (timeout); the work is committed anyway.
-        match (self, commit) {
-            (Done::Accept(tx, r), Ok(())) => drop(tx.send(r)),
-            (Done::Claim(tx, r), Ok(())) => drop(tx.send(r)),
-            (Done::Unit(tx, r), Ok(())) => drop(tx.send(r)),
-            (Done::Accept(tx, _), Err(e)) => drop(tx.send(Err(e.clone()))),
-            (Done::Claim(tx, _), Err(e)) => drop(tx.send(Err(e.clone()))),
-            (Done::Unit(tx, _), Err(e)) => drop(tx.send(Err(e.clone()))),
-        }
-    }
-
-    fn made_work(&self) -> bool {
-        matches!(self, Done::Accept(_, Ok(AcceptOutcome::Accepted)))
-    }
+fn answer<T>(tx: Reply<T>, r: Result<T, StoreError>, commit: Result<(), &StoreError>) {
+    // A dropped receiver means the caller gave up (timeout); the work is committed anyway.
+    drop(tx.send(commit.map_err(Clone::clone).and(r)));
 }
 
 pub(crate) fn spawn(
@@ -78,7 +84,8 @@ pub(crate) fn spawn(
     rx: mpsc::Receiver<Job>,
     work: Arc<Notify>,
     clock: Arc<dyn Clock>,
-) -> std::io::Result<()> {
+    shared: Arc<Shared>,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
     let next_lease: i64 = conn
         .query_row(
             "SELECT COALESCE(MAX(lease), 0) + 1 FROM deliveries",
@@ -86,21 +93,33 @@ pub(crate) fn spawn(
             |r| r.get(0),
         )
         .unwrap_or(1);
+    let applied = shared.checkpointed_seq();
     let writer = Writer {
         conn,
         clock,
         next_lease,
+        shared,
+        unapplied: Vec::new(),
+        applied,
+        committed_since_checkpoint: false,
+        last_checkpoint: Instant::now(),
     };
     std::thread::Builder::new()
         .name("relay-store-writer".into())
         .spawn(move || writer.run(rx, &work))
-        .map(drop)
 }
 
 struct Writer {
     conn: Connection,
     clock: Arc<dyn Clock>,
     next_lease: i64,
+    shared: Arc<Shared>,
+    /// Journal entries whose transaction failed: applied again with the next batch.
+    unapplied: Vec<Entry>,
+    /// Highest journal sequence number committed to SQLite.
+    applied: u64,
+    committed_since_checkpoint: bool,
+    last_checkpoint: Instant,
 }
 
 impl Writer {
@@ -114,11 +133,35 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            if !self.unapplied.is_empty() {
+                batch.push(Job::Apply(std::mem::take(&mut self.unapplied)));
+            }
             if self.commit_batch(&mut batch) {
                 work.notify_one();
             }
+            if self.committed_since_checkpoint && self.last_checkpoint.elapsed() >= CHECKPOINT_EVERY
+            {
+                self.checkpoint();
+            }
         }
+        self.checkpoint();
         tracing::debug!("store writer stopped: every handle dropped");
+    }
+
+    /// Flushes SQLite (WAL, then the database file) and lets the journal drop what is now
+    /// durable here.
+    fn checkpoint(&mut self) {
+        self.last_checkpoint = Instant::now();
+        let upto = self.applied;
+        match checkpoint(&self.conn) {
+            Ok(true) => {
+                self.committed_since_checkpoint = false;
+                self.shared.mark_checkpointed(upto);
+            }
+            // A reader held old pages; the next checkpoint finishes the job.
+            Ok(false) => {}
+            Err(e) => tracing::warn!(error = %e, "store checkpoint failed; retrying later"),
+        }
     }
 
     /// Runs and commits one batch, answers every job, and says whether new work became due.
@@ -135,7 +178,10 @@ impl Writer {
                 let err = unavailable(e);
                 tracing::error!(error = %err, jobs = size, "store transaction could not start");
                 for job in batch.drain(..) {
-                    fail(job, &err);
+                    match job {
+                        Job::Apply(entries) => self.unapplied.extend(entries),
+                        job => fail(job, &err),
+                    }
                 }
                 return false;
             }
@@ -144,25 +190,42 @@ impl Writer {
         for job in batch.drain(..) {
             done.push(run_in_savepoint(&txn, job, now, &mut next_lease));
         }
-        let work = done.iter().any(Done::made_work);
-        match txn.commit() {
-            Ok(()) => {
-                self.next_lease = next_lease;
-                for d in done {
-                    d.send(Ok(()));
+        let commit = txn.commit().map_err(unavailable);
+        if let Err(err) = &commit {
+            tracing::error!(error = %err, jobs = size, "store commit failed");
+        } else {
+            self.next_lease = next_lease;
+            self.committed_since_checkpoint = true;
+        }
+        let mut work = false;
+        for d in done {
+            match d {
+                Done::Apply(entries, Ok(queued)) if commit.is_ok() => {
+                    work |= queued;
+                    self.shared.applied(&entries);
+                    self.applied = self
+                        .applied
+                        .max(entries.iter().map(|e| e.seq).max().unwrap_or(0));
                 }
-                work
-            }
-            Err(e) => {
-                let err = unavailable(e);
-                tracing::error!(error = %err, jobs = size, "store commit failed");
-                for d in done {
-                    d.send(Err(&err));
-                }
-                false
+                Done::Apply(entries, _) => self.unapplied.extend(entries),
+                Done::Claim(tx, r) => answer(tx, r, commit.as_ref().map(drop)),
+                Done::Count(tx, r) => answer(tx, r, commit.as_ref().map(drop)),
+                Done::Unit(Some(tx), r) => answer(tx, r, commit.as_ref().map(drop)),
+                Done::Unit(None, _) => {}
             }
         }
+        work
     }
+}
+
+/// A PASSIVE checkpoint: copies the WAL into the database file and syncs both. Says whether it
+/// copied everything (a reader of old pages can hold part of it back).
+pub(crate) fn checkpoint(conn: &Connection) -> rusqlite::Result<bool> {
+    let (busy, log, done): (i64, i64, i64) =
+        conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?;
+    Ok(busy == 0 && log == done)
 }
 
 fn unavailable(e: rusqlite::Error) -> StoreError {
@@ -177,11 +240,13 @@ fn failed(e: rusqlite::Error) -> StoreError {
 fn fail(job: Job, err: &StoreError) {
     let err = err.clone();
     match job {
-        Job::Accept { reply, .. } => drop(reply.send(Err(err))),
         Job::Claim { reply, .. } => drop(reply.send(Err(err))),
-        Job::Settle { reply, .. } | Job::Release { reply, .. } | Job::Publish { reply, .. } => {
-            drop(reply.send(Err(err)))
-        }
+        Job::Forget { reply, .. } => drop(reply.send(Err(err))),
+        Job::Settle { reply, .. }
+        | Job::Release { reply, .. }
+        | Job::Publish { reply, .. }
+        | Job::Barrier { reply } => drop(reply.send(Err(err))),
+        Job::Apply(_) | Job::AckedBeforeFlush { .. } | Job::Flushed { .. } | Job::Tick => {}
     }
 }
 
@@ -210,11 +275,10 @@ fn run_in_savepoint(
         result
     }
     match job {
-        Job::Accept {
-            event,
-            payload,
-            reply,
-        } => Done::Accept(reply, guarded(txn, |c| accept(c, &event, &payload, now))),
+        Job::Apply(entries) => {
+            let queued = guarded(txn, |c| apply(c, &entries));
+            Done::Apply(entries, queued.map(|n| n > 0))
+        }
         Job::Claim { max, lease, reply } => {
             let token = *next_lease;
             *next_lease += 1;
@@ -226,57 +290,109 @@ fn run_in_savepoint(
             settlement,
             reply,
         } => Done::Unit(
-            reply,
+            Some(reply),
             guarded(txn, |c| settle(c, &claim, &attempt, &settlement, now)),
         ),
         Job::Release { claims, reply } => {
-            Done::Unit(reply, guarded(txn, |c| release(c, &claims, now)))
+            Done::Unit(Some(reply), guarded(txn, |c| release(c, &claims, now)))
         }
         Job::Publish { key, value, reply } => Done::Unit(
-            reply,
+            Some(reply),
+            guarded(txn, |c| put_meta(c, key, &value, now).map_err(failed)),
+        ),
+        Job::AckedBeforeFlush { id, at } => Done::Unit(
+            None,
             guarded(txn, |c| {
                 c.prepare_cached(
-                    "INSERT INTO meta (key, value, updated_at) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+                    "INSERT INTO early_acks (event_id, acked_at) VALUES (?1, ?2) ON CONFLICT (event_id) DO NOTHING",
                 )
-                .and_then(|mut s| s.execute(params![key, value, now]))
+                .and_then(|mut s| s.execute(params![id, at]))
+                .and_then(|_| {
+                    c.prepare_cached(
+                        "INSERT INTO meta (key, value, updated_at) VALUES (?1, '1', ?2)
+                         ON CONFLICT (key) DO UPDATE SET value = CAST(value AS INTEGER) + 1, updated_at = excluded.updated_at",
+                    )?
+                    .execute(params![ACKED_BEFORE_FLUSH_KEY, at])
+                })
                 .map(drop)
                 .map_err(failed)
             }),
         ),
+        Job::Flushed { id, at } => Done::Unit(
+            None,
+            guarded(txn, |c| {
+                c.prepare_cached("UPDATE early_acks SET flushed_at = ?2 WHERE event_id = ?1")
+                    .and_then(|mut s| s.execute(params![id, at]))
+                    .map(drop)
+                    .map_err(failed)
+            }),
+        ),
+        Job::Forget { ids, reply } => Done::Count(reply, guarded(txn, |c| forget(c, &ids))),
+        Job::Tick => Done::Unit(None, Ok(())),
+        Job::Barrier { reply } => Done::Unit(Some(reply), Ok(())),
     }
 }
 
-fn accept(
-    conn: &Connection,
-    event: &Event,
-    payload: &str,
-    now: UnixMillis,
-) -> Result<AcceptOutcome, StoreError> {
-    let inserted = conn
-        .prepare_cached("INSERT INTO events (id, payload, received_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING")
-        .and_then(|mut s| s.execute(params![event.id, payload, now]))
+fn put_meta(c: &Connection, key: &str, value: &str, now: UnixMillis) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO meta (key, value, updated_at) VALUES (?1, ?2, ?3)
+         ON CONFLICT (key) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at",
+    )
+    .and_then(|mut s| s.execute(params![key, value, now]))
+    .map(drop)
+}
+
+/// Indexes logged events and queues their deliveries; an id already present (a replay after a
+/// crash) is left as it is. Returns how many were new.
+pub(crate) fn apply(conn: &Connection, entries: &[Entry]) -> Result<usize, StoreError> {
+    let mut event = conn
+        .prepare_cached(
+            "INSERT INTO events (id, payload, received_at) VALUES (?1, ?2, ?3) ON CONFLICT (id) DO NOTHING",
+        )
         .map_err(failed)?;
-    if inserted == 1 {
-        conn.prepare_cached(
+    let mut delivery = conn
+        .prepare_cached(
             "INSERT INTO deliveries (event_id, status, due_at, updated_at) VALUES (?1, 'queued', ?2, ?2)",
         )
-        .and_then(|mut s| s.execute(params![event.id, now]))
         .map_err(failed)?;
-        return Ok(AcceptOutcome::Accepted);
+    let mut new = 0;
+    for e in entries {
+        if event
+            .execute(params![e.id, e.payload, e.received_at])
+            .map_err(failed)?
+            == 1
+        {
+            delivery
+                .execute(params![e.id, e.received_at])
+                .map_err(failed)?;
+            new += 1;
+        }
     }
-    let stored: String = conn
-        .prepare_cached("SELECT payload FROM events WHERE id = ?1")
-        .and_then(|mut s| s.query_row([&event.id], |r| r.get(0)))
-        .map_err(failed)?;
-    // Same payload means the same JSON value: key order and whitespace do not matter.
-    let same =
-        serde_json::from_str::<Map<String, Value>>(&stored).is_ok_and(|m| m == event.payload);
-    Ok(if same {
-        AcceptOutcome::Duplicate
-    } else {
-        AcceptOutcome::Conflict
-    })
+    Ok(new)
+}
+
+/// Removes delivered events and everything about them; any other status is left alone.
+fn forget(conn: &Connection, ids: &[String]) -> Result<usize, StoreError> {
+    let mut removed = 0;
+    for id in ids {
+        let gone = conn
+            .prepare_cached("DELETE FROM deliveries WHERE event_id = ?1 AND status = 'delivered'")
+            .and_then(|mut s| s.execute([id]))
+            .map_err(failed)?;
+        if gone == 1 {
+            for sql in [
+                "DELETE FROM attempts WHERE event_id = ?1",
+                "DELETE FROM early_acks WHERE event_id = ?1",
+                "DELETE FROM events WHERE id = ?1",
+            ] {
+                conn.prepare_cached(sql)
+                    .and_then(|mut s| s.execute([id]))
+                    .map_err(failed)?;
+            }
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// Pinned to the partial due-time index: without statistics SQLite prefers the status index and

@@ -24,6 +24,16 @@ pub struct Relay {
 
 impl Relay {
     pub fn start(data_dir: &Path, target_url: &str, extra: &[&str]) -> Relay {
+        Relay::start_env(data_dir, target_url, extra, &[])
+    }
+
+    /// Like [`Relay::start`], with extra environment variables (fault injection).
+    pub fn start_env(
+        data_dir: &Path,
+        target_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Relay {
         let log = data_dir.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
             .create(true)
@@ -43,6 +53,7 @@ impl Relay {
             .arg("--data-dir")
             .arg(data_dir)
             .args(extra)
+            .envs(env.iter().copied())
             .env("RELAY_LOG", "info,relay_dispatch=debug")
             .stdout(Stdio::piped())
             .stderr(log_file)
