@@ -1,4 +1,4 @@
-//! `relay dlq list` and `relay dlq redrive`: inspect and re-queue dead letters.
+//! `relay dlq list`, `redrive` and `purge`: inspect, re-queue and remove dead letters.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use relay_core::UnixMillis;
 use relay_core::ops::{DlqFilter, Operations};
 
 use crate::args;
-use crate::ops::{StoreArgs, relative, since, table, timestamp};
+use crate::ops::{StoreArgs, point_in_time, relative, table, timestamp};
 
 #[derive(Debug, Args)]
 pub(crate) struct DlqArgs {
@@ -29,12 +29,22 @@ enum DlqCommand {
     /// `relay trace`.
     #[command(verbatim_doc_comment)]
     Redrive(RedriveArgs),
+    /// Remove old dead letters, keeping a copy of each in the archive.
+    ///
+    /// Each purged event (payload, attempts, reason, last answer) goes to a compressed
+    /// JSON-lines file under DATA_DIR/archive/ first; `relay trace` still finds it there. A
+    /// purged event cannot be redriven; its payload is in the archive to send again.
+    ///
+    /// Example:
+    ///   relay dlq purge --before 30d --dry-run --data-dir /var/lib/relay
+    #[command(verbatim_doc_comment)]
+    Purge(PurgeArgs),
 }
 
 #[derive(Debug, Args)]
 struct Filter {
     /// Only dead letters from this recent (`30m`, `2h`) or since this RFC 3339 time.
-    #[arg(long, value_parser = since)]
+    #[arg(long, value_parser = point_in_time)]
     since: Option<UnixMillis>,
     /// Only dead letters whose reason contains this text (case-insensitive), e.g. `503`.
     #[arg(long)]
@@ -79,11 +89,60 @@ struct RedriveArgs {
     json: bool,
 }
 
+#[derive(Debug, Args)]
+struct PurgeArgs {
+    /// Purge dead letters from before this: a duration back from now (`30d`) or an RFC 3339
+    /// time.
+    #[arg(long, value_parser = point_in_time)]
+    before: UnixMillis,
+    /// Only dead letters whose reason contains this text (case-insensitive).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Show what would be purged, change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    store: StoreArgs,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
     match args.command {
         DlqCommand::List(args) => list(args).await,
         DlqCommand::Redrive(args) => redrive(args).await,
+        DlqCommand::Purge(args) => purge(args).await,
     }
+}
+
+async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
+    let ops = args.store.open()?;
+    let filter = DlqFilter {
+        before: Some(args.before),
+        reason: args.reason,
+        ..DlqFilter::default()
+    };
+    let report = ops.purge(&filter, args.dry_run).await?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else if args.dry_run {
+        println!(
+            "would purge {} dead letter(s){}",
+            report.purged.len(),
+            list_ids(&report.purged)
+        );
+    } else {
+        println!(
+            "purged {} dead letter(s){}",
+            report.purged.len(),
+            list_ids(&report.purged)
+        );
+        if let Some(file) = &report.archive {
+            println!("copies kept in {file}");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
@@ -92,6 +151,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         since: args.filter.since,
         reason: args.filter.reason,
         limit: Some(args.limit),
+        ..DlqFilter::default()
     };
     let letters = ops.dead_letters(&filter).await?;
     if args.json {
@@ -139,7 +199,7 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
         let filter = DlqFilter {
             since: args.filter.since,
             reason: args.filter.reason.clone(),
-            limit: None,
+            ..DlqFilter::default()
         };
         ops.dead_letters(&filter)
             .await?
@@ -172,9 +232,15 @@ async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
                 report.skipped.join(" ")
             );
         }
+        for a in &report.archived {
+            eprintln!(
+                "{} was archived (purged, or delivered past the retention) and cannot be redriven; its payload is in {}: send it again to the ingest API",
+                a.id, a.location
+            );
+        }
     }
     // Asking for a specific event that is not a dead letter is a failure the caller should see.
-    Ok(if report.skipped.is_empty() {
+    Ok(if report.skipped.is_empty() && report.archived.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

@@ -56,8 +56,9 @@ pub(crate) fn relative(ms: UnixMillis, now: UnixMillis) -> String {
     }
 }
 
-/// `--since` accepts a duration back from now (`90m`) or an RFC 3339 time.
-pub(crate) fn since(raw: &str) -> Result<UnixMillis, String> {
+/// A point in time, as a duration back from now (`90m`, `7d`) or an RFC 3339 time; what
+/// `--since` and `--before` take.
+pub(crate) fn point_in_time(raw: &str) -> Result<UnixMillis, String> {
     if let Ok(d) = humantime::parse_duration(raw) {
         return Ok(relay_core::now_millis() - d.as_millis() as i64);
     }
@@ -79,9 +80,9 @@ mod tests {
 
     #[test]
     fn since_takes_durations_and_times() {
-        assert_eq!(since("2026-11-22T00:00:00Z"), Ok(1_795_305_600_000));
-        let an_hour_ago = since("1h").unwrap();
+        assert_eq!(point_in_time("2026-11-22T00:00:00Z"), Ok(1_795_305_600_000));
+        let an_hour_ago = point_in_time("1h").unwrap();
         assert!((relay_core::now_millis() - an_hour_ago - 3_600_000).abs() < 5_000);
-        assert!(since("yesterday-ish").is_err());
+        assert!(point_in_time("yesterday-ish").is_err());
     }
 }
