@@ -169,7 +169,13 @@ pub(crate) fn find(data_dir: &Path, id: &str) -> io::Result<Option<(ArchivedEven
         .map_err(other)?;
     let Some(file) = file else { return Ok(None) };
     let path = data_dir.join(ARCHIVE_DIR).join(file);
-    let reader = BufReader::new(MultiGzDecoder::new(File::open(&path)?));
+    let file = match File::open(&path) {
+        Ok(file) => file,
+        // An operator moved or deleted old archive files: the event is gone from here too.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let reader = BufReader::new(MultiGzDecoder::new(file));
     let quoted = serde_json::Value::from(id).to_string();
     for line in reader.lines() {
         let line = line?;

@@ -8,13 +8,20 @@
 //! is deleted once SQLite holds every event in it durably (after a checkpoint), and a restart
 //! replays whatever segments are left.
 //!
+//! Segments are zero-filled to their full size and flushed before they are used, by a thread of
+//! their own, and records are then written in place: a flush only has data to write, never the
+//! file's size or block map, so it does not wait for the filesystem's own journal (and for
+//! whatever other files have queued there).
+//!
 //! Record layout: `len: u32 LE`, `crc32: u32 LE` of the body, then the body of `len` bytes:
-//! `seq: u64 LE`, `received_at: i64 LE`, `id_len: u32 LE`, the id, the payload JSON. Recovery
-//! reads a segment up to its first torn or corrupt record.
+//! `seq: u64 LE`, `received_at: i64 LE`, `id_len: u32 LE`, the id, the payload JSON. A zero
+//! `len` is the unwritten rest of a segment. Recovery reads a segment up to its first torn or
+//! corrupt record.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -30,8 +37,19 @@ use crate::writer::Job;
 
 /// The journal's directory inside the data directory.
 pub(crate) const DIR: &str = "journal";
-/// A segment is closed and a new one started past this size.
+/// Size of a segment, zero-filled before use. Records past it still work (the file grows), but
+/// a new segment starts before that is likely.
 const SEGMENT_BYTES: u64 = 8 << 20;
+/// A new segment starts when less than this is left in the current one.
+const HEADROOM: u64 = 1 << 20;
+/// Longest a flush waits for a write the journal has said is coming (requests already queued
+/// behind the one it just wrote), so that one flush serves the whole burst.
+const GATHER_MAX: Duration = Duration::from_micros(300);
+/// Flushes start at most this often. A flush of the prepared journal takes ~50 µs here, so
+/// without a floor a steady 2,000/s would flush once per event; with it, a flush serves what
+/// arrived in the last quarter millisecond, and a lone event (the last flush long past) never
+/// waits.
+const MIN_FLUSH_INTERVAL: Duration = Duration::from_micros(250);
 /// Most requests logged with one `write`.
 const MAX_BATCH: usize = 4096;
 /// Logged events SQLite has not caught up with yet, beyond which ingest answers 503: the
@@ -58,12 +76,13 @@ pub(crate) struct Accept {
     pub(crate) reply: oneshot::Sender<Result<Logged, StoreError>>,
 }
 
-/// What the journal answered: the outcome, and the sequence number whose flush makes it
-/// durable (0: nothing left to flush).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What the journal answered: the outcome, the sequence number whose flush makes it durable,
+/// and a signal fired once that flush has landed (`None`: nothing to wait for).
+#[derive(Debug)]
 pub(crate) struct Logged {
     pub(crate) outcome: AcceptOutcome,
     pub(crate) seq: u64,
+    pub(crate) flushed: Option<oneshot::Receiver<()>>,
 }
 
 /// An event logged but perhaps not yet in SQLite, kept for duplicate checks.
@@ -96,7 +115,17 @@ pub(crate) struct Shared {
     flush: Mutex<FlushRequest>,
     flush_wanted: Condvar,
     segments: Mutex<VecDeque<Segment>>,
+    /// A segment prepared ahead of need, for the next rotation.
+    spare: Mutex<Spare>,
+    spare_wanted: Condvar,
+    next_segment: AtomicU64,
     pub(crate) stats: FlushStats,
+}
+
+#[derive(Debug, Default)]
+struct Spare {
+    ready: Option<(PathBuf, File)>,
+    closed: bool,
 }
 
 #[derive(Debug, Default)]
@@ -104,8 +133,13 @@ struct FlushRequest {
     upto: u64,
     /// Files written since their last flush.
     files: Vec<Arc<File>>,
+    /// Answers waiting for a flush, each told once: one wake-up per request, not one per
+    /// request per flush.
+    waiters: Vec<oneshot::Sender<()>>,
     /// A segment was created: the directory entry must be flushed too.
     dir_changed: bool,
+    /// The journal has more requests queued: another write follows at once.
+    more_coming: bool,
     closed: bool,
 }
 
@@ -158,9 +192,17 @@ impl Shared {
         }
     }
 
-    fn request_flush(&self, upto: u64, file: &Arc<File>) {
+    fn request_flush(
+        &self,
+        upto: u64,
+        file: &Arc<File>,
+        waiters: Vec<oneshot::Sender<()>>,
+        more_coming: bool,
+    ) {
         let mut request = lock(&self.flush);
+        request.more_coming = more_coming;
         request.upto = request.upto.max(upto);
+        request.waiters.extend(waiters);
         if !request.files.iter().any(|f| Arc::ptr_eq(f, file)) {
             request.files.push(Arc::clone(file));
         }
@@ -171,6 +213,67 @@ impl Shared {
     fn close(&self) {
         lock(&self.flush).closed = true;
         self.flush_wanted.notify_one();
+        lock(&self.spare).closed = true;
+        self.spare_wanted.notify_one();
+    }
+
+    /// A new segment: the prepared spare if there is one, else a plain file (its flushes then
+    /// also write its growing size, which is slower but just as safe).
+    fn new_segment(&self) -> io::Result<(PathBuf, File, bool)> {
+        let spare = lock(&self.spare).ready.take();
+        self.spare_wanted.notify_one();
+        if let Some((path, file)) = spare {
+            return Ok((path, file, false));
+        }
+        let number = self.next_segment.fetch_add(1, Relaxed);
+        let path = self.dir.join(format!("{number:012}.log"));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .open(&path)?;
+        Ok((path, file, true))
+    }
+}
+
+/// Creates a segment zero-filled to [`SEGMENT_BYTES`] and flushes it, with its directory entry.
+fn prepare_segment(dir: &Path, number: u64) -> io::Result<(PathBuf, File)> {
+    let path = dir.join(format!("{number:012}.log"));
+    let mut file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&path)?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..SEGMENT_BYTES / zeros.len() as u64 {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()?;
+    File::open(dir)?.sync_all()?;
+    Ok((path, file))
+}
+
+/// The thread that keeps a spare segment ready.
+fn prepare_loop(shared: &Shared) {
+    loop {
+        {
+            let mut spare = lock(&shared.spare);
+            while spare.ready.is_some() && !spare.closed {
+                spare = shared
+                    .spare_wanted
+                    .wait(spare)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            if spare.closed {
+                return;
+            }
+        }
+        let number = shared.next_segment.fetch_add(1, Relaxed);
+        match prepare_segment(&shared.dir, number) {
+            Ok(ready) => lock(&shared.spare).ready = Some(ready),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prepare a journal segment; retrying in 1 s");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
     }
 }
 
@@ -225,10 +328,12 @@ pub(crate) fn read_segment(path: &Path) -> io::Result<(Vec<Entry>, Option<String
     let mut at = 0;
     while at < bytes.len() {
         match decode(&bytes[at..]) {
-            Ok((entry, used)) => {
+            Ok(Some((entry, used))) => {
                 entries.push(entry);
                 at += used;
             }
+            // The zero-filled, never written rest of the segment.
+            Ok(None) => break,
             Err(why) => {
                 return Ok((
                     entries,
@@ -262,12 +367,22 @@ pub(crate) fn encode(
     buf[crc_at..body].copy_from_slice(&crc.to_le_bytes());
 }
 
-fn decode(bytes: &[u8]) -> Result<(Entry, usize), &'static str> {
+/// One record and its size; `None` at the unwritten (zero) rest of a segment.
+fn decode(bytes: &[u8]) -> Result<Option<(Entry, usize)>, &'static str> {
     let word = |at: usize| -> Option<[u8; 4]> { bytes.get(at..at + 4)?.try_into().ok() };
     let (Some(len), Some(crc)) = (word(0), word(4)) else {
-        return Err("torn record header");
+        return match bytes.iter().all(|b| *b == 0) {
+            true => Ok(None),
+            false => Err("torn record header"),
+        };
     };
     let len = u32::from_le_bytes(len) as usize;
+    if len == 0 {
+        return match bytes.iter().all(|b| *b == 0) {
+            true => Ok(None),
+            false => Err("corrupt record"),
+        };
+    }
     let Some(body) = bytes.get(HEADER..HEADER + len) else {
         return Err("torn record");
     };
@@ -284,7 +399,7 @@ fn decode(bytes: &[u8]) -> Result<(Entry, usize), &'static str> {
     let (Ok(id), Ok(payload)) = (std::str::from_utf8(id), std::str::from_utf8(payload)) else {
         return Err("corrupt record");
     };
-    Ok((
+    Ok(Some((
         Entry {
             seq: u64_at(0),
             received_at: u64_at(8) as i64,
@@ -292,7 +407,7 @@ fn decode(bytes: &[u8]) -> Result<(Entry, usize), &'static str> {
             payload: payload.to_owned(),
         },
         HEADER + len,
-    ))
+    )))
 }
 
 /// The running journal: its thread's queue and what it shares.
@@ -320,19 +435,19 @@ pub(crate) fn start(
     rx: mpsc::Receiver<Accept>,
 ) -> io::Result<Handle> {
     let dir = start.data_dir.join(DIR);
-    let (path, file) = create_segment(&dir, recovered.next_segment)?;
+    let (path, file) = prepare_segment(&dir, recovered.next_segment)?;
     let durable_seq = recovered.next_seq - 1;
     let shared = Arc::new(Shared {
         dir: dir.clone(),
         pending: Mutex::default(),
         durable: watch::Sender::new(durable_seq),
         checkpointed: AtomicU64::new(durable_seq),
-        flush: Mutex::new(FlushRequest {
-            dir_changed: true,
-            ..FlushRequest::default()
-        }),
+        flush: Mutex::default(),
         flush_wanted: Condvar::new(),
         segments: Mutex::new(VecDeque::from([Segment { path, last_seq: 0 }])),
+        spare: Mutex::default(),
+        spare_wanted: Condvar::new(),
+        next_segment: AtomicU64::new(recovered.next_segment + 1),
         stats: FlushStats::default(),
     });
     let journal = Journal {
@@ -343,7 +458,6 @@ pub(crate) fn start(
         file: Arc::new(file),
         written: 0,
         next_seq: recovered.next_seq,
-        next_segment: recovered.next_segment + 1,
     };
     let flusher = {
         let shared = Arc::clone(&shared);
@@ -352,22 +466,19 @@ pub(crate) fn start(
             .name("relay-store-flusher".into())
             .spawn(move || flush_loop(&shared, stall))?
     };
+    let preparer = {
+        let shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("relay-store-segments".into())
+            .spawn(move || prepare_loop(&shared))?
+    };
     let writer = std::thread::Builder::new()
         .name("relay-store-journal".into())
         .spawn(move || journal.run(rx))?;
     Ok(Handle {
         shared,
-        threads: vec![writer, flusher],
+        threads: vec![writer, flusher, preparer],
     })
-}
-
-fn create_segment(dir: &Path, number: u64) -> io::Result<(PathBuf, File)> {
-    let path = dir.join(format!("{number:012}.log"));
-    let file = OpenOptions::new()
-        .create_new(true)
-        .append(true)
-        .open(&path)?;
-    Ok((path, file))
 }
 
 struct Journal {
@@ -379,7 +490,6 @@ struct Journal {
     /// Bytes in the current segment.
     written: u64,
     next_seq: u64,
-    next_segment: u64,
 }
 
 type Reply = oneshot::Sender<Result<Logged, StoreError>>;
@@ -396,7 +506,8 @@ impl Journal {
                     Err(_) => break,
                 }
             }
-            self.log(&mut batch, &mut buf);
+            let more_coming = !rx.is_empty();
+            self.log(&mut batch, &mut buf, more_coming);
         }
         self.shared.close();
         tracing::debug!("journal stopped: every handle dropped");
@@ -404,31 +515,62 @@ impl Journal {
 
     /// Logs one group of requests with one `write`, hands the new events to SQLite, and
     /// answers every request.
-    fn log(&mut self, batch: &mut Vec<Accept>, buf: &mut Vec<u8>) {
+    fn log(&mut self, batch: &mut Vec<Accept>, buf: &mut Vec<u8>, more_coming: bool) {
         let now = self.clock.now();
         let first_new = self.next_seq;
         let mut entries = Vec::new();
+        let mut waiters = Vec::new();
         let mut answers: Vec<(Reply, Result<Logged, StoreError>)> = Vec::with_capacity(batch.len());
+        // Duplicates among events not yet indexed, then (without holding the map, which the
+        // writer needs too) among indexed ones.
+        let seen: Vec<Option<(bool, u64)>> = {
+            let pending = lock(&self.shared.pending);
+            batch
+                .iter()
+                .map(|a| {
+                    pending
+                        .get(&a.event.id)
+                        .map(|p| (p.payload == a.event.payload, p.seq))
+                })
+                .collect()
+        };
+        let seen: Vec<Result<Option<(bool, u64)>, StoreError>> = seen
+            .into_iter()
+            .zip(batch.iter())
+            .map(|(seen, a)| match seen {
+                Some(known) => Ok(Some(known)),
+                None => stored(&self.lookup, &a.event).map(|same| same.map(|same| (same, 0))),
+            })
+            .collect();
         {
             let mut pending = lock(&self.shared.pending);
-            for Accept {
-                event,
-                payload,
-                reply,
-            } in batch.drain(..)
+            for (
+                Accept {
+                    event,
+                    payload,
+                    reply,
+                },
+                known,
+            ) in batch.drain(..).zip(seen)
             {
-                let known = match pending.get(&event.id) {
-                    Some(p) => Ok(Some((p.payload == event.payload, p.seq))),
-                    None => stored(&self.lookup, &event).map(|same| same.map(|same| (same, 0))),
+                // The same id twice in this batch: the first is pending by now.
+                let known = match known {
+                    Ok(None) => Ok(pending
+                        .get(&event.id)
+                        .map(|p| (p.payload == event.payload, p.seq))),
+                    known => known,
                 };
                 let answer = match known {
                     Ok(Some((true, seq))) => Ok(Logged {
                         outcome: AcceptOutcome::Duplicate,
                         seq,
+                        flushed: (seq > *self.shared.durable.borrow())
+                            .then(|| watch_flush(&mut waiters)),
                     }),
                     Ok(Some((false, _))) => Ok(Logged {
                         outcome: AcceptOutcome::Conflict,
                         seq: 0,
+                        flushed: None,
                     }),
                     Ok(None) if pending.len() >= MAX_PENDING => Err(StoreError::Unavailable(
                         "the store is behind: too many events wait to be indexed".into(),
@@ -453,6 +595,7 @@ impl Journal {
                         Ok(Logged {
                             outcome: AcceptOutcome::Accepted,
                             seq,
+                            flushed: Some(watch_flush(&mut waiters)),
                         })
                     }
                     Err(e) => Err(e),
@@ -461,14 +604,19 @@ impl Journal {
             }
         }
         if !buf.is_empty() {
-            match (&*self.file).write_all(buf) {
+            match self.file.write_all_at(buf, self.written) {
                 Ok(()) => {
                     self.written += buf.len() as u64;
                     let last = self.next_seq - 1;
                     if let Some(segment) = lock(&self.shared.segments).back_mut() {
                         segment.last_seq = last;
                     }
-                    self.shared.request_flush(last, &self.file);
+                    self.shared.request_flush(
+                        last,
+                        &self.file,
+                        std::mem::take(&mut waiters),
+                        more_coming,
+                    );
                     // Before any answer, so whatever a caller does next reaches the writer
                     // after the event itself.
                     if self.apply.blocking_send(Job::Apply(entries)).is_err() {
@@ -486,13 +634,19 @@ impl Journal {
                             *answer = Err(failed.clone());
                         }
                     }
+                    waiters.clear();
                     // The failed write may have left part of a record: continue in a new file.
                     self.written = SEGMENT_BYTES;
                 }
             }
             buf.clear();
         }
-        if self.written >= SEGMENT_BYTES {
+        if !waiters.is_empty() {
+            // Only duplicates of events still waiting for their flush: the next flush covers them.
+            self.shared
+                .request_flush(self.next_seq - 1, &self.file, waiters, more_coming);
+        }
+        if self.written + HEADROOM > SEGMENT_BYTES {
             self.rotate();
         }
         for (reply, answer) in answers {
@@ -502,20 +656,25 @@ impl Journal {
     }
 
     fn rotate(&mut self) {
-        match create_segment(&self.shared.dir, self.next_segment) {
-            Ok((path, file)) => {
-                self.next_segment += 1;
+        match self.shared.new_segment() {
+            Ok((path, file, unprepared)) => {
                 self.file = Arc::new(file);
                 self.written = 0;
                 lock(&self.shared.segments).push_back(Segment { path, last_seq: 0 });
-                lock(&self.shared.flush).dir_changed = true;
+                // A prepared segment's directory entry is flushed already.
+                lock(&self.shared.flush).dir_changed |= unprepared;
             }
             Err(e) => {
-                self.next_segment += 1;
                 tracing::error!(error = %e, "cannot start a new journal segment; continuing in the current one");
             }
         }
     }
+}
+
+fn watch_flush(waiters: &mut Vec<oneshot::Sender<()>>) -> oneshot::Receiver<()> {
+    let (tx, rx) = oneshot::channel();
+    waiters.push(tx);
+    rx
 }
 
 /// Whether SQLite already holds an event with this id: `Some(same payload?)`.
@@ -533,8 +692,9 @@ fn stored(lookup: &Connection, event: &Event) -> Result<Option<bool>, StoreError
 /// The flusher thread: flushes whatever was written since the last flush, then publishes the
 /// new durable sequence number. Flushes never overlap, and one covers every write before it.
 fn flush_loop(shared: &Shared, stall: Duration) {
+    let mut last_started = Instant::now();
     loop {
-        let (upto, files, dir_changed) = {
+        let (upto, files, dir_changed, waiters) = {
             let mut request = lock(&shared.flush);
             while request.files.is_empty() && !request.closed {
                 request = shared
@@ -545,16 +705,37 @@ fn flush_loop(shared: &Shared, stall: Duration) {
             if request.files.is_empty() {
                 return;
             }
+            // Right after a flush, or while a burst is being written, let the next writes join
+            // this flush, briefly.
+            let floor = last_started + MIN_FLUSH_INTERVAL;
+            let gather_until = Instant::now() + GATHER_MAX;
+            while (request.more_coming || Instant::now() < floor) && !request.closed {
+                let until = if request.more_coming {
+                    gather_until.max(floor)
+                } else {
+                    floor
+                };
+                let Some(left) = until.checked_duration_since(Instant::now()) else {
+                    break;
+                };
+                request = shared
+                    .flush_wanted
+                    .wait_timeout(request, left)
+                    .map(|(guard, _)| guard)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+            }
             (
                 request.upto,
                 std::mem::take(&mut request.files),
                 std::mem::take(&mut request.dir_changed),
+                std::mem::take(&mut request.waiters),
             )
         };
         if !stall.is_zero() {
             std::thread::sleep(stall);
         }
         let started = Instant::now();
+        last_started = started;
         let mut result = files.iter().try_for_each(|f| f.sync_data());
         if result.is_ok() && dir_changed {
             result = File::open(&shared.dir).and_then(|d| d.sync_all());
@@ -580,6 +761,10 @@ fn flush_loop(shared: &Shared, stall: Duration) {
                     *durable = (*durable).max(upto);
                     raised
                 });
+                for waiter in waiters {
+                    // A dropped receiver: that answer went out at its deadline already.
+                    let _ = waiter.send(());
+                }
             }
             Err(e) => {
                 // Try again with the next flush; the events stay acknowledged or waiting.
@@ -587,6 +772,7 @@ fn flush_loop(shared: &Shared, stall: Duration) {
                 let mut request = lock(&shared.flush);
                 request.files.extend(files);
                 request.dir_changed |= dir_changed;
+                request.waiters.extend(waiters);
                 drop(request);
                 std::thread::sleep(Duration::from_millis(100));
             }

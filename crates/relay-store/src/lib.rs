@@ -28,7 +28,7 @@ use relay_core::{
     AcceptOutcome, AttemptRecord, Claim, Event, Ingest, Settlement, StoreError, WorkQueue,
 };
 use rusqlite::{Connection, OpenFlags};
-use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use archive::{ARCHIVE_DIR, ArchivedEvent};
 pub use journal::FlushStats;
@@ -120,7 +120,7 @@ impl Default for StoreOptions {
         StoreOptions {
             clock: Arc::new(SystemClock),
             durability: Durability::default(),
-            flush_wait: Duration::from_millis(100),
+            flush_wait: Duration::from_millis(50),
             retention: None,
             #[cfg(any(test, feature = "fault-injection"))]
             flush_stall: Duration::ZERO,
@@ -349,7 +349,8 @@ impl SqliteStore {
 
     /// Counts an event answered before its flush, records it for `relay trace`, and records
     /// when the flush lands.
-    fn acked_before_flush(&self, id: String, seq: u64, mut durable: watch::Receiver<u64>) {
+    fn acked_before_flush(&self, id: String, seq: u64) {
+        let mut durable = self.inner.shared.subscribe();
         self.inner
             .shared
             .stats
@@ -404,28 +405,18 @@ impl Ingest for SqliteStore {
         let logged = logged.await.map_err(|_| {
             StoreError::Unavailable("the journal stopped before answering".into())
         })??;
-        let mut durable = self.inner.shared.subscribe();
-        if *durable.borrow_and_update() >= logged.seq {
+        let Some(flushed) = logged.flushed else {
             return Ok(logged.outcome);
-        }
+        };
         let stopped = |_| StoreError::Unavailable("the journal stopped before flushing".into());
         if self.inner.durability == Durability::Flush {
-            durable
-                .wait_for(|d| *d >= logged.seq)
-                .await
-                .map_err(stopped)?;
+            flushed.await.map_err(stopped)?;
             return Ok(logged.outcome);
         }
-        let flushed = tokio::time::timeout_at(
-            started + self.inner.flush_wait,
-            durable.wait_for(|d| *d >= logged.seq),
-        )
-        .await
-        .map(|flushed| flushed.map(drop));
-        match flushed {
+        match tokio::time::timeout_at(started + self.inner.flush_wait, flushed).await {
             Ok(flushed) => flushed.map_err(stopped)?,
             Err(_late) if logged.outcome == AcceptOutcome::Accepted => {
-                self.acked_before_flush(id, logged.seq, durable)
+                self.acked_before_flush(id, logged.seq)
             }
             Err(_late) => {}
         }

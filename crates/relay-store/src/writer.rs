@@ -21,6 +21,10 @@ use crate::journal::{Entry, Shared};
 const MAX_BATCH: usize = 4096;
 /// How often committed work is checkpointed (flushed to the database file).
 const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// How long the writer gathers jobs before a transaction. Nothing on the ingest path waits for
+/// it, and a transaction of many events writes each index page once instead of once per event:
+/// less WAL to flush at each checkpoint, so a shorter stall of the disk the journal shares.
+const GATHER: Duration = Duration::from_millis(10);
 /// `meta` key of the count of events acknowledged before their journal flush.
 pub(crate) const ACKED_BEFORE_FLUSH_KEY: &str = "acked_before_flush";
 
@@ -127,6 +131,7 @@ impl Writer {
         let mut batch = Vec::with_capacity(64);
         while let Some(first) = rx.blocking_recv() {
             batch.push(first);
+            std::thread::sleep(GATHER);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
                     Ok(job) => batch.push(job),
