@@ -104,7 +104,7 @@ pub(crate) struct UpArgs {
 
     /// With --durability deadline, how long a 2xx waits for its flush. Must be under
     /// --store-timeout.
-    #[arg(long, env = "RELAY_FLUSH_WAIT", default_value = "100ms", value_parser = args::duration)]
+    #[arg(long, env = "RELAY_FLUSH_WAIT", default_value = "50ms", value_parser = args::duration)]
     flush_wait: Duration,
 
     /// Delivered events older than this (since delivery) move from the live store to
