@@ -17,3 +17,9 @@ else
   echo "==> cargo test (cargo-nextest not installed)"
   cargo test --workspace --locked --no-fail-fast
 fi
+
+# The README's cargo commands, exactly as a new user types them (tests/readme.rs runs every
+# `relay …` line of the README with --help, and checks that this list matches the README).
+echo "==> README: the commands a new user runs first"
+cargo build --release
+cargo run --release -- demo
