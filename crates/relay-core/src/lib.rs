@@ -5,6 +5,7 @@
 //! these types, so the rules live in exactly one place.
 
 pub mod backoff;
+pub mod budget;
 pub mod classify;
 pub mod delivery;
 pub mod event;

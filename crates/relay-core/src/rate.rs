@@ -1,13 +1,27 @@
-//! Adaptive rate control: a token bucket whose rate follows the target's signals.
+//! Adaptive rate control: a token bucket whose rate follows the target's signals, and a pacer
+//! for the budget a target announces.
 //!
-//! Without a known limit the controller starts slowly and doubles its rate each second while the
-//! bucket is the bottleneck and answers are clean (slow start). The first rate-limit signal ends
-//! slow start: the limit is estimated from the *delivered* rate (what the target actually let
-//! through), the rate drops just under it, and from then on it climbs back quickly to that
-//! estimate and probes above it by 1 % a second. Each further signal re-estimates, from the
-//! deliveries of the whole cycle since the previous one: a shorter window would see only the
-//! burst a target's bucket allows after a pause and overestimate. `Retry-After` pauses all
-//! sending. A configured ceiling caps everything.
+//! Without a known limit the controller starts slowly and doubles its rate each second while
+//! it is the bottleneck and answers are clean (slow start). A rate-limit signal (429,
+//! `RATE_LIMITED`, `THROTTLED`) estimates the limit as what the target actually let through over
+//! the last second of sending (pauses excluded: counting them made one early estimate 2.5/s
+//! against a real 50/s), and cuts the rate to 90 % of it. The rate then climbs back along a
+//! cubic curve, as TCP CUBIC does: quickly at first, flat near the estimate, where it probes
+//! gently, then faster and faster the longer answers stay clean. Once it is clearly above the
+//! old estimate (×1.5) the limit has risen, and it doubles per second again. So a strict limit
+//! is held at ~97 %, a rise is found in seconds, and a fall in one or two round trips.
+//!
+//! One cut per episode: a refusal of a request sent before the last cut was in flight at the
+//! old rate and changes nothing. A refusal of a request sent soon after a cut means the cut was
+//! not enough: cut again from a new measurement. When that is not enough either, honour
+//! `Retry-After` by pausing all sending (the refused event itself always waits it out).
+//! Pausing on every refusal would idle a strict target a second per probe, and refill a bursty
+//! one, hiding its limit.
+//!
+//! When the target announces its budget (`relay_core::budget`), sending is paced by that
+//! instead: the remaining requests spread evenly until the window resets, or a bucket of the
+//! announced size refilled at the announced rate. Requests sent after the answer that carried
+//! the budget count against it. A configured ceiling caps everything.
 //!
 //! Time is passed in (tokio's `Instant`), so the behaviour is tested with paused time.
 
@@ -16,21 +30,28 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-/// How far under the estimated limit the rate drops on a rate-limit signal.
-const CUT: f64 = 0.95;
-/// Rate-limit answers within this long of a cut belong to the same episode (requests already in
-/// flight at the old rate); reacting to each would collapse the rate.
-const EPISODE: Duration = Duration::from_secs(1);
-/// Shortest window over which the delivered rate is measured (and the only one in slow start).
-const MIN_WINDOW: Duration = Duration::from_secs(2);
-/// Longest window: a cycle between two rate-limit signals, at most this long, is measured whole.
-const MAX_WINDOW: Duration = Duration::from_secs(30);
+use crate::budget::Budget;
+
+/// The rate after a cut, as a share of the estimated limit.
+const BETA: f64 = 0.9;
+/// Seconds of clean sending for the rate to climb back to the estimate after a cut.
+const RECOVER_SECS: f64 = 2.0;
+/// Past this multiple of the estimate with answers still clean, slow start again.
+const RESTART_ABOVE: f64 = 1.5;
+/// The delivered rate at a signal is measured over the cycle since the previous cut, at least
+/// this long (when there is that much history)…
+const MEASURE_MIN: Duration = Duration::from_secs(1);
+/// …and at most this long. A short window sees only the burst a deep bucket lets through and
+/// overestimates; the whole cycle dilutes it.
+const MEASURE_MAX: Duration = Duration::from_secs(10);
+/// Refusals of requests sent this soon after a cut took effect mean the cut was not enough.
+const ESCALATE: Duration = Duration::from_secs(1);
+/// Answers since a cut needed before their accepted share is trusted as an estimate.
+const RATIO_SAMPLE: u32 = 10;
+/// Cuts in a row that were not enough before `Retry-After` pauses all sending.
+const PAUSE_AFTER: u32 = 2;
 /// Deliveries are counted in slots of this length.
 const SLOT: Duration = Duration::from_millis(100);
-/// Probing growth above the last estimate, per second.
-const PROBE_PER_SEC: f64 = 1.01;
-/// Half the gap to the last estimate closes every this long.
-const RECOVER_HALF_LIFE: Duration = Duration::from_millis(500);
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RateConfig {
@@ -55,12 +76,56 @@ impl Default for RateConfig {
     }
 }
 
+/// One request's permission to go: when it was sent, and its place in the sending order.
+/// Answers come back with it, so the controller knows what was sent before and after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ticket {
+    at: Instant,
+    seq: u64,
+}
+
+impl Ticket {
+    pub fn sent_at(&self) -> Instant {
+        self.at
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
     SlowStart,
-    /// `estimate` is the limit measured at the last rate-limit signal.
-    Steady {
+    /// Climbing back after a cut: `estimate` is the limit measured then, `climbed` the seconds
+    /// of clean, rate-bound sending since.
+    Probing {
         estimate: f64,
+        climbed: f64,
+    },
+}
+
+/// An announced budget, as the pacer keeps it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Announced {
+    budget: Budget,
+    /// The ticket of the answer that carried it: older answers are stale.
+    seq: u64,
+    pacer: Pacer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Pacer {
+    /// `allowance` more requests until `until`, spread evenly; then, if known, `limit` per
+    /// `window`.
+    Window {
+        allowance: f64,
+        until: Instant,
+        next: Instant,
+        renew: Option<(f64, Duration)>,
+    },
+    /// A token bucket mirroring the target's.
+    Bucket {
+        tokens: f64,
+        refill: f64,
+        max: f64,
+        last: Instant,
     },
 }
 
@@ -73,14 +138,27 @@ pub struct RateController {
     last_refill: Instant,
     paused_until: Instant,
     last_cut: Option<Instant>,
+    /// When the last cut took effect: the sending time of the first request sent after it that
+    /// was accepted. Refusals before that (a fixed window still exhausted, a bucket still
+    /// empty) are expected, and not held against the cut.
+    settled: Option<Instant>,
+    /// Cuts in a row each followed by a refusal of a request sent soon after it.
+    insufficient: u32,
+    /// Answers to requests sent since the last cut: accepted, refused. Once the target's own
+    /// bucket is empty, their ratio is its limit over our rate, whatever the latency.
+    since_cut: (u32, u32),
     last_growth: Instant,
     /// Set when a caller had to wait for a token: only then is the rate the bottleneck and worth
     /// raising (an idle relay must not talk itself into a huge rate).
     starved: bool,
-    /// Deliveries per [`SLOT`], oldest first, covering at most [`MAX_WINDOW`].
+    /// Deliveries per [`SLOT`], oldest first, covering at most [`MEASURE_MAX`].
     delivered: VecDeque<(Instant, u32)>,
-    /// When the controller started: a window never reaches back before it.
-    born: Instant,
+    /// A measurement never reaches back before this: start, or the end of the last pause.
+    measure_from: Instant,
+    /// Tickets handed out so far.
+    sent: u64,
+    last_sent: Option<Instant>,
+    announced: Option<Announced>,
 }
 
 impl RateController {
@@ -94,24 +172,50 @@ impl RateController {
             last_refill: now,
             paused_until: now,
             last_cut: None,
+            settled: None,
+            insufficient: 0,
+            since_cut: (0, 0),
             last_growth: now,
             starved: false,
             delivered: VecDeque::new(),
-            born: now,
+            measure_from: now,
+            sent: 0,
+            last_sent: None,
+            announced: None,
         }
     }
 
-    /// The current sending rate, requests/s.
+    /// The current sending rate, requests/s: the announced budget's pace while there is one.
     pub fn rate(&self) -> f64 {
-        self.rate
+        match self.announced.map(|a| a.pacer) {
+            Some(Pacer::Window {
+                allowance, until, ..
+            }) => {
+                let since = self.last_sent.unwrap_or(self.last_refill);
+                let left = until.saturating_duration_since(since);
+                let pace = allowance.max(0.0) / left.as_secs_f64().max(0.001);
+                self.capped(pace)
+            }
+            Some(Pacer::Bucket { refill, .. }) => self.capped(refill),
+            None => self.rate,
+        }
+    }
+
+    fn capped(&self, rate: f64) -> f64 {
+        self.config.ceiling.map_or(rate, |c| rate.min(c))
     }
 
     /// The limit estimated at the last rate-limit signal, if any.
     pub fn estimate(&self) -> Option<f64> {
         match self.phase {
             Phase::SlowStart => None,
-            Phase::Steady { estimate } => Some(estimate),
+            Phase::Probing { estimate, .. } => Some(estimate),
         }
+    }
+
+    /// The budget the target last announced, if it does.
+    pub fn announced(&self) -> Option<Budget> {
+        self.announced.map(|a| a.budget)
     }
 
     fn burst(&self) -> f64 {
@@ -128,23 +232,144 @@ impl RateController {
     }
 
     /// Takes a token, or says when to ask again.
-    pub fn try_acquire(&mut self, now: Instant) -> Result<(), Instant> {
+    pub fn try_acquire(&mut self, now: Instant) -> Result<Ticket, Instant> {
         if now < self.paused_until {
             return Err(self.paused_until);
         }
-        self.refill(now);
-        if self.tokens >= 1.0 {
+        if !self.pace_budget(now)? {
+            self.refill(now);
+            if self.tokens < 1.0 {
+                self.starved = true;
+                let wait = (1.0 - self.tokens) / self.rate;
+                return Err(now + Duration::from_secs_f64(wait));
+            }
             self.tokens -= 1.0;
-            Ok(())
-        } else {
-            self.starved = true;
-            let wait = (1.0 - self.tokens) / self.rate;
-            Err(now + Duration::from_secs_f64(wait))
+        }
+        self.sent += 1;
+        self.last_sent = Some(now);
+        Ok(Ticket {
+            at: now,
+            seq: self.sent,
+        })
+    }
+
+    /// Sending by the announced budget (and the ceiling): takes one request from it, or says
+    /// when one is there. `Ok(false)`: no budget is announced, the controller's own rate rules.
+    fn pace_budget(&mut self, now: Instant) -> Result<bool, Instant> {
+        if self.announced.is_none() {
+            return Ok(false);
+        }
+        if let (Some(ceiling), Some(last)) = (self.config.ceiling, self.last_sent) {
+            let next = last + Duration::from_secs_f64(1.0 / ceiling);
+            if now < next {
+                return Err(next);
+            }
+        }
+        let Some(announced) = self.announced.as_mut() else {
+            return Ok(false);
+        };
+        match &mut announced.pacer {
+            Pacer::Window {
+                allowance,
+                until,
+                next,
+                renew,
+            } => {
+                if now >= *until {
+                    match *renew {
+                        // A new window of the announced size; the next answer corrects it.
+                        Some((limit, window)) if !window.is_zero() => {
+                            while *until <= now {
+                                *until += window;
+                            }
+                            *allowance = limit;
+                        }
+                        // Nothing more known: back to finding the limit.
+                        _ => {
+                            self.announced = None;
+                            return Ok(false);
+                        }
+                    }
+                }
+                if *allowance < 1.0 {
+                    return Err(*until);
+                }
+                if now < *next {
+                    return Err(*next);
+                }
+                let spacing = until.saturating_duration_since(now).as_secs_f64() / *allowance;
+                *allowance -= 1.0;
+                *next = now + Duration::from_secs_f64(spacing);
+                Ok(true)
+            }
+            Pacer::Bucket {
+                tokens,
+                refill,
+                max,
+                last,
+            } => {
+                let dt = now.saturating_duration_since(*last).as_secs_f64();
+                *tokens = (*tokens + dt * *refill).min(*max);
+                *last = now;
+                if *tokens < 1.0 {
+                    let wait = (1.0 - *tokens) / refill.max(1e-6);
+                    return Err(now + Duration::from_secs_f64(wait.min(60.0)));
+                }
+                *tokens -= 1.0;
+                Ok(true)
+            }
         }
     }
 
+    /// The target announced its budget in the answer to `ticket`'s request.
+    pub fn on_budget(&mut self, now: Instant, ticket: Ticket, budget: Budget) {
+        if self.announced.is_some_and(|a| a.seq > ticket.seq) {
+            return;
+        }
+        // Requests sent after that one may not be in the target's count yet.
+        let since = (self.sent - ticket.seq) as f64;
+        let pacer = match budget {
+            Budget::Window {
+                remaining,
+                reset,
+                limit,
+                window,
+            } => Pacer::Window {
+                allowance: remaining - since,
+                until: now + reset,
+                next: self.announced.map_or(now, |a| match a.pacer {
+                    Pacer::Window { next, .. } => next,
+                    Pacer::Bucket { .. } => now,
+                }),
+                renew: limit.zip(window),
+            },
+            Budget::Bucket {
+                available,
+                refill,
+                max,
+            } => Pacer::Bucket {
+                tokens: available - since,
+                refill,
+                max,
+                last: now,
+            },
+        };
+        self.announced = Some(Announced {
+            budget,
+            seq: ticket.seq,
+            pacer,
+        });
+    }
+
     /// A clean delivery: maybe raise the rate.
-    pub fn on_delivered(&mut self, now: Instant) {
+    pub fn on_delivered(&mut self, now: Instant, ticket: Ticket) {
+        if self.last_cut.is_some_and(|cut| ticket.at >= cut) {
+            match self.settled {
+                None => self.settled = Some(ticket.at),
+                Some(settled) if ticket.at >= settled => self.since_cut.0 += 1,
+                Some(_) => {}
+            }
+        }
         match self.delivered.back_mut() {
             Some((start, n)) if now.saturating_duration_since(*start) < SLOT => *n += 1,
             _ => self.delivered.push_back((now, 1)),
@@ -158,69 +383,120 @@ impl RateController {
             return;
         }
         self.refill(now);
-        self.rate = match self.phase {
-            Phase::SlowStart => self.rate * 2f64.powf(dt),
-            // Within half a percent counts as there: the approach is asymptotic and would never
-            // hand over to probing otherwise.
-            Phase::Steady { estimate } if self.rate < estimate * 0.995 => {
-                let closed = 1.0 - 0.5f64.powf(dt / RECOVER_HALF_LIFE.as_secs_f64());
-                (self.rate + (estimate - self.rate) * closed).min(estimate)
+        match &mut self.phase {
+            Phase::SlowStart => self.rate *= 2f64.powf(dt),
+            Phase::Probing { estimate, climbed } => {
+                *climbed += dt;
+                let from_plateau = *climbed - RECOVER_SECS;
+                let growth = (1.0 - BETA) / RECOVER_SECS.powi(3);
+                self.rate = *estimate * (1.0 + growth * from_plateau.powi(3));
+                if self.rate > *estimate * RESTART_ABOVE {
+                    self.phase = Phase::SlowStart;
+                }
             }
-            Phase::Steady { .. } => self.rate * PROBE_PER_SEC.powf(dt),
-        };
+        }
         self.clamp();
     }
 
-    /// The target said "slow down" (429, `RATE_LIMITED`, …).
-    pub fn on_rate_limited(&mut self, now: Instant, retry_after: Option<Duration>) {
-        if let Some(wait) = retry_after {
-            self.paused_until = self.paused_until.max(now + wait);
+    /// The target said "slow down" (429, `RATE_LIMITED`, …) to `ticket`'s request.
+    pub fn on_rate_limited(&mut self, now: Instant, ticket: Ticket, retry_after: Option<Duration>) {
+        #[derive(PartialEq)]
+        enum Verdict {
+            NewEpisode,
+            /// Refused soon after the last cut took effect: it was not enough.
+            NotEnough,
+            /// Nothing sent since the last cut was accepted, a while after it: halve.
+            NothingAccepted,
         }
-        if self
-            .last_cut
-            .is_some_and(|cut| now.saturating_duration_since(cut) < EPISODE)
-        {
-            return;
-        }
-        self.trim(now);
-        let window = self.last_cut.map_or(MIN_WINDOW, |cut| {
-            now.saturating_duration_since(cut)
-                .clamp(MIN_WINDOW, MAX_WINDOW)
-        });
-        let delivered = self.delivered_rate(now, window);
-        let estimate = if delivered > 0.0 {
-            delivered.min(self.rate)
+        let verdict = match (self.last_cut, self.settled) {
+            (None, _) => Verdict::NewEpisode,
+            // Sent at the old rate, before the cut: the same episode.
+            (Some(cut), _) if ticket.at < cut => return,
+            // Sent before the cut could take effect: expected.
+            (Some(cut), None) if ticket.at.saturating_duration_since(cut) < ESCALATE => return,
+            (Some(_), None) => Verdict::NothingAccepted,
+            (Some(_), Some(settled)) if ticket.at < settled => return,
+            (Some(_), Some(settled)) if ticket.at.saturating_duration_since(settled) < ESCALATE => {
+                Verdict::NotEnough
+            }
+            (Some(_), Some(_)) => Verdict::NewEpisode,
+        };
+        let estimate = if verdict == Verdict::NewEpisode {
+            self.insufficient = 0;
+            match self.delivered_rate(now) {
+                Some(delivered) if delivered > 0.0 => delivered.min(self.rate),
+                Some(_) => self.rate / 2.0,
+                None => self.rate * BETA,
+            }
+        } else {
+            // How much it was not enough: once the target's own bucket is empty, the share of
+            // requests it accepts is its limit over our rate, whatever the latency. (A deep
+            // bucket's first refusal comes only once it is drained, when a delivered-rate
+            // measurement still counts the burst.) Gather enough answers to say.
+            self.since_cut.1 += 1;
+            let (ok, refused) = self.since_cut;
+            if verdict == Verdict::NotEnough && ok + refused < RATIO_SAMPLE {
+                return;
+            }
+            self.insufficient += 1;
+            if self.insufficient >= PAUSE_AFTER
+                && let Some(wait) = retry_after
+            {
+                // Cut after cut was not enough: the target means it. Stop until it says.
+                self.paused_until = self.paused_until.max(now + wait);
+            }
+            self.rate * f64::from(ok) / f64::from(ok + refused)
+        };
+        let estimate = if estimate > 0.0 {
+            estimate
         } else {
             self.rate / 2.0
         };
-        self.phase = Phase::Steady { estimate };
-        self.rate = estimate * CUT;
+        self.since_cut = (0, 0);
+        self.phase = Phase::Probing {
+            estimate,
+            climbed: 0.0,
+        };
+        self.rate = estimate * BETA;
         self.tokens = 0.0;
         self.last_cut = Some(now);
+        self.settled = None;
+        if self.paused_until > now {
+            self.measure_from = self.paused_until;
+        }
         self.clamp();
     }
 
-    /// Delivered requests per second over the last `window`. Quiet time inside the window
-    /// (a `Retry-After` pause) counts: the point is what the target sustains.
-    fn delivered_rate(&self, now: Instant, window: Duration) -> f64 {
+    /// Delivered requests per second, if at least a quarter second of sending can be seen:
+    /// over the last second after slow start, over the cycle since the last cut while probing
+    /// (paused time left out either way).
+    fn delivered_rate(&mut self, now: Instant) -> Option<f64> {
+        self.trim(now);
+        let cycle = match (self.phase, self.last_cut) {
+            // Climbing fast: only the latest second says what the target let through.
+            (Phase::SlowStart, _) | (_, None) => MEASURE_MIN,
+            (Phase::Probing { .. }, Some(cut)) => now.saturating_duration_since(cut),
+        }
+        .clamp(MEASURE_MIN, MEASURE_MAX);
+        let from = now.checked_sub(cycle).unwrap_or(now).max(self.measure_from);
+        let span = now.saturating_duration_since(from);
+        if span < Duration::from_millis(250) {
+            return None;
+        }
         let count: u64 = self
             .delivered
             .iter()
-            .rev()
-            .take_while(|(start, _)| now.saturating_duration_since(*start) <= window)
+            .filter(|(start, _)| *start >= from)
             .map(|(_, n)| u64::from(*n))
             .sum();
-        let span = now
-            .saturating_duration_since(self.born)
-            .clamp(Duration::from_millis(250), window);
-        count as f64 / span.as_secs_f64()
+        Some(count as f64 / span.as_secs_f64())
     }
 
     fn trim(&mut self, now: Instant) {
         while self
             .delivered
             .front()
-            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > MAX_WINDOW)
+            .is_some_and(|(t, _)| now.saturating_duration_since(*t) > MEASURE_MAX)
         {
             self.delivered.pop_front();
         }
@@ -233,172 +509,4 @@ impl RateController {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A token-bucket target: `limit`/s with `burst`, answering true when it accepts.
-    struct Target {
-        limit: f64,
-        burst: f64,
-        tokens: f64,
-        last: Instant,
-    }
-
-    impl Target {
-        fn new(limit: f64, burst: f64, now: Instant) -> Self {
-            Target {
-                limit,
-                burst,
-                tokens: burst,
-                last: now,
-            }
-        }
-        fn admit(&mut self, now: Instant) -> bool {
-            let dt = now.saturating_duration_since(self.last).as_secs_f64();
-            self.tokens = (self.tokens + dt * self.limit).min(self.burst);
-            self.last = now;
-            if self.tokens >= 1.0 {
-                self.tokens -= 1.0;
-                true
-            } else {
-                false
-            }
-        }
-    }
-
-    /// Drives the controller against the target for `secs` with an endless backlog and answers
-    /// that arrive `latency` after sending; returns (accepted, limited) counted after `warmup`.
-    async fn drive(
-        rc: &mut RateController,
-        target: &mut Target,
-        secs: u64,
-        warmup: u64,
-        latency: Duration,
-    ) -> (u64, u64) {
-        let start = Instant::now();
-        let mut pending: VecDeque<(Instant, bool)> = VecDeque::new();
-        let (mut ok, mut limited) = (0u64, 0u64);
-        while start.elapsed() < Duration::from_secs(secs) {
-            let now = Instant::now();
-            while pending.front().is_some_and(|(at, _)| *at <= now) {
-                let (_, accepted) = pending.pop_front().unwrap();
-                let counted = start.elapsed() >= Duration::from_secs(warmup);
-                if accepted {
-                    rc.on_delivered(now);
-                    ok += u64::from(counted);
-                } else {
-                    rc.on_rate_limited(now, Some(Duration::from_secs(1)));
-                    limited += u64::from(counted);
-                }
-            }
-            match rc.try_acquire(now) {
-                Ok(()) => pending.push_back((now + latency, target.admit(now))),
-                Err(at) => {
-                    let next = pending.front().map_or(at, |(t, _)| (*t).min(at));
-                    tokio::time::sleep_until(next.max(now + Duration::from_millis(1))).await;
-                }
-            }
-        }
-        (ok, limited)
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn slow_start_doubles_while_the_bucket_is_the_bottleneck() {
-        let mut rc = RateController::new(RateConfig::default(), Instant::now());
-        let mut target = Target::new(1e9, 1e9, Instant::now());
-        drive(&mut rc, &mut target, 3, 0, Duration::from_millis(5)).await;
-        assert!(
-            (60.0..=100.0).contains(&rc.rate()),
-            "rate after 3 s: {}",
-            rc.rate()
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_idle_relay_does_not_raise_its_rate() {
-        let mut rc = RateController::new(RateConfig::default(), Instant::now());
-        for _ in 0..100 {
-            tokio::time::advance(Duration::from_millis(200)).await;
-            rc.try_acquire(Instant::now()).unwrap();
-            rc.on_delivered(Instant::now());
-        }
-        assert_eq!(rc.rate(), 10.0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn converges_on_an_unknown_limit_with_few_rate_limited_answers() {
-        for latency_ms in [1, 200] {
-            let mut rc = RateController::new(RateConfig::default(), Instant::now());
-            let mut target = Target::new(50.0, 50.0, Instant::now());
-            let (ok, limited) = drive(
-                &mut rc,
-                &mut target,
-                120,
-                30,
-                Duration::from_millis(latency_ms),
-            )
-            .await;
-            let share = ok as f64 / (90.0 * 50.0);
-            let limited_share = limited as f64 / (ok + limited) as f64;
-            println!(
-                "{latency_ms} ms: {share:.3} of the limit, {limited_share:.4} rate-limited, estimate {:?}",
-                rc.estimate()
-            );
-            assert!(
-                share >= 0.93,
-                "{latency_ms} ms: delivered {share:.3} of the limit"
-            );
-            assert!(
-                limited_share <= 0.03,
-                "{latency_ms} ms: {limited_share:.3} rate-limited"
-            );
-        }
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retry_after_pauses_sending() {
-        let mut rc = RateController::new(
-            RateConfig {
-                ceiling: Some(100.0),
-                ..Default::default()
-            },
-            Instant::now(),
-        );
-        rc.on_rate_limited(Instant::now(), Some(Duration::from_secs(5)));
-        let until = rc.try_acquire(Instant::now()).unwrap_err();
-        assert_eq!(until, Instant::now() + Duration::from_secs(5));
-        tokio::time::advance(Duration::from_secs(5)).await;
-        tokio::time::advance(Duration::from_millis(50)).await;
-        assert!(rc.try_acquire(Instant::now()).is_ok());
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_ceiling_is_never_exceeded() {
-        let mut rc = RateController::new(
-            RateConfig {
-                ceiling: Some(20.0),
-                ..Default::default()
-            },
-            Instant::now(),
-        );
-        let mut target = Target::new(1e9, 1e9, Instant::now());
-        let (ok, _) = drive(&mut rc, &mut target, 11, 1, Duration::from_millis(1)).await;
-        assert!(rc.rate() <= 20.0);
-        assert!(ok <= 10 * 20 + 2, "{ok} sent in 10 s under a 20/s ceiling");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn one_cut_per_episode() {
-        let mut rc = RateController::new(
-            RateConfig {
-                ceiling: Some(100.0),
-                ..Default::default()
-            },
-            Instant::now(),
-        );
-        for _ in 0..10 {
-            rc.on_rate_limited(Instant::now(), None);
-        }
-        assert_eq!(rc.rate(), 50.0 * CUT);
-    }
-}
+mod tests;

@@ -1,0 +1,444 @@
+//! The controller against simulated targets, with paused time: a token bucket, a fixed window,
+//! limits that move, and budgets announced in answers.
+
+use super::*;
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Limiter {
+    /// `limit`/s with `burst`.
+    Bucket { burst: f64 },
+    /// `limit` requests per `window`, counted from fixed window starts.
+    Window { window: Duration },
+}
+
+/// A simulated target. `announce` makes every answer carry its budget.
+struct Target {
+    limiter: Limiter,
+    limit: f64,
+    announce: bool,
+    tokens: f64,
+    last: Instant,
+    window_start: Instant,
+    used: f64,
+}
+
+struct Answer {
+    accepted: bool,
+    budget: Option<Budget>,
+}
+
+impl Target {
+    fn bucket(limit: f64, burst: f64, now: Instant) -> Self {
+        Target {
+            limiter: Limiter::Bucket { burst },
+            limit,
+            announce: false,
+            tokens: burst,
+            last: now,
+            window_start: now,
+            used: 0.0,
+        }
+    }
+
+    fn window(limit_per_window: f64, window: Duration, now: Instant) -> Self {
+        Target {
+            limiter: Limiter::Window { window },
+            limit: limit_per_window,
+            announce: false,
+            tokens: 0.0,
+            last: now,
+            window_start: now,
+            used: 0.0,
+        }
+    }
+
+    fn admit(&mut self, now: Instant) -> Answer {
+        match self.limiter {
+            Limiter::Bucket { burst } => {
+                let dt = now.saturating_duration_since(self.last).as_secs_f64();
+                self.tokens = (self.tokens + dt * self.limit).min(burst);
+                self.last = now;
+                let accepted = self.tokens >= 1.0;
+                if accepted {
+                    self.tokens -= 1.0;
+                }
+                let budget = self.announce.then_some(Budget::Bucket {
+                    available: self.tokens.floor(),
+                    refill: self.limit,
+                    max: burst,
+                });
+                Answer { accepted, budget }
+            }
+            Limiter::Window { window } => {
+                while now.saturating_duration_since(self.window_start) >= window {
+                    self.window_start += window;
+                    self.used = 0.0;
+                }
+                let accepted = self.used < self.limit;
+                if accepted {
+                    self.used += 1.0;
+                }
+                let budget = self.announce.then(|| Budget::Window {
+                    remaining: self.limit - self.used,
+                    reset: (self.window_start + window).saturating_duration_since(now),
+                    limit: Some(self.limit),
+                    window: Some(window),
+                });
+                Answer { accepted, budget }
+            }
+        }
+    }
+}
+
+/// What happened, second by second (by the second a request was sent in).
+#[derive(Debug, Default)]
+struct Run {
+    sent: Vec<u64>,
+    ok: Vec<u64>,
+    limited: Vec<u64>,
+}
+
+impl Run {
+    fn sum(v: &[u64], from: usize, to: usize) -> u64 {
+        v[from..to.min(v.len())].iter().sum()
+    }
+    fn ok(&self, from: usize, to: usize) -> u64 {
+        Self::sum(&self.ok, from, to)
+    }
+    fn limited(&self, from: usize, to: usize) -> u64 {
+        Self::sum(&self.limited, from, to)
+    }
+}
+
+/// Drives the controller against the target for `secs` with an endless backlog, answers
+/// arriving `latency` after sending; `change` may alter the target at the start of a second.
+async fn drive(
+    rc: &mut RateController,
+    target: &mut Target,
+    secs: usize,
+    latency: Duration,
+    mut change: impl FnMut(usize, &mut Target),
+) -> Run {
+    let start = Instant::now();
+    let mut run = Run {
+        sent: vec![0; secs],
+        ok: vec![0; secs],
+        limited: vec![0; secs],
+    };
+    let mut pending: VecDeque<(Instant, Ticket, Answer, usize)> = VecDeque::new();
+    let mut second = usize::MAX;
+    while start.elapsed() < Duration::from_secs(secs as u64) {
+        let now = Instant::now();
+        let s = start.elapsed().as_secs() as usize;
+        if s != second {
+            second = s;
+            change(s, target);
+        }
+        while pending.front().is_some_and(|(at, ..)| *at <= now) {
+            let (_, ticket, answer, sent_in) = pending.pop_front().unwrap();
+            if let Some(budget) = answer.budget {
+                rc.on_budget(now, ticket, budget);
+            }
+            if answer.accepted {
+                rc.on_delivered(now, ticket);
+                run.ok[sent_in] += 1;
+            } else {
+                rc.on_rate_limited(now, ticket, Some(Duration::from_secs(1)));
+                run.limited[sent_in] += 1;
+            }
+        }
+        match rc.try_acquire(now) {
+            Ok(ticket) => {
+                run.sent[s] += 1;
+                pending.push_back((now + latency, ticket, target.admit(now), s));
+            }
+            Err(at) => {
+                let next = pending.front().map_or(at, |(t, ..)| (*t).min(at));
+                tokio::time::sleep_until(next.max(now + Duration::from_micros(200))).await;
+            }
+        }
+    }
+    run
+}
+
+fn controller() -> RateController {
+    RateController::new(RateConfig::default(), Instant::now())
+}
+
+#[tokio::test(start_paused = true)]
+async fn slow_start_doubles_while_the_bucket_is_the_bottleneck() {
+    let mut rc = controller();
+    let mut target = Target::bucket(1e9, 1e9, Instant::now());
+    drive(&mut rc, &mut target, 3, Duration::from_millis(5), |_, _| {}).await;
+    assert!(
+        (60.0..=100.0).contains(&rc.rate()),
+        "rate after 3 s: {}",
+        rc.rate()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_idle_relay_does_not_raise_its_rate() {
+    let mut rc = controller();
+    for _ in 0..100 {
+        tokio::time::advance(Duration::from_millis(200)).await;
+        let ticket = rc.try_acquire(Instant::now()).unwrap();
+        rc.on_delivered(Instant::now(), ticket);
+    }
+    assert_eq!(rc.rate(), 10.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn converges_on_an_unknown_limit_with_few_rate_limited_answers() {
+    for latency_ms in [1, 200] {
+        let mut rc = controller();
+        let mut target = Target::bucket(50.0, 50.0, Instant::now());
+        let latency = Duration::from_millis(latency_ms);
+        let run = drive(&mut rc, &mut target, 120, latency, |_, _| {}).await;
+        let (ok, limited) = (run.ok(30, 120), run.limited(30, 120));
+        let share = ok as f64 / (90.0 * 50.0);
+        let limited_share = limited as f64 / (ok + limited) as f64;
+        println!(
+            "{latency_ms} ms: {share:.3} of the limit, {limited_share:.4} rate-limited, estimate {:?}",
+            rc.estimate()
+        );
+        assert!(share >= 0.95, "{latency_ms} ms: delivered {share:.3}");
+        assert!(
+            limited_share <= 0.02,
+            "{latency_ms} ms: {limited_share:.3} rate-limited"
+        );
+    }
+}
+
+/// The first finding: a fast target with a strict bucket (burst 5) and `Retry-After: 1`.
+#[tokio::test(start_paused = true)]
+async fn holds_a_strict_fast_limit() {
+    let mut rc = controller();
+    let mut target = Target::bucket(50.0, 5.0, Instant::now());
+    let run = drive(
+        &mut rc,
+        &mut target,
+        75,
+        Duration::from_micros(500),
+        |_, _| {},
+    )
+    .await;
+    let (ok, limited) = (run.ok(15, 75), run.limited(15, 75));
+    let share = ok as f64 / (60.0 * 50.0);
+    let limited_share = limited as f64 / (ok + limited) as f64;
+    println!("strict: {share:.3} of the limit, {limited_share:.4} rate-limited");
+    assert!(share >= 0.95, "delivered {share:.3} of a strict limit");
+    assert!(limited_share <= 0.02, "{limited_share:.4} rate-limited");
+}
+
+/// Limits that move: 5 → 50 → 10 → 200 requests/s, 30 s each.
+#[tokio::test(start_paused = true)]
+async fn follows_a_limit_that_steps_up_and_down() {
+    let steps = [5.0, 50.0, 10.0, 200.0];
+    let mut rc = controller();
+    let mut target = Target::bucket(steps[0], 5.0, Instant::now());
+    let run = drive(
+        &mut rc,
+        &mut target,
+        120,
+        Duration::from_millis(1),
+        |s, t| t.limit = steps[s / 30],
+    )
+    .await;
+    for (i, pair) in steps.windows(2).enumerate() {
+        let (old, new) = (pair[0], pair[1]);
+        let at = (i + 1) * 30;
+        if new > old {
+            let reached = (at..at + 30).find(|&s| run.ok[s] as f64 >= 0.9 * new);
+            println!("{old} → {new}: 90 % after {:?} s", reached.map(|s| s - at));
+            assert!(
+                reached.is_some_and(|s| s - at < 15),
+                "{old} → {new}: delivered per second {:?}",
+                &run.ok[at..at + 30]
+            );
+        } else {
+            let under = (at..at + 30).find(|&s| run.sent[s] as f64 <= new);
+            println!("{old} → {new}: under after {:?} s", under.map(|s| s - at));
+            assert!(
+                under.is_some_and(|s| s - at < 5),
+                "{old} → {new}: sent per second {:?}",
+                &run.sent[at..at + 30]
+            );
+        }
+    }
+    let (ok, limited) = (run.ok(0, 120), run.limited(0, 120));
+    let limited_share = limited as f64 / (ok + limited) as f64;
+    println!("limit steps: {limited_share:.4} rate-limited");
+    assert!(limited_share <= 0.03, "{limited_share:.4} rate-limited");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_announced_budget_is_kept_with_no_refusal_after_the_first_window() {
+    for announce in [false, true] {
+        let mut rc = controller();
+        let mut target = Target::window(50.0, Duration::from_secs(1), Instant::now());
+        target.announce = announce;
+        let run = drive(
+            &mut rc,
+            &mut target,
+            60,
+            Duration::from_millis(2),
+            |_, _| {},
+        )
+        .await;
+        let (ok, limited) = (run.ok(10, 60), run.limited(1, 60));
+        println!(
+            "fixed window, budget announced {announce}: {:.3} of the limit, {limited} refused after the first window",
+            ok as f64 / (50.0 * 50.0)
+        );
+        if announce {
+            assert_eq!(limited, 0, "refused after the first window");
+            assert!(ok as f64 >= 0.95 * 50.0 * 50.0, "delivered {ok}");
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cost_budget_paces_like_the_targets_bucket() {
+    let mut rc = controller();
+    let mut target = Target::bucket(40.0, 20.0, Instant::now());
+    target.announce = true;
+    let run = drive(
+        &mut rc,
+        &mut target,
+        30,
+        Duration::from_millis(2),
+        |_, _| {},
+    )
+    .await;
+    assert_eq!(run.limited(1, 30), 0, "refused after the first second");
+    assert!(run.ok(5, 30) as f64 >= 0.95 * 40.0 * 25.0);
+    assert!(matches!(rc.announced(), Some(Budget::Bucket { .. })));
+}
+
+/// Tickets for `n` requests, waiting for tokens as the dispatcher does.
+async fn send(rc: &mut RateController, n: usize) -> Vec<Ticket> {
+    let mut tickets = Vec::new();
+    while tickets.len() < n {
+        match rc.try_acquire(Instant::now()) {
+            Ok(ticket) => tickets.push(ticket),
+            Err(until) => {
+                assert!(
+                    until < Instant::now() + Duration::from_secs(1),
+                    "paused too early"
+                );
+                tokio::time::sleep_until(until).await;
+            }
+        }
+    }
+    tickets
+}
+
+fn paused_for(rc: &mut RateController) -> Option<Duration> {
+    rc.try_acquire(Instant::now())
+        .err()
+        .map(|until| until - Instant::now())
+        .filter(|wait| *wait > Duration::from_secs(1))
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_pauses_all_sending_only_when_cuts_are_not_enough() {
+    let retry_after = Some(Duration::from_secs(5));
+    let mut rc = RateController::new(
+        RateConfig {
+            ceiling: Some(100.0),
+            ..RateConfig::default()
+        },
+        Instant::now(),
+    );
+    let first = send(&mut rc, 1).await[0];
+    tokio::time::advance(Duration::from_millis(500)).await;
+    rc.on_rate_limited(Instant::now(), first, retry_after);
+    assert!(rc.rate() < 100.0, "cut");
+    assert_eq!(paused_for(&mut rc), None, "one refusal does not pause");
+
+    // Twice: the cut takes effect (an accepted request), then half of what follows is refused.
+    for round in 1..=2 {
+        let tickets = send(&mut rc, 12).await;
+        rc.on_delivered(Instant::now(), tickets[0]);
+        for (i, t) in tickets[1..].iter().enumerate() {
+            if i % 2 == 0 {
+                rc.on_delivered(Instant::now(), *t);
+            } else {
+                rc.on_rate_limited(Instant::now(), *t, retry_after);
+            }
+        }
+        let paused = paused_for(&mut rc);
+        match round {
+            1 => assert_eq!(paused, None, "the first cut that was not enough cuts again"),
+            _ => assert_eq!(paused, retry_after, "the second pauses for Retry-After"),
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_target_that_refuses_everything_is_left_alone_for_its_retry_after() {
+    let retry_after = Some(Duration::from_secs(60));
+    let mut rc = controller();
+    let mut paused = None;
+    for _ in 0..20 {
+        let ticket = send(&mut rc, 1).await[0];
+        tokio::time::advance(Duration::from_millis(600)).await;
+        rc.on_rate_limited(Instant::now(), ticket, retry_after);
+        paused = paused_for(&mut rc);
+        if paused.is_some() {
+            break;
+        }
+    }
+    assert_eq!(paused, retry_after);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_of_requests_sent_before_the_cut_change_nothing() {
+    let mut rc = RateController::new(
+        RateConfig {
+            ceiling: Some(100.0),
+            ..RateConfig::default()
+        },
+        Instant::now(),
+    );
+    let mut tickets = Vec::new();
+    for _ in 0..10 {
+        tokio::time::advance(Duration::from_millis(10)).await;
+        tickets.push(rc.try_acquire(Instant::now()).unwrap());
+    }
+    tokio::time::advance(Duration::from_millis(300)).await;
+    for t in &tickets {
+        rc.on_rate_limited(Instant::now(), *t, None);
+    }
+    assert_eq!(rc.rate(), 100.0 / 2.0 * BETA, "one cut for the episode");
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_ceiling_is_never_exceeded() {
+    for announce in [false, true] {
+        let mut rc = RateController::new(
+            RateConfig {
+                ceiling: Some(20.0),
+                ..RateConfig::default()
+            },
+            Instant::now(),
+        );
+        let mut target = Target::bucket(1e9, 1e9, Instant::now());
+        target.announce = announce;
+        let run = drive(
+            &mut rc,
+            &mut target,
+            11,
+            Duration::from_millis(1),
+            |_, _| {},
+        )
+        .await;
+        assert!(rc.rate() <= 20.0);
+        let sent = Run::sum(&run.sent, 1, 11);
+        assert!(
+            sent <= 10 * 20 + 2,
+            "{sent} sent in 10 s under a 20/s ceiling"
+        );
+    }
+}
