@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Args;
 use comfy_table::{Cell, Color};
+use relay_core::budget::Budget;
 use relay_core::ops::{Operations, StatusReport};
 
 use crate::args;
@@ -109,5 +110,42 @@ fn render(s: &StatusReport) -> String {
         None => Cell::new("no dispatcher has run on this data directory").fg(Color::Yellow),
     };
     t.add_row(vec![Cell::new("dispatcher"), dispatcher]);
+    if let Some(budget) = s.dispatcher.as_ref().and_then(|d| d.announced) {
+        t.add_row(vec![
+            Cell::new("target's announced budget"),
+            Cell::new(announced(&budget)),
+        ]);
+    }
     t.to_string()
+}
+
+/// What the target said about its budget, in its own terms.
+fn announced(budget: &Budget) -> String {
+    match *budget {
+        Budget::Window {
+            remaining,
+            reset,
+            limit,
+            window,
+        } => {
+            let per = match (limit, window) {
+                (Some(limit), Some(window)) => {
+                    format!(" ({limit:.0} per {})", humantime::format_duration(window))
+                }
+                (Some(limit), None) => format!(" (of {limit:.0})"),
+                _ => String::new(),
+            };
+            format!(
+                "{remaining:.0} requests left{per}, resets in {:.1} s",
+                reset.as_secs_f64()
+            )
+        }
+        Budget::Bucket {
+            available,
+            refill,
+            max,
+        } => format!(
+            "{available:.0} of {max:.0} requests available, refilled at {refill:.1}/s (GraphQL cost)"
+        ),
+    }
 }

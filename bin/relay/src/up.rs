@@ -233,6 +233,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 let report = DispatcherReport {
                     rate: m.rate,
                     estimated_limit: m.estimated_limit,
+                    announced: m.announced,
                     in_flight: m.in_flight,
                     reported_at: relay_core::now_millis(),
                 };

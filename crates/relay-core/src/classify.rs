@@ -17,7 +17,18 @@ pub struct Answer {
     pub status: u16,
     /// The raw `Retry-After` header value, if any.
     pub retry_after: Option<String>,
+    /// Headers that announce a rate-limit budget (`RateLimit*`, `X-RateLimit-*`), for
+    /// [`crate::budget::announced`].
+    pub budget_headers: Vec<(String, String)>,
     pub body: Vec<u8>,
+}
+
+impl Answer {
+    /// Whether a header name announces a budget, and so belongs in `budget_headers`.
+    pub fn is_budget_header(name: &str) -> bool {
+        let name = name.to_ascii_lowercase();
+        name.starts_with("ratelimit") || name.starts_with("x-ratelimit")
+    }
 }
 
 /// A failure before any answer arrived.
@@ -192,6 +203,7 @@ mod tests {
         Ok(Answer {
             status,
             retry_after: retry_after.map(str::to_owned),
+            budget_headers: Vec::new(),
             body: body.to_string().into_bytes(),
         })
     }

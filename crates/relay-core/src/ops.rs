@@ -115,6 +115,10 @@ pub struct DispatcherReport {
     pub rate: f64,
     /// The target limit estimated from its rate-limit signals.
     pub estimated_limit: Option<f64>,
+    /// What the target announced about its budget (rate-limit headers or GraphQL cost), if it
+    /// does.
+    #[serde(default)]
+    pub announced: Option<crate::budget::Budget>,
     pub in_flight: u64,
     pub reported_at: UnixMillis,
 }

@@ -124,6 +124,12 @@ impl GraphqlClient {
             .get(reqwest::header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
+        let budget_headers = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| Answer::is_budget_header(name.as_str()))
+            .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
+            .collect();
         let body = response
             .bytes()
             .await
@@ -131,6 +137,7 @@ impl GraphqlClient {
         Ok(Answer {
             status,
             retry_after,
+            budget_headers,
             body: body.to_vec(),
         })
     }

@@ -13,7 +13,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use relay_core::rate::{RateConfig, RateController};
+use relay_core::rate::{RateConfig, RateController, Ticket};
 use relay_core::{
     AttemptRecord, Claim, DeliveryPolicy, Outcome, Settlement, WorkQueue, classify, decide,
     now_millis,
@@ -63,7 +63,8 @@ pub struct DispatcherHandle {
 impl DispatcherHandle {
     pub fn snapshot(&self) -> MetricsSnapshot {
         let rate = lock(&self.rate);
-        self.metrics.snapshot(rate.rate(), rate.estimate())
+        self.metrics
+            .snapshot(rate.rate(), rate.estimate(), rate.announced())
     }
 }
 
@@ -139,16 +140,17 @@ impl<Q: WorkQueue> Dispatcher<Q> {
                     continue;
                 }
             }
-            loop {
+            let ticket = loop {
                 let now = tokio::time::Instant::now();
-                let Err(at) = lock(&handle.rate).try_acquire(now) else {
-                    break;
+                let at = match lock(&handle.rate).try_acquire(now) {
+                    Ok(ticket) => break ticket,
+                    Err(at) => at,
                 };
                 tokio::select! {
                     () = tokio::time::sleep_until(at) => {}
                     () = &mut shutdown => break 'run,
                 }
-            }
+            };
             let slot = tokio::select! {
                 slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
                 () = &mut shutdown => break 'run,
@@ -161,7 +163,7 @@ impl<Q: WorkQueue> Dispatcher<Q> {
                 (queue.clone(), client.clone(), handle.clone(), config.policy);
             in_flight.spawn(
                 async move {
-                    deliver(&queue, &client, &handle, &policy, claim).await;
+                    deliver(&queue, &client, &handle, &policy, claim, ticket).await;
                     drop(slot);
                 }
                 .instrument(span),
@@ -200,6 +202,7 @@ async fn deliver<Q: WorkQueue>(
     handle: &DispatcherHandle,
     policy: &DeliveryPolicy,
     claim: Claim,
+    ticket: Ticket,
 ) {
     let metrics = &handle.metrics;
     metrics.started();
@@ -208,12 +211,23 @@ async fn deliver<Q: WorkQueue>(
     let result = client.send(&claim.event_id, &claim.payload).await;
     let duration = clock.elapsed();
     let outcome = classify(&result);
+    let budget = result.as_ref().ok().and_then(|answer| {
+        relay_core::budget::announced(
+            &answer.budget_headers,
+            &answer.body,
+            std::time::SystemTime::now(),
+        )
+    });
     {
         let mut rate = lock(&handle.rate);
+        let now = tokio::time::Instant::now();
+        if let Some(budget) = budget {
+            rate.on_budget(now, ticket, budget);
+        }
         match &outcome {
-            Outcome::Delivered => rate.on_delivered(tokio::time::Instant::now()),
+            Outcome::Delivered => rate.on_delivered(now, ticket),
             Outcome::RateLimited { retry_after, .. } => {
-                rate.on_rate_limited(tokio::time::Instant::now(), *retry_after)
+                rate.on_rate_limited(now, ticket, *retry_after)
             }
             Outcome::Transient { .. } | Outcome::Permanent { .. } => {}
         }

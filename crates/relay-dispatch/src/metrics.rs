@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use relay_core::budget::Budget;
 use relay_core::{Outcome, Settlement};
 use serde::Serialize;
 
@@ -29,6 +30,8 @@ pub struct MetricsSnapshot {
     pub rate: f64,
     /// Target limit estimated at the last rate-limit signal, requests/s.
     pub estimated_limit: Option<f64>,
+    /// The budget the target last announced in its answers, if it does.
+    pub announced: Option<Budget>,
 }
 
 impl Metrics {
@@ -54,7 +57,12 @@ impl Metrics {
         }
     }
 
-    pub fn snapshot(&self, rate: f64, estimated_limit: Option<f64>) -> MetricsSnapshot {
+    pub fn snapshot(
+        &self,
+        rate: f64,
+        estimated_limit: Option<f64>,
+        announced: Option<Budget>,
+    ) -> MetricsSnapshot {
         MetricsSnapshot {
             attempts: self.attempts.load(Relaxed),
             in_flight: self.in_flight.load(Relaxed),
@@ -64,6 +72,7 @@ impl Metrics {
             dead: self.dead.load(Relaxed),
             rate,
             estimated_limit,
+            announced,
         }
     }
 }

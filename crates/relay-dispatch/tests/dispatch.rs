@@ -391,3 +391,55 @@ async fn shutdown_gives_back_unstarted_work() {
     assert!(counts.delivered > 0 && counts.queued > 0, "{counts:?}");
     drop(r.store);
 }
+
+/// A target that announces its budget is paced by it, in every syntax relay reads: after the
+/// first window it refuses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_announced_budget_is_kept_in_every_syntax() {
+    use target_sim::Announce;
+    for announce in [
+        Announce::Draft6,
+        Announce::Draft8,
+        Announce::XRatelimit,
+        Announce::XRatelimitEpoch,
+        Announce::GraphqlCost,
+    ] {
+        let target = target_sim::TargetConfig {
+            rate: 50.0,
+            burst: Some(10.0),
+            mode: LimitMode::Headers,
+            announce,
+            ..Default::default()
+        };
+        let evs = events(150);
+        let r = run(
+            target,
+            DispatchConfig::default(),
+            Duration::from_secs(5),
+            &evs,
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let first_window = r.target.stats().rate_limited;
+        let counts = r.settled(150).await;
+        let stats = r.target.stats();
+        println!(
+            "{announce:?}: {} refused in the first window, {} after; delivered {}",
+            first_window,
+            stats.rate_limited - first_window,
+            counts.delivered
+        );
+        assert_eq!(counts.delivered, 150, "{announce:?}");
+        assert_eq!(
+            stats.rate_limited - first_window,
+            0,
+            "{announce:?}: refused after the first window"
+        );
+        assert!(
+            r.handle.snapshot().announced.is_some(),
+            "{announce:?}: the budget is read"
+        );
+        r.assert_delivered_once(&evs);
+        r.stop().await;
+    }
+}

@@ -322,6 +322,16 @@ async fn ingest_does_not_wait_for_sqlite() {
         )),
         "the journal answers; SQLite catches up later"
     );
+    // Not indexed yet, but an operator's trace finds it, waiting.
+    let trace = relay_core::ops::Operations::trace(&Reader::open(dir.path()).unwrap(), "a")
+        .await
+        .unwrap()
+        .expect("found in the journal");
+    assert_eq!(trace.delivery.status, relay_core::DeliveryStatus::Queued);
+    assert_eq!(
+        trace.payload,
+        serde_json::Value::Object(event("a", 0).payload)
+    );
     blocker.execute_batch("ROLLBACK").unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -661,6 +671,12 @@ mod operations {
         let report = DispatcherReport {
             rate: 12.5,
             estimated_limit: Some(13.0),
+            announced: Some(relay_core::budget::Budget::Window {
+                remaining: 4.0,
+                reset: Duration::from_millis(1500),
+                limit: Some(20.0),
+                window: Some(Duration::from_secs(1)),
+            }),
             in_flight: 3,
             reported_at: 42,
         };
