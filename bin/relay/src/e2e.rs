@@ -211,6 +211,7 @@ fn limited(rate: f64, mode: LimitMode) -> TargetConfig {
             latency_ms: 100,
             ..Faults::default()
         },
+        ..TargetConfig::default()
     }
 }
 

@@ -63,6 +63,10 @@ enum Command {
     /// It answers `createEvent(input: EventInput!)`, keeps every event by id and counts duplicates.
     /// GraphiQL: GET /graphql. Counters: GET /admin/stats. Events: GET /admin/events.
     /// Change faults while it runs: PUT /admin/faults {"outage": true, "fail_rate": 0.1, ...}.
+    /// Change the limit while it runs: PUT /admin/limit {"rate": 50, "burst": 5} (or "window_ms").
+    ///
+    /// Example, a strict target that announces its budget:
+    ///   relay target --rate 50 --mode headers --announce draft8
     #[command(verbatim_doc_comment)]
     Target(target::TargetArgs),
     /// Send events like the real source: open-loop at --rps, each once, 500 ms budget, no retry.

@@ -2,9 +2,10 @@
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, ValueEnum};
-use target_sim::{Faults, LimitMode, TargetConfig};
+use target_sim::{Announce, Faults, LimitMode, TargetConfig};
 
 use crate::args;
 
@@ -14,6 +15,22 @@ enum Mode {
     Http429,
     /// HTTP 200 with a GraphQL error of code RATE_LIMITED.
     Graphql,
+    /// HTTP 429 with Retry-After, and every answer announces the budget left (see --announce).
+    Headers,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum AnnounceArg {
+    /// RateLimit-Limit, RateLimit-Remaining, RateLimit-Reset (IETF draft 6).
+    Draft6,
+    /// RateLimit: "default";r=N;t=S and RateLimit-Policy: "default";q=N;w=S (drafts 8+).
+    Draft8,
+    /// X-RateLimit-Limit, -Remaining, -Reset (seconds from now).
+    XRatelimit,
+    /// X-RateLimit-* with the reset as a Unix time.
+    XRatelimitEpoch,
+    /// GraphQL cost extensions (extensions.cost.throttleStatus), refusals as THROTTLED errors.
+    GraphqlCost,
 }
 
 #[derive(Debug, Args)]
@@ -27,9 +44,16 @@ pub(crate) struct TargetArgs {
     /// Requests allowed in a burst (bucket size); default one second's worth.
     #[arg(long, value_parser = args::positive_rate)]
     burst: Option<f64>,
+    /// Count requests in fixed windows of this length (--rate × window each) instead of a token
+    /// bucket. --mode headers uses 1s unless told otherwise (except with graphql-cost).
+    #[arg(long, value_parser = args::duration)]
+    window: Option<Duration>,
     /// How the limit is signalled.
     #[arg(long, value_enum, default_value = "http429")]
     mode: Mode,
+    /// With --mode headers, the syntax the budget is announced in.
+    #[arg(long, value_enum, default_value = "draft6")]
+    announce: AnnounceArg,
     /// Share of requests (0–1) answered 503.
     #[arg(long, default_value_t = 0.0, value_parser = args::share)]
     fail_rate: f64,
@@ -45,9 +69,18 @@ pub(crate) async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
     let config = TargetConfig {
         rate: args.rate,
         burst: args.burst,
+        window: args.window,
         mode: match args.mode {
             Mode::Http429 => LimitMode::Http429,
             Mode::Graphql => LimitMode::Graphql,
+            Mode::Headers => LimitMode::Headers,
+        },
+        announce: match args.announce {
+            AnnounceArg::Draft6 => Announce::Draft6,
+            AnnounceArg::Draft8 => Announce::Draft8,
+            AnnounceArg::XRatelimit => Announce::XRatelimit,
+            AnnounceArg::XRatelimitEpoch => Announce::XRatelimitEpoch,
+            AnnounceArg::GraphqlCost => Announce::GraphqlCost,
         },
         faults: Faults {
             fail_rate: args.fail_rate,

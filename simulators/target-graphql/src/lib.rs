@@ -1,10 +1,12 @@
 //! A mock of the rate-limited GraphQL target relay delivers to.
 //!
 //! It serves the `createEvent(input: EventInput!)` mutation relay calls by default, limits
-//! requests with a token bucket (signalled as HTTP 429 + `Retry-After`, or as GraphQL
-//! `RATE_LIMITED` errors), injects faults on cue (503s, latency, permanent errors for chosen
-//! event names, an outage switch), keeps every event by id and counts duplicates, so tests can
-//! check "delivered once, enriched, unchanged" at the far end.
+//! requests with a token bucket or a fixed window (signalled as HTTP 429 + `Retry-After`, as
+//! GraphQL `RATE_LIMITED` errors, or with the remaining budget announced on every answer in one
+//! of the usual syntaxes), lets its limit change while it runs, injects faults on cue (503s,
+//! latency, permanent errors for chosen event names, an outage switch), keeps every event by id
+//! and counts duplicates, so tests can check "delivered once, enriched, unchanged" at the far
+//! end.
 //!
 //! Start it on `127.0.0.1:0` with [`start`] and read [`TargetHandle::stats`] and
 //! [`TargetHandle::events`], or run it as `relay target`.
@@ -39,6 +41,42 @@ pub enum LimitMode {
     Http429,
     /// HTTP 200 with a GraphQL error whose `extensions.code` is `RATE_LIMITED`.
     Graphql,
+    /// HTTP 429 with `Retry-After`, and every answer announces the budget left, in the syntax
+    /// [`TargetConfig::announce`] names.
+    Headers,
+}
+
+/// How a target in [`LimitMode::Headers`] announces its budget.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Announce {
+    /// `RateLimit-Limit`, `RateLimit-Remaining`, `RateLimit-Reset` (IETF draft 6).
+    #[default]
+    Draft6,
+    /// `RateLimit: "default";r=…;t=…` and `RateLimit-Policy: "default";q=…;w=…` (drafts 8+).
+    Draft8,
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` with the reset in seconds from now.
+    XRatelimit,
+    /// The same with the reset as a Unix time in seconds.
+    XRatelimitEpoch,
+    /// GraphQL cost extensions (`extensions.cost.throttleStatus`), each request costing one
+    /// point, refused with a GraphQL `THROTTLED` error; the limiter is then a bucket.
+    GraphqlCost,
+}
+
+/// The limit, as `PUT /admin/limit` sets it while the target runs.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limit {
+    /// Sustained requests per second allowed.
+    pub rate: f64,
+    /// Bucket size; defaults to one second's worth.
+    #[serde(default)]
+    pub burst: Option<f64>,
+    /// Count requests in fixed windows of this many milliseconds (`rate × window` each)
+    /// instead of a token bucket.
+    #[serde(default)]
+    pub window_ms: Option<u64>,
 }
 
 /// Faults that can be changed while the target runs (`PUT /admin/faults`).
@@ -66,7 +104,11 @@ pub struct TargetConfig {
     pub rate: f64,
     /// Bucket size; defaults to one second's worth.
     pub burst: Option<f64>,
+    /// Count requests per fixed window instead of a token bucket. In [`LimitMode::Headers`]
+    /// (other than GraphQL cost) a window of 1 s is used when none is given.
+    pub window: Option<Duration>,
     pub mode: LimitMode,
+    pub announce: Announce,
     pub faults: Faults,
 }
 
@@ -75,8 +117,27 @@ impl Default for TargetConfig {
         TargetConfig {
             rate: 50.0,
             burst: None,
+            window: None,
             mode: LimitMode::Http429,
+            announce: Announce::default(),
             faults: Faults::default(),
+        }
+    }
+}
+
+impl TargetConfig {
+    fn limit(&self) -> Limit {
+        let window = match (self.window, self.mode, self.announce) {
+            (Some(w), ..) => Some(w),
+            (None, LimitMode::Headers, a) if a != Announce::GraphqlCost => {
+                Some(Duration::from_secs(1))
+            }
+            _ => None,
+        };
+        Limit {
+            rate: self.rate,
+            burst: self.burst,
+            window_ms: window.map(|w| w.as_millis() as u64),
         }
     }
 }
@@ -109,33 +170,202 @@ pub struct Received {
     pub deliveries: u64,
 }
 
-#[derive(Debug)]
-struct Bucket {
-    rate: f64,
-    burst: f64,
-    tokens: f64,
-    last: Instant,
+/// The budget left after a request, as the target would announce it.
+#[derive(Debug, Clone, Copy)]
+enum Left {
+    Window {
+        remaining: f64,
+        reset: Duration,
+        limit: f64,
+        window: Duration,
+    },
+    Bucket {
+        tokens: f64,
+        rate: f64,
+        burst: f64,
+    },
 }
 
-impl Bucket {
-    /// Takes a token, or says how long until one is there.
-    fn take(&mut self, now: Instant) -> Result<(), Duration> {
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
-        self.last = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err(Duration::from_secs_f64((1.0 - self.tokens) / self.rate))
+#[derive(Debug)]
+enum Limiter {
+    Bucket {
+        rate: f64,
+        burst: f64,
+        tokens: f64,
+        last: Instant,
+    },
+    Window {
+        limit: f64,
+        window: Duration,
+        start: Instant,
+        used: f64,
+    },
+}
+
+impl Limiter {
+    fn new(limit: Limit, now: Instant) -> Self {
+        match limit.window_ms {
+            Some(ms) if ms > 0 => Limiter::Window {
+                limit: (limit.rate * ms as f64 / 1000.0).max(1.0),
+                window: Duration::from_millis(ms),
+                start: now,
+                used: 0.0,
+            },
+            _ => {
+                let burst = limit.burst.unwrap_or(limit.rate).max(1.0);
+                Limiter::Bucket {
+                    rate: limit.rate,
+                    burst,
+                    tokens: burst,
+                    last: now,
+                }
+            }
         }
+    }
+
+    /// Takes one request's worth, or says how long until there is one; either way, what is left.
+    fn take(&mut self, now: Instant) -> (Result<(), Duration>, Left) {
+        match self {
+            Limiter::Bucket {
+                rate,
+                burst,
+                tokens,
+                last,
+            } => {
+                *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * *rate).min(*burst);
+                *last = now;
+                let taken = if *tokens >= 1.0 {
+                    *tokens -= 1.0;
+                    Ok(())
+                } else {
+                    Err(Duration::from_secs_f64((1.0 - *tokens) / *rate))
+                };
+                let left = Left::Bucket {
+                    tokens: *tokens,
+                    rate: *rate,
+                    burst: *burst,
+                };
+                (taken, left)
+            }
+            Limiter::Window {
+                limit,
+                window,
+                start,
+                used,
+            } => {
+                while now.duration_since(*start) >= *window {
+                    *start += *window;
+                    *used = 0.0;
+                }
+                let reset = (*start + *window).duration_since(now);
+                let taken = if *used < *limit {
+                    *used += 1.0;
+                    Ok(())
+                } else {
+                    Err(reset)
+                };
+                let left = Left::Window {
+                    remaining: *limit - *used,
+                    reset,
+                    limit: *limit,
+                    window: *window,
+                };
+                (taken, left)
+            }
+        }
+    }
+}
+
+/// Budget headers in `syntax`, and for GraphQL cost the `extensions.cost` value instead.
+fn announce(syntax: Announce, left: Left) -> (Vec<(&'static str, String)>, Option<Value>) {
+    let secs = |d: Duration| d.as_secs_f64().ceil() as u64;
+    match (syntax, left) {
+        (
+            Announce::GraphqlCost,
+            Left::Bucket {
+                tokens,
+                rate,
+                burst,
+            },
+        ) => (
+            Vec::new(),
+            Some(json!({
+                "requestedQueryCost": 1, "actualQueryCost": 1,
+                "throttleStatus": {"maximumAvailable": burst, "currentlyAvailable": tokens.floor(), "restoreRate": rate}
+            })),
+        ),
+        (
+            _,
+            Left::Window {
+                remaining,
+                reset,
+                limit,
+                window,
+            },
+        ) => {
+            let (remaining, limit, reset_s, window_s) =
+                (remaining as u64, limit as u64, secs(reset), secs(window));
+            let headers = match syntax {
+                Announce::Draft6 => vec![
+                    ("ratelimit-limit", format!("{limit}, {limit};w={window_s}")),
+                    ("ratelimit-remaining", remaining.to_string()),
+                    ("ratelimit-reset", reset_s.to_string()),
+                ],
+                Announce::Draft8 => vec![
+                    (
+                        "ratelimit",
+                        format!("\"default\";r={remaining};t={reset_s}"),
+                    ),
+                    (
+                        "ratelimit-policy",
+                        format!("\"default\";q={limit};w={window_s}"),
+                    ),
+                ],
+                Announce::XRatelimit => vec![
+                    ("x-ratelimit-limit", limit.to_string()),
+                    ("x-ratelimit-remaining", remaining.to_string()),
+                    ("x-ratelimit-reset", reset_s.to_string()),
+                ],
+                Announce::XRatelimitEpoch | Announce::GraphqlCost => {
+                    // The second the window has ended by (rounded up, as servers do: never early).
+                    let epoch = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        + reset;
+                    vec![
+                        ("x-ratelimit-limit", limit.to_string()),
+                        ("x-ratelimit-remaining", remaining.to_string()),
+                        ("x-ratelimit-reset", epoch.as_secs_f64().ceil().to_string()),
+                    ]
+                }
+            };
+            (headers, None)
+        }
+        // A bucket announced in window terms: what is left, and the time until it is full.
+        (
+            _,
+            Left::Bucket {
+                tokens,
+                rate,
+                burst,
+            },
+        ) => announce(
+            syntax,
+            Left::Window {
+                remaining: tokens.floor(),
+                reset: Duration::from_secs_f64((burst - tokens) / rate),
+                limit: burst,
+                window: Duration::from_secs_f64(burst / rate),
+            },
+        ),
     }
 }
 
 #[derive(Debug)]
 pub(crate) struct Shared {
     mode: LimitMode,
-    bucket: Mutex<Bucket>,
+    announce: Announce,
+    limit: Mutex<(Limit, Limiter)>,
     faults: Mutex<Faults>,
     stats: Mutex<Stats>,
     events: Mutex<HashMap<String, Received>>,
@@ -260,6 +490,15 @@ impl TargetHandle {
         *lock(&self.shared.faults) = faults;
     }
 
+    /// Changes the limit now (the bucket starts full, the window empty).
+    pub fn set_limit(&self, limit: Limit) {
+        *lock(&self.shared.limit) = (limit, Limiter::new(limit, Instant::now()));
+    }
+
+    pub fn limit(&self) -> Limit {
+        lock(&self.shared.limit).0
+    }
+
     /// Stops serving and waits for the server to finish.
     pub async fn stop(mut self) {
         if let Some(stop) = self.stop.take() {
@@ -273,14 +512,11 @@ impl TargetHandle {
 pub async fn start(listen: SocketAddr, config: TargetConfig) -> std::io::Result<TargetHandle> {
     let listener = TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
+    let limit = config.limit();
     let shared = Arc::new(Shared {
         mode: config.mode,
-        bucket: Mutex::new(Bucket {
-            rate: config.rate,
-            burst: config.burst.unwrap_or(config.rate).max(1.0),
-            tokens: config.burst.unwrap_or(config.rate).max(1.0),
-            last: Instant::now(),
-        }),
+        announce: config.announce,
+        limit: Mutex::new((limit, Limiter::new(limit, Instant::now()))),
         faults: Mutex::new(config.faults),
         stats: Mutex::new(Stats::default()),
         events: Mutex::new(HashMap::new()),
@@ -332,6 +568,11 @@ fn router(shared: Arc<Shared>) -> Router {
                 Json(lock(&s.shared.faults).clone())
             }),
         )
+        .route(
+            "/admin/limit",
+            put(put_limit)
+                .get(|State(s): State<AppState>| async move { Json(lock(&s.shared.limit).0) }),
+        )
         .route("/health", get(|| async { Json(json!({"status": "ok"})) }))
         .with_state(state)
 }
@@ -344,6 +585,19 @@ async fn put_faults(State(state): State<AppState>, Json(faults): Json<Faults>) -
     *lock(&state.shared.faults) = faults.clone();
     tracing::info!(?faults, "faults changed");
     Json(faults)
+}
+
+async fn put_limit(State(state): State<AppState>, Json(limit): Json<Limit>) -> Response {
+    if !(limit.rate.is_finite() && limit.rate > 0.0) {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({"error": "invalid_limit", "message": "rate must be a positive number"})),
+        )
+            .into_response();
+    }
+    *lock(&state.shared.limit) = (limit, Limiter::new(limit, Instant::now()));
+    tracing::info!(?limit, "limit changed");
+    Json(limit).into_response()
 }
 
 async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
@@ -366,23 +620,43 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         )
             .into_response();
     }
-    let limited = lock(&shared.bucket).take(Instant::now());
-    if let Err(wait) = limited {
+    let (taken, left) = lock(&shared.limit).1.take(Instant::now());
+    let (budget_headers, cost) = match shared.mode {
+        LimitMode::Headers => announce(shared.announce, left),
+        _ => (Vec::new(), None),
+    };
+    let with_budget = |mut response: Response| {
+        for (name, value) in &budget_headers {
+            if let Ok(value) = HeaderValue::from_str(value) {
+                response.headers_mut().insert(*name, value);
+            }
+        }
+        response
+    };
+    if let Err(wait) = taken {
         shared.count(|s| s.rate_limited += 1);
         // Retry-After is whole seconds (RFC 9110); GraphQL clients also get the exact wait.
         let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let error = json!({"message": "rate limit exceeded", "extensions": {"code": "RATE_LIMITED", "retryAfter": secs}});
-        let status = match shared.mode {
-            LimitMode::Http429 => StatusCode::TOO_MANY_REQUESTS,
-            LimitMode::Graphql => StatusCode::OK,
+        let code = match cost {
+            Some(_) => "THROTTLED",
+            None => "RATE_LIMITED",
         };
-        let mut response = (status, Json(json!({"data": null, "errors": [error]}))).into_response();
-        if shared.mode == LimitMode::Http429 {
+        let error = json!({"message": "rate limit exceeded", "extensions": {"code": code, "retryAfter": secs}});
+        let status = match (shared.mode, &cost) {
+            (LimitMode::Graphql, _) | (LimitMode::Headers, Some(_)) => StatusCode::OK,
+            _ => StatusCode::TOO_MANY_REQUESTS,
+        };
+        let mut body = json!({"data": null, "errors": [error]});
+        if let Some(cost) = &cost {
+            body["extensions"] = json!({"cost": cost});
+        }
+        let mut response = (status, Json(body)).into_response();
+        if status == StatusCode::TOO_MANY_REQUESTS {
             response
                 .headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         }
-        return response;
+        return with_budget(response);
     }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -398,11 +672,14 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-    let response = state
+    let mut response = state
         .schema
         .execute(request.data(schema::IdempotencyKey(key)))
         .await;
-    Json(response).into_response()
+    if let Some(cost) = cost.and_then(|c| async_graphql::Value::from_json(c).ok()) {
+        response.extensions.insert("cost".into(), cost);
+    }
+    with_budget(Json(response).into_response())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! The mock target over real HTTP: limiter modes, faults, dedup and counters.
 
+use std::collections::HashMap;
 use std::time::Instant;
 
 use super::*;
@@ -224,5 +225,151 @@ async fn drop_and_duplicate_faults_misbehave_on_every_nth_event() {
         (t.events()["e"].deliveries, t.events()["f"].deliveries),
         (2, 1),
         "the 5th arrival is recorded twice"
+    );
+}
+
+/// One request; the answer's status, budget headers and body.
+async fn create_with_headers(t: &TargetHandle, id: &str) -> (u16, HashMap<String, String>, Value) {
+    let response = reqwest::Client::new()
+        .post(t.url())
+        .header("Idempotency-Key", id)
+        .json(&json!({"query": MUTATION, "variables": {"input": input(id, "n")}}))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let headers = response
+        .headers()
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_owned()))
+        .collect();
+    (status, headers, response.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn headers_mode_announces_the_budget_in_each_syntax() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for announce in [
+        Announce::Draft6,
+        Announce::Draft8,
+        Announce::XRatelimit,
+        Announce::XRatelimitEpoch,
+    ] {
+        let t = target(TargetConfig {
+            rate: 3.0,
+            mode: LimitMode::Headers,
+            announce,
+            ..Default::default()
+        })
+        .await;
+        let mut seen = Vec::new();
+        for i in 0..4 {
+            let (status, headers, _) = create_with_headers(&t, &format!("e{i}")).await;
+            let remaining = match announce {
+                Announce::Draft6 => headers["ratelimit-remaining"].clone(),
+                Announce::Draft8 => {
+                    assert_eq!(headers["ratelimit-policy"], "\"default\";q=3;w=1");
+                    let r = headers["ratelimit"].split(";r=").nth(1).unwrap();
+                    r.split(';').next().unwrap().to_owned()
+                }
+                _ => headers["x-ratelimit-remaining"].clone(),
+            };
+            if announce == Announce::XRatelimitEpoch {
+                let reset: u64 = headers["x-ratelimit-reset"].parse().unwrap();
+                assert!((now..=now + 3).contains(&reset), "an epoch: {reset}");
+            }
+            if announce == Announce::Draft6 {
+                assert_eq!(headers["ratelimit-limit"], "3, 3;w=1");
+            }
+            seen.push((status, remaining));
+        }
+        assert_eq!(
+            seen,
+            [(200, "2"), (200, "1"), (200, "0"), (429, "0")].map(|(s, r)| (s, r.to_owned())),
+            "{announce:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn graphql_cost_mode_reports_throttle_status_and_throttles() {
+    let t = target(TargetConfig {
+        rate: 1.0,
+        burst: Some(2.0),
+        mode: LimitMode::Headers,
+        announce: Announce::GraphqlCost,
+        ..Default::default()
+    })
+    .await;
+    let mut available = Vec::new();
+    for i in 0..3 {
+        let (status, _, body) = create_with_headers(&t, &format!("e{i}")).await;
+        assert_eq!(status, 200);
+        let cost = &body["extensions"]["cost"]["throttleStatus"];
+        assert_eq!(
+            (
+                cost["maximumAvailable"].as_f64(),
+                cost["restoreRate"].as_f64()
+            ),
+            (Some(2.0), Some(1.0))
+        );
+        available.push(cost["currentlyAvailable"].as_f64().unwrap());
+        if i == 2 {
+            assert_eq!(body["errors"][0]["extensions"]["code"], "THROTTLED");
+        }
+    }
+    assert_eq!(available, [1.0, 0.0, 0.0]);
+}
+
+#[tokio::test]
+async fn the_limit_changes_while_it_runs() {
+    let t = target(TargetConfig {
+        rate: 1.0,
+        burst: Some(1.0),
+        ..Default::default()
+    })
+    .await;
+    assert_eq!(create(&t, "a", "n", Some("a")).await.0, 200);
+    assert_eq!(create(&t, "b", "n", Some("b")).await.0, 429);
+    let client = reqwest::Client::new();
+    let admin = format!("http://{}/admin/limit", t.addr());
+    let changed = client
+        .put(&admin)
+        .json(&json!({"rate": 1000.0, "burst": 100.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(changed.status().as_u16(), 200);
+    for i in 0..50 {
+        assert_eq!(
+            create(&t, &format!("c{i}"), "n", Some(&format!("c{i}")))
+                .await
+                .0,
+            200
+        );
+    }
+    let bad = client
+        .put(&admin)
+        .json(&json!({"rate": 0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status().as_u16(), 422);
+    assert_eq!(t.limit().rate, 1000.0);
+    t.set_limit(Limit {
+        rate: 1.0,
+        burst: Some(1.0),
+        window_ms: Some(10_000),
+    });
+    for i in 0..10 {
+        assert_eq!(create(&t, &format!("d{i}"), "n", None).await.0, 200);
+    }
+    assert_eq!(
+        create(&t, "e", "n", None).await.0,
+        429,
+        "10 per 10 s window"
     );
 }
