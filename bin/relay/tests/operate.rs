@@ -276,9 +276,16 @@ async fn status_counts_a_known_backlog_and_shows_the_dispatcher() {
     });
     let backlog: Vec<Value> = (0..25).map(|i| named(&format!("wait-{i}"), "ok")).collect();
     assert_eq!(post_all(&relay_up.events_url(), &backlog).await.len(), 25);
-    eventually("the dispatcher has reported", 10, || {
-        !json_of(relay(&["status", "--json"], &data))["dispatcher"].is_null()
-    })
+    // Counts follow the index, which trails the answers by milliseconds.
+    eventually(
+        "the dispatcher has reported, and the backlog is counted",
+        10,
+        || {
+            let s = json_of(relay(&["status", "--json"], &data));
+            !s["dispatcher"].is_null()
+                && s["queued"].as_u64().unwrap() + s["in_flight"].as_u64().unwrap() == 25
+        },
+    )
     .await;
 
     let s = json_of(relay(&["status", "--json"], &data));

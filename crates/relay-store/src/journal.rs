@@ -286,11 +286,9 @@ pub(crate) struct Recovered {
     next_segment: u64,
 }
 
-/// Lists the segments left by earlier runs; `read_segment` each, apply, then [`start`].
-pub(crate) fn recover(data_dir: &Path) -> io::Result<Recovered> {
-    let dir = data_dir.join(DIR);
-    fs::create_dir_all(&dir)?;
-    let mut numbered: Vec<(u64, PathBuf)> = fs::read_dir(&dir)?
+/// The segments in `dir`, by number, oldest first.
+fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut numbered: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter_map(|p| {
             let n = p
@@ -303,12 +301,42 @@ pub(crate) fn recover(data_dir: &Path) -> io::Result<Recovered> {
         })
         .collect();
     numbered.sort();
+    Ok(numbered)
+}
+
+/// Lists the segments left by earlier runs; `read_segment` each, apply, then [`start`].
+pub(crate) fn recover(data_dir: &Path) -> io::Result<Recovered> {
+    let dir = data_dir.join(DIR);
+    fs::create_dir_all(&dir)?;
+    let numbered = segments(&dir)?;
     let next_segment = numbered.last().map_or(1, |(n, _)| n + 1);
     Ok(Recovered {
         segments: numbered.into_iter().map(|(_, p)| p).collect(),
         next_seq: 1,
         next_segment,
     })
+}
+
+/// An event in the journal, newest segment first: for an event accepted but not yet indexed
+/// (milliseconds, normally). Safe while `relay up` writes the journal: a record still being
+/// written reads as torn and is skipped.
+pub(crate) fn find(data_dir: &Path, id: &str) -> io::Result<Option<Entry>> {
+    let dir = data_dir.join(DIR);
+    if !dir.is_dir() {
+        return Ok(None);
+    }
+    for (_, path) in segments(&dir)?.into_iter().rev() {
+        // A segment deleted meanwhile (indexed and checkpointed) holds nothing to find.
+        let (entries, _) = match read_segment(&path) {
+            Ok(read) => read,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        if let Some(entry) = entries.into_iter().find(|e| e.id == id) {
+            return Ok(Some(entry));
+        }
+    }
+    Ok(None)
 }
 
 impl Recovered {

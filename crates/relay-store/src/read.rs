@@ -161,7 +161,10 @@ impl Reader {
 
     fn trace_now(&self, id: &str) -> Result<Option<EventTrace>, StoreError> {
         let Some(d) = self.delivery(id).map_err(store_error)? else {
-            return self.archived_trace(id);
+            return match self.archived_trace(id)? {
+                Some(trace) => Ok(Some(trace)),
+                None => self.journaled_trace(id),
+            };
         };
         let status = DeliveryStatus::parse(&d.status).unwrap_or(DeliveryStatus::Queued);
         let waiting = matches!(status, DeliveryStatus::Queued | DeliveryStatus::Leased);
@@ -198,6 +201,32 @@ impl Reader {
             acked_before_flush: early,
             archived: None,
             event_id: d.event_id,
+        }))
+    }
+
+    /// An event accepted a moment ago and not indexed yet: queued, as far as anyone can tell.
+    fn journaled_trace(&self, id: &str) -> Result<Option<EventTrace>, StoreError> {
+        let entry = crate::journal::find(&self.dir, id)
+            .map_err(|e| StoreError::Failed(format!("cannot read the journal: {e}")))?;
+        Ok(entry.map(|e| EventTrace {
+            payload: serde_json::from_str(&e.payload)
+                .unwrap_or(serde_json::Value::String(e.payload)),
+            received_at: e.received_at,
+            delivery: DeliveryState {
+                status: DeliveryStatus::Queued,
+                attempts: 0,
+                tries: 0,
+                due_at: Some(e.received_at),
+                delivered_at: None,
+                last_error: None,
+                next_trigger: "scheduled".into(),
+            },
+            event_id: e.id,
+            attempts: Vec::new(),
+            dead_letter: None,
+            trace_ids: Vec::new(),
+            acked_before_flush: None,
+            archived: None,
         }))
     }
 
