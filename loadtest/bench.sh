@@ -8,6 +8,8 @@
 #   loadtest/bench.sh pressure   200/s for 20 s while `dd … conv=fsync` writes 3 GB to the same disk
 #   loadtest/bench.sh fsyncs     fsync/fdatasync calls per acknowledged event at 100/s and 2,000/s
 #   loadtest/bench.sh retention  store size and RSS over 10 min of 500/s with --retention 1m
+#   loadtest/bench.sh pacing     a strict 50/s target (burst 5), limit steps 5→50→10→200 changed at
+#                                runtime, and a fixed window with and without budget headers
 #   loadtest/bench.sh all
 #
 # RELAY=/path/to/relay runs `relay up` from another build (e.g. the previous commit's), with this
@@ -214,6 +216,80 @@ retention() {
   stop "$R"; stop "$T"
 }
 
+# pace NAME TPORT RPORT SECS STEPS TARGET-ARGS...: relay up against a target given a 6,000-event
+# backlog; samples the target every second for SECS and prints per-second figures as JSON.
+# STEPS is "second:rate,…" for PUT /admin/limit at those seconds (burst 5), or "-".
+pace() {
+  local name=$1 tport=$2 rport=$3 secs=$4 steps=$5; shift 5
+  start "$name-target" "$BIN/relay" target --listen "127.0.0.1:$tport" "$@"
+  local T=$LAST_PID
+  up "$name" "$rport" "$tport" --max-in-flight 64
+  local R=$LAST_PID
+  # The backlog goes in before the clock starts; the relay delivers at the target's pace.
+  sim "$rport" --rps 3000 --count 6000 >/dev/null
+  python3 - "$tport" "$secs" "$steps" <<'PY' >"$WORK/$name.json"
+import json, sys, time, urllib.request
+port, secs, steps = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+changes = {} if steps == "-" else {int(k): float(v) for k, v in (s.split(":") for s in steps.split(","))}
+def stats():
+    return json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/admin/stats"))
+samples, t0 = [], time.monotonic()
+for s in range(secs + 1):
+    time.sleep(max(0, t0 + s - time.monotonic()))
+    if s in changes:
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/admin/limit", method="PUT",
+            data=json.dumps({"rate": changes[s], "burst": 5}).encode(), headers={"content-type": "application/json"})
+        urllib.request.urlopen(req)
+    samples.append(stats())
+per = [{k: b[k] - a[k] for k in ("events", "requests", "rate_limited")} for a, b in zip(samples, samples[1:])]
+print(json.dumps(per))
+PY
+  stop "$R"; stop "$T"
+}
+
+pacing() {
+  echo "## pacing ($UP)"
+  echo "### a strict, fast target: 50/s, burst 5, 429 + Retry-After: 1; 70 s, a 6,000-event backlog"
+  pace strict 4320 8320 70 - --rate 50 --burst 5
+  python3 - "$WORK/strict.json" <<'PY'
+import json, sys
+per = json.load(open(sys.argv[1]))
+for name, a, b in (("first 60 s", 0, 60), ("60 s after 10 s", 10, 70)):
+    w = per[a:b]; ev = sum(x["events"] for x in w); rq = sum(x["requests"] for x in w); rl = sum(x["rate_limited"] for x in w)
+    print(f"| {name} | {ev/len(w):.1f}/s | {ev/len(w)/50:.1%} | {rl/max(rq,1):.2%} ({rl} of {rq}) |")
+PY
+  echo "### limit steps 5 → 50 → 10 → 200 per second (burst 5), changed at runtime every 30 s"
+  pace steps 4321 8321 120 "0:5,30:50,60:10,90:200" --rate 5 --burst 5
+  python3 - "$WORK/steps.json" <<'PY'
+import json, sys
+per = json.load(open(sys.argv[1]))
+limits = [5, 50, 10, 200]
+for i in range(1, 4):
+    old, new, at = limits[i-1], limits[i], 30 * i
+    w = per[at:at+30]
+    if new > old:
+        hit = next((s for s, x in enumerate(w) if x["events"] >= 0.9 * new), None)
+        what = f"90 % of {new}/s after {hit} s" if hit is not None else f"never reached 90 % of {new}/s in 30 s"
+    else:
+        hit = next((s for s, x in enumerate(w) if x["requests"] <= new), None)
+        what = f"under {new}/s after {hit} s" if hit is not None else "never under"
+    ev = sum(x["events"] for x in w); rq = sum(x["requests"] for x in w); rl = sum(x["rate_limited"] for x in w)
+    print(f"| {old} → {new} | {what} | {ev/30/new:.1%} of the new limit over 30 s | {rl/max(rq,1):.2%} rate-limited |")
+rq = sum(x["requests"] for x in per); rl = sum(x["rate_limited"] for x in per)
+print(f"| all 120 s | | | {rl/max(rq,1):.2%} rate-limited ({rl} of {rq}) |")
+PY
+  echo "### a fixed window of 50 per second, 60 s: without and with budget headers"
+  for mode in http429 headers; do
+    pace "window-$mode" 4322 8322 60 - --rate 50 --window 1s --mode "$mode"
+    python3 - "$WORK/window-$mode.json" "$mode" <<'PY'
+import json, sys
+per = json.load(open(sys.argv[1]))[5:]
+ev = sum(x["events"] for x in per); rq = sum(x["requests"] for x in per); rl = sum(x["rate_limited"] for x in per)
+print(f"| {sys.argv[2]} | {ev/len(per):.1f}/s | {ev/len(per)/50:.1%} | {rl/max(rq,1):.2%} ({rl} of {rq}) |")
+PY
+  done
+}
+
 case "${1:-all}" in
   ingest) ingest ;;
   dispatch) dispatch ;;
@@ -222,6 +298,7 @@ case "${1:-all}" in
   pressure) pressure ;;
   fsyncs) fsyncs ;;
   retention) retention ;;
-  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|all]" >&2; exit 2 ;;
+  pacing) pacing ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|all]" >&2; exit 2 ;;
 esac

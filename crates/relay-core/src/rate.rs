@@ -108,6 +108,10 @@ struct Announced {
     /// The ticket of the answer that carried it: older answers are stale.
     seq: u64,
     pacer: Pacer,
+    /// When a window was last seen to begin: the answer whose `remaining` jumped back up.
+    /// Resets come in whole seconds, rounded up; with the window's length, this phase says
+    /// when the next one really is.
+    window_began: Option<Instant>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -328,21 +332,47 @@ impl RateController {
         }
         // Requests sent after that one may not be in the target's count yet.
         let since = (self.sent - ticket.seq) as f64;
+        let previous = self.announced;
+        let mut window_began = previous.and_then(|a| a.window_began);
         let pacer = match budget {
             Budget::Window {
                 remaining,
                 reset,
                 limit,
                 window,
-            } => Pacer::Window {
-                allowance: remaining - since,
-                until: now + reset,
-                next: self.announced.map_or(now, |a| match a.pacer {
-                    Pacer::Window { next, .. } => next,
-                    Pacer::Bucket { .. } => now,
-                }),
-                renew: limit.zip(window),
-            },
+            } => {
+                let renewed = previous.is_some_and(|a| match a.budget {
+                    Budget::Window {
+                        remaining: before, ..
+                    } => remaining > before,
+                    Budget::Bucket { .. } => false,
+                });
+                if renewed {
+                    // The window began before this answer was written, so never later than
+                    // now: boundaries counted from here are never early.
+                    window_began = Some(now);
+                }
+                let until = match (window_began, window.filter(|w| !w.is_zero())) {
+                    // The next boundary of the learned phase, if it is no later than announced.
+                    (Some(began), Some(window)) => {
+                        let mut until = began + window;
+                        while until <= now {
+                            until += window;
+                        }
+                        until.min(now + reset)
+                    }
+                    _ => now + reset,
+                };
+                Pacer::Window {
+                    allowance: remaining - since,
+                    until,
+                    next: previous.map_or(now, |a| match a.pacer {
+                        Pacer::Window { next, .. } => next,
+                        Pacer::Bucket { .. } => now,
+                    }),
+                    renew: limit.zip(window),
+                }
+            }
             Budget::Bucket {
                 available,
                 refill,
@@ -358,6 +388,7 @@ impl RateController {
             budget,
             seq: ticket.seq,
             pacer,
+            window_began,
         });
     }
 

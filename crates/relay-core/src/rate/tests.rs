@@ -78,9 +78,11 @@ impl Target {
                 if accepted {
                     self.used += 1.0;
                 }
+                // Whole seconds, rounded up, as the headers carry it.
+                let reset = (self.window_start + window).saturating_duration_since(now);
                 let budget = self.announce.then(|| Budget::Window {
                     remaining: self.limit - self.used,
-                    reset: (self.window_start + window).saturating_duration_since(now),
+                    reset: Duration::from_secs(reset.as_secs_f64().ceil() as u64),
                     limit: Some(self.limit),
                     window: Some(window),
                 });
