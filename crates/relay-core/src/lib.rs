@@ -7,6 +7,8 @@
 pub mod backoff;
 pub mod budget;
 pub mod classify;
+#[cfg(feature = "contract")]
+pub mod contract;
 pub mod delivery;
 pub mod event;
 pub mod ops;

@@ -263,6 +263,16 @@ async fn concurrent_accepts_all_commit() {
     );
 }
 
+/// The ports' shared contract, which the AWS adapters run too.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_port_contract_holds_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    // The queue's part first: it expects to see only its own events.
+    relay_core::contract::queue(&store, "local", Duration::from_secs(2)).await;
+    relay_core::contract::ingest(&store, "local").await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_id_at_once_is_accepted_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
