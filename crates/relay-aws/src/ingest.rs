@@ -1,0 +1,68 @@
+//! The commit point: one conditional `PutItem` of the event's `META` item. A 2xx follows only
+//! DynamoDB's acknowledgement, which means the item is durable (stored in several availability
+//! zones). A duplicate id is answered from the item the refused write returns, in the same
+//! round trip: 200 for the same payload, 409 for another.
+
+use aws_sdk_dynamodb::operation::put_item::PutItemError;
+use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
+use relay_core::{AcceptOutcome, Event, Ingest, StoreError, now_millis};
+use serde_json::{Map, Value};
+
+use crate::items::{META, get_s, n, pk, s};
+use crate::{Aws, AwsError};
+
+/// The `Ingest` port over the stack's events table.
+#[derive(Debug, Clone)]
+pub struct DynamoIngest {
+    aws: Aws,
+}
+
+impl DynamoIngest {
+    pub fn new(aws: Aws) -> Self {
+        DynamoIngest { aws }
+    }
+}
+
+impl Ingest for DynamoIngest {
+    async fn accept(&self, event: Event) -> Result<AcceptOutcome, StoreError> {
+        let payload = event.payload_json();
+        let put = self
+            .aws
+            .dynamodb
+            .put_item()
+            .table_name(&self.aws.stack.events_table)
+            .item("pk", s(pk(&event.id)))
+            .item("sk", s(META))
+            .item("id", s(event.id.clone()))
+            .item("payload", s(payload))
+            .item("received_at", n(now_millis()))
+            .condition_expression("attribute_not_exists(pk)")
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let e = match put {
+            Ok(_) => return Ok(AcceptOutcome::Accepted),
+            Err(e) => e,
+        };
+        if let Some(PutItemError::ConditionalCheckFailedException(conflict)) = e.as_service_error()
+        {
+            // Same payload means the same JSON value: key order and whitespace do not matter.
+            let same = conflict
+                .item()
+                .and_then(|item| get_s(item, "payload"))
+                .is_some_and(|stored| {
+                    serde_json::from_str::<Map<String, Value>>(stored)
+                        .is_ok_and(|m| m == event.payload)
+                });
+            return Ok(if same {
+                AcceptOutcome::Duplicate
+            } else {
+                AcceptOutcome::Conflict
+            });
+        }
+        let error = AwsError::from_sdk("the events table", e);
+        tracing::error!(event_id = %event.id, error = %error, "storing an event failed");
+        // Whatever the cause, the event is not known to be stored: the caller answers 503.
+        Err(StoreError::Unavailable(error.to_string()))
+    }
+}

@@ -1,0 +1,92 @@
+//! relay on AWS, behind the same ports as the embedded store.
+//!
+//! - **Commit point**: one conditional `PutItem` of the event's `META` item
+//!   ([`DynamoIngest`], the `Ingest` port): 202, or 200/409 from the stored item the refused
+//!   write returns, in one round trip.
+//! - **Outbox**: the events table's stream. Every new `META` item is forwarded to the work
+//!   queue ([`outbox`]); an event stored but not yet queued is still delivered, since the
+//!   stream keeps it until it is.
+//! - **Work queue**: SQS carries event ids; the delivery state lives in a small `STATE` item
+//!   claimed and settled with conditional updates ([`SqsQueue`], the `WorkQueue` port). Retries
+//!   are re-sends with `DelaySeconds`, so they never spend receive counts; dead-lettering is
+//!   the dispatcher's decision, with the reason.
+//!
+//! The design and what moto (the local AWS API used in tests) does and does not do:
+//! `docs/lld.md`.
+
+mod config;
+mod ingest;
+mod items;
+pub mod outbox;
+mod queue;
+pub mod receiver;
+mod resources;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+use std::fmt::Debug;
+
+pub use config::{Aws, AwsOptions, Stack};
+pub use ingest::DynamoIngest;
+pub use queue::SqsQueue;
+pub use resources::create_resources;
+
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum AwsError {
+    #[error("{0}")]
+    Config(String),
+    #[error(
+        "{0} does not exist: create the stack first (`relay up --backend aws --create-resources` on a local AWS API; Terraform in an account)"
+    )]
+    NotFound(String),
+    #[error(
+        "no AWS credentials to reach {0}: set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (any values for a local AWS API)"
+    )]
+    Credentials(String),
+    #[error("cannot reach AWS for {what}: {detail}")]
+    Unreachable { what: String, detail: String },
+    #[error("AWS refused {what}: {detail}")]
+    Service { what: String, detail: String },
+}
+
+impl AwsError {
+    pub(crate) fn from_sdk<E, R>(what: &str, e: SdkError<E, R>) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+        R: Debug,
+    {
+        let what = what.to_owned();
+        match &e {
+            SdkError::ServiceError(service) => {
+                let code = service.err().code().unwrap_or_default();
+                let detail = format!("{code}: {}", service.err().message().unwrap_or_default());
+                if code.contains("NotFound")
+                    || code.contains("NonExistentQueue")
+                    || code.contains("QueueDoesNotExist")
+                {
+                    AwsError::NotFound(what)
+                } else {
+                    AwsError::Service { what, detail }
+                }
+            }
+            _ => {
+                let detail = DisplayErrorContext(&e).to_string();
+                if detail.to_ascii_lowercase().contains("credentials") {
+                    AwsError::Credentials(what)
+                } else {
+                    AwsError::Unreachable { what, detail }
+                }
+            }
+        }
+    }
+
+    /// The port's view: worth trying again later, or not.
+    pub(crate) fn into_store_error(self) -> relay_core::StoreError {
+        match self {
+            AwsError::Unreachable { .. } => relay_core::StoreError::Unavailable(self.to_string()),
+            other => relay_core::StoreError::Failed(other.to_string()),
+        }
+    }
+}

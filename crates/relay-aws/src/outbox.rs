@@ -1,0 +1,271 @@
+//! The outbox: the events table's stream, forwarded to the work queue. The stream holds every
+//! new `META` item (24 h on AWS) until the forwarder has queued it, so an event stored but not
+//! yet queued, because a forwarder died or SQS failed between the two steps, is still
+//! delivered. The forwarder may queue an id twice; the dispatcher's conditional claim drops
+//! the copy.
+//!
+//! In Lambda the stream's event source mapping calls [`forward`] with batches (filtered to
+//! INSERTs). `relay up --backend aws` runs [`StreamPoller`] instead, with the same semantics:
+//! a batch is retried until it is forwarded, and only then does the poller move on.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use aws_sdk_dynamodbstreams::types::{OperationType, ShardIteratorType};
+use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use serde_json::json;
+
+use crate::items::{META, n, s};
+use crate::{Aws, AwsError};
+
+/// Queues each id (`{"id"}` messages, ten per call). Returns the ids that could not be queued.
+pub async fn forward(aws: &Aws, queue_url: &str, ids: &[String]) -> Vec<(String, AwsError)> {
+    let mut failed = Vec::new();
+    for chunk in ids.chunks(10) {
+        let entries: Vec<_> = chunk
+            .iter()
+            .enumerate()
+            .filter_map(|(i, id)| {
+                SendMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .message_body(json!({ "id": id }).to_string())
+                    .build()
+                    .ok()
+            })
+            .collect();
+        match aws
+            .sqs
+            .send_message_batch()
+            .queue_url(queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await
+        {
+            Ok(out) => {
+                for f in out.failed {
+                    if let Some(id) = f.id.parse::<usize>().ok().and_then(|i| chunk.get(i)) {
+                        let detail = f.message.unwrap_or(f.code);
+                        failed.push((
+                            id.clone(),
+                            AwsError::Service {
+                                what: "the work queue".into(),
+                                detail,
+                            },
+                        ));
+                    }
+                }
+            }
+            Err(e) => {
+                let error = AwsError::from_sdk("the work queue", e);
+                failed.extend(chunk.iter().map(|id| {
+                    (
+                        id.clone(),
+                        AwsError::Service {
+                            what: "the work queue".into(),
+                            detail: error.to_string(),
+                        },
+                    )
+                }));
+            }
+        }
+    }
+    failed
+}
+
+/// Ids of newly stored events in stream records (INSERTs of `META` items).
+fn new_events(records: &[aws_sdk_dynamodbstreams::types::Record]) -> Vec<String> {
+    records
+        .iter()
+        .filter(|r| r.event_name == Some(OperationType::Insert))
+        .filter_map(|r| {
+            let image = r.dynamodb.as_ref()?.new_image.as_ref()?;
+            let sk = image.get("sk")?.as_s().ok()?;
+            (sk == META).then(|| image.get("id")?.as_s().ok().cloned())?
+        })
+        .collect()
+}
+
+/// Reads the events table's stream and forwards new events, like Lambda's event source mapping
+/// does: shard by shard, a batch at a time, retrying a batch until it is forwarded. Where it
+/// got to is kept in the control table, so a restart resumes there.
+#[derive(Debug)]
+pub struct StreamPoller {
+    aws: Aws,
+    queue_url: String,
+    /// Shard id → iterator to read next.
+    iterators: HashMap<String, String>,
+}
+
+impl StreamPoller {
+    pub fn new(aws: Aws, queue_url: String) -> Self {
+        StreamPoller {
+            aws,
+            queue_url,
+            iterators: HashMap::new(),
+        }
+    }
+
+    async fn stream_arn(&self) -> Result<String, AwsError> {
+        self.aws
+            .dynamodb
+            .describe_table()
+            .table_name(&self.aws.stack.events_table)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("the events table", e))?
+            .table
+            .and_then(|t| t.latest_stream_arn)
+            .ok_or_else(|| {
+                AwsError::Config(format!(
+                    "table {} has no stream: it is the outbox, and must stream NEW_IMAGE",
+                    self.aws.stack.events_table
+                ))
+            })
+    }
+
+    async fn checkpoint(&self, shard: &str) -> Result<Option<String>, AwsError> {
+        let item = self
+            .aws
+            .dynamodb
+            .get_item()
+            .table_name(&self.aws.stack.control_table)
+            .key("pk", s(format!("STREAM#{shard}")))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("the control table", e))?
+            .item;
+        Ok(item.and_then(|i| i.get("sequence")?.as_s().ok().cloned()))
+    }
+
+    async fn save_checkpoint(&self, shard: &str, sequence: &str) -> Result<(), AwsError> {
+        self.aws
+            .dynamodb
+            .put_item()
+            .table_name(&self.aws.stack.control_table)
+            .item("pk", s(format!("STREAM#{shard}")))
+            .item("sequence", s(sequence))
+            .item("updated_at", n(relay_core::now_millis()))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("the control table", e))?;
+        Ok(())
+    }
+
+    /// Finds the stream's shards and where to start in each: after the checkpoint, or from the
+    /// oldest record kept.
+    async fn open_shards(&mut self) -> Result<(), AwsError> {
+        let arn = self.stream_arn().await?;
+        let shards = self
+            .aws
+            .streams
+            .describe_stream()
+            .stream_arn(&arn)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("the events stream", e))?
+            .stream_description
+            .and_then(|d| d.shards)
+            .unwrap_or_default();
+        for shard in shards {
+            let Some(id) = shard.shard_id else { continue };
+            if self.iterators.contains_key(&id) {
+                continue;
+            }
+            let after = self.checkpoint(&id).await?;
+            let request = self
+                .aws
+                .streams
+                .get_shard_iterator()
+                .stream_arn(&arn)
+                .shard_id(&id);
+            let request = match &after {
+                Some(seq) => request
+                    .shard_iterator_type(ShardIteratorType::AfterSequenceNumber)
+                    .sequence_number(seq),
+                None => request.shard_iterator_type(ShardIteratorType::TrimHorizon),
+            };
+            let iterator = request
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk("the events stream", e))?
+                .shard_iterator;
+            if let Some(iterator) = iterator {
+                self.iterators.insert(id, iterator);
+            }
+        }
+        Ok(())
+    }
+
+    /// One pass over every shard: reads a batch from each and forwards it. Returns how many
+    /// events were queued.
+    pub async fn poll_once(&mut self) -> Result<usize, AwsError> {
+        if self.iterators.is_empty() {
+            self.open_shards().await?;
+        }
+        let mut queued = 0;
+        let shards: Vec<(String, String)> = self.iterators.drain().collect();
+        for (shard, iterator) in shards {
+            let page = self
+                .aws
+                .streams
+                .get_records()
+                .shard_iterator(&iterator)
+                .limit(100)
+                .send()
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                Err(e) => {
+                    // An expired iterator or a closed shard: reopen from the checkpoint.
+                    tracing::debug!(shard, error = %AwsError::from_sdk("the events stream", e), "reopening a shard");
+                    continue;
+                }
+            };
+            let records = page.records.unwrap_or_default();
+            let ids = new_events(&records);
+            let failed = forward(&self.aws, &self.queue_url, &ids).await;
+            if let Some((id, error)) = failed.first() {
+                // Not a step further until the whole batch is queued: read it again.
+                tracing::warn!(event_id = %id, %error, failed = failed.len(), "forwarding to the work queue failed; retrying the batch");
+                self.iterators.insert(shard, iterator);
+                return Err(AwsError::Service {
+                    what: "the work queue".into(),
+                    detail: error.to_string(),
+                });
+            }
+            queued += ids.len();
+            if let Some(last) = records
+                .last()
+                .and_then(|r| r.dynamodb.as_ref()?.sequence_number.clone())
+            {
+                self.save_checkpoint(&shard, &last).await?;
+            }
+            if let Some(next) = page.next_shard_iterator {
+                self.iterators.insert(shard, next);
+            }
+        }
+        Ok(queued)
+    }
+
+    /// Polls until `shutdown` resolves: at once while there is more, every 250 ms otherwise
+    /// (Lambda polls a stream four times a second), every second while something fails.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        loop {
+            let wait = match self.poll_once().await {
+                Ok(0) => Duration::from_millis(250),
+                Ok(_) => Duration::ZERO,
+                Err(e) => {
+                    tracing::warn!(error = %e, "the outbox poller failed; retrying");
+                    Duration::from_secs(1)
+                }
+            };
+            tokio::select! {
+                () = tokio::time::sleep(wait) => {}
+                () = &mut shutdown => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,417 @@
+//! The work queue on SQS: a message `{"id"}` per event to deliver; the delivery state in the
+//! event's `STATE` item, which every claim and settlement updates conditionally.
+//!
+//! - **Claim**: receive messages, then `UpdateItem STATE` to `leased` if it is new, queued, or
+//!   its lease ran out. A refused claim is a copy of a message whose event another dispatcher
+//!   holds or has settled: deleted.
+//! - **Retry**: a re-send of `{"id"}` with `DelaySeconds` (at most 900: a longer wait takes more
+//!   hops, each checked against `STATE.due_at`), then the delete. A backoff by visibility would
+//!   spend the message's receive count, and rate limits would push it into the DLQ.
+//! - **Dead letter**: `STATE` says `dead` with the reason, the attempts and the last answer;
+//!   the DLQ gets `{"id", "reason"}`. The DLQ's own `maxReceiveCount` is only a net for
+//!   messages that crash dispatchers.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use aws_sdk_sqs::types::MessageSystemAttributeName;
+use relay_core::{
+    AttemptRecord, Claim, DeliveryStatus, Settlement, StoreError, Trigger, WorkQueue, now_millis,
+};
+use serde_json::json;
+
+use crate::items::{META, STATE, State, attempt_item, get_n, get_s, key, n, s};
+use crate::{Aws, AwsError};
+
+/// Longest `DelaySeconds` SQS takes.
+const MAX_DELAY_SECS: i64 = 900;
+
+/// The `WorkQueue` port over the stack's queue and events table. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct SqsQueue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    aws: Aws,
+    queue_url: String,
+    dlq_url: String,
+    /// The receipt of each claimed message, by event id, for its settlement.
+    receipts: Mutex<HashMap<String, String>>,
+    next_lease: AtomicI64,
+    /// Delivered events' items expire this long after delivery (TTL).
+    retention: Duration,
+    /// How long a receive waits for messages when the queue is empty.
+    wait: Duration,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SqsQueue {
+    /// `retention`: how long a delivered event's items stay before DynamoDB expires them.
+    pub async fn new(aws: Aws, retention: Duration) -> Result<Self, AwsError> {
+        let (queue_url, dlq_url) = aws.queue_urls().await?;
+        Ok(SqsQueue {
+            inner: Arc::new(Inner {
+                aws,
+                queue_url,
+                dlq_url,
+                receipts: Mutex::default(),
+                // Tokens from different processes must differ: start from a random point.
+                next_lease: AtomicI64::new(fastrand_i64()),
+                retention,
+                wait: Duration::from_secs(1),
+            }),
+        })
+    }
+
+    pub fn queue_url(&self) -> &str {
+        &self.inner.queue_url
+    }
+
+    pub fn dlq_url(&self) -> &str {
+        &self.inner.dlq_url
+    }
+
+    fn failed(e: AwsError) -> StoreError {
+        e.into_store_error()
+    }
+
+    /// Claims one event for this lease, or says why not.
+    async fn claim_one(
+        &self,
+        id: &str,
+        token: i64,
+        now: i64,
+        lease: Duration,
+    ) -> Result<Option<Claim>, StoreError> {
+        let aws = &self.inner.aws;
+        let until = now + lease.as_millis() as i64;
+        let update = aws
+            .dynamodb
+            .update_item()
+            .table_name(&aws.stack.events_table)
+            .set_key(Some(key(id, STATE)))
+            .update_expression(
+                "SET #status = :leased, lease = :token, lease_until = :until, updated_at = :now, \
+                 attempts = if_not_exists(attempts, :zero), tries = if_not_exists(tries, :zero), \
+                 next_trigger = if_not_exists(next_trigger, :scheduled), due_at = if_not_exists(due_at, :now)",
+            )
+            .condition_expression(
+                "(attribute_not_exists(#status) OR #status = :queued OR (#status = :leased AND lease_until < :now)) \
+                 AND (attribute_not_exists(due_at) OR due_at <= :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":leased", s("leased"))
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":token", n(token))
+            .expression_attribute_values(":until", n(until))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":scheduled", s("scheduled"))
+            .return_values(ReturnValue::AllNew)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let state = match update {
+            Ok(out) => out.attributes.unwrap_or_default(),
+            Err(e) => {
+                if let Some(UpdateItemError::ConditionalCheckFailedException(c)) =
+                    e.as_service_error()
+                {
+                    let old = c.item().cloned().unwrap_or_default();
+                    let state = State::read(id, &old);
+                    if state.status == DeliveryStatus::Queued
+                        && let Some(due) = state.due_at.filter(|due| *due > now)
+                    {
+                        // Not due yet: it came back after the longest delay SQS allows.
+                        self.send(id, due - now).await.map_err(Self::failed)?;
+                    }
+                    return Ok(None);
+                }
+                return Err(Self::failed(AwsError::from_sdk("the events table", e)));
+            }
+        };
+        let meta = aws
+            .dynamodb
+            .get_item()
+            .table_name(&aws.stack.events_table)
+            .set_key(Some(key(id, META)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| Self::failed(AwsError::from_sdk("the events table", e)))?
+            .item
+            .unwrap_or_default();
+        let Some(payload) = get_s(&meta, "payload") else {
+            tracing::error!(event_id = %id, "a queued event has no stored payload; skipping it");
+            return Ok(None);
+        };
+        let trigger = get_s(&state, "next_trigger")
+            .and_then(Trigger::parse)
+            .unwrap_or(Trigger::Scheduled);
+        Ok(Some(Claim {
+            event_id: id.to_owned(),
+            payload: payload.to_owned(),
+            received_at: get_n(&meta, "received_at").unwrap_or(now),
+            attempts: get_n(&state, "attempts").unwrap_or(0),
+            tries: get_n(&state, "tries").unwrap_or(0),
+            trigger,
+            lease: token,
+        }))
+    }
+
+    /// Queues `{"id"}` to be received after `delay_ms` (as much of it as SQS allows).
+    pub(crate) async fn send(&self, id: &str, delay_ms: i64) -> Result<(), AwsError> {
+        let delay = (delay_ms.max(0) as f64 / 1000.0).ceil() as i64;
+        self.inner
+            .aws
+            .sqs
+            .send_message()
+            .queue_url(&self.inner.queue_url)
+            .message_body(json!({ "id": id }).to_string())
+            .delay_seconds(delay.min(MAX_DELAY_SECS) as i32)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("the work queue", e))?;
+        Ok(())
+    }
+
+    async fn delete(&self, receipt: &str) -> Result<(), AwsError> {
+        self.inner
+            .aws
+            .sqs
+            .delete_message()
+            .queue_url(&self.inner.queue_url)
+            .receipt_handle(receipt)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("the work queue", e))?;
+        Ok(())
+    }
+
+    fn receipt(&self, id: &str) -> Option<String> {
+        lock(&self.inner.receipts).remove(id)
+    }
+}
+
+fn fastrand_i64() -> i64 {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    (i64::from(nanos) << 20) ^ i64::from(std::process::id())
+}
+
+impl WorkQueue for SqsQueue {
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, StoreError> {
+        let received = self
+            .inner
+            .aws
+            .sqs
+            .receive_message()
+            .queue_url(&self.inner.queue_url)
+            .max_number_of_messages(max.clamp(1, 10) as i32)
+            .visibility_timeout(lease.as_secs().clamp(1, 43_200) as i32)
+            .wait_time_seconds(self.inner.wait.as_secs() as i32)
+            .message_system_attribute_names(MessageSystemAttributeName::All)
+            .send()
+            .await
+            .map_err(|e| Self::failed(AwsError::from_sdk("the work queue", e)))?;
+        let now = now_millis();
+        let token = self.inner.next_lease.fetch_add(1, Relaxed);
+        // Each message's claim is two calls; the batch's go at once.
+        let mut pending = tokio::task::JoinSet::new();
+        for message in received.messages.unwrap_or_default() {
+            let receipt = message.receipt_handle.unwrap_or_default();
+            let id = message
+                .body
+                .as_deref()
+                .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+                .and_then(|v| v.get("id")?.as_str().map(str::to_owned));
+            let queue = self.clone();
+            pending.spawn(async move {
+                let Some(id) = id else {
+                    tracing::error!(body = ?message.body, "a message without an event id; deleting it");
+                    let _ = queue.delete(&receipt).await;
+                    return Ok(None);
+                };
+                match queue.claim_one(&id, token, now, lease).await? {
+                    Some(claim) => {
+                        lock(&queue.inner.receipts).insert(id, receipt);
+                        Ok(Some(claim))
+                    }
+                    // Settled, held elsewhere, or not due: this copy is done with.
+                    None => {
+                        if let Err(e) = queue.delete(&receipt).await {
+                            tracing::warn!(event_id = %id, error = %e, "cannot delete a spent message; it comes back and is dropped then");
+                        }
+                        Ok(None)
+                    }
+                }
+            });
+        }
+        let mut claims = Vec::new();
+        let mut failure = None;
+        while let Some(joined) = pending.join_next().await {
+            match joined {
+                Ok(Ok(Some(claim))) => claims.push(claim),
+                Ok(Ok(None)) => {}
+                Ok(Err(e)) => failure = Some(e),
+                Err(e) => failure = Some(StoreError::Failed(format!("claim task failed: {e}"))),
+            }
+        }
+        // Claims that did succeed are kept: their messages return after the lease if unused.
+        match (claims.is_empty(), failure) {
+            (true, Some(e)) => Err(e),
+            _ => Ok(claims),
+        }
+    }
+
+    async fn settle(
+        &self,
+        claim: &Claim,
+        attempt: AttemptRecord,
+        settlement: Settlement,
+    ) -> Result<(), StoreError> {
+        let aws = &self.inner.aws;
+        let now = now_millis();
+        let rate_limited = attempt.outcome == "rate_limited";
+        let counted = i64::from(!rate_limited);
+        let mut update = aws
+            .dynamodb
+            .update_item()
+            .table_name(&aws.stack.events_table)
+            .set_key(Some(key(&claim.event_id, STATE)))
+            .condition_expression("#status = :leased AND lease = :token")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":leased", s("leased"))
+            .expression_attribute_values(":token", n(claim.lease))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":counted", n(counted))
+            .expression_attribute_values(":one", n(1))
+            .expression_attribute_values(":scheduled", s("scheduled"));
+        // Rate-limited answers are counted, not kept: they can be many, and say the same.
+        // (DynamoDB refuses values an expression does not use: each branch sets its own.)
+        let history = if rate_limited {
+            update = update.expression_attribute_values(":zero", n(0));
+            "rate_limited = if_not_exists(rate_limited, :zero) + :one"
+        } else {
+            update = update
+                .expression_attribute_values(
+                    ":attempt",
+                    AttributeValue::L(vec![attempt_item(claim.tries + 1, &attempt)]),
+                )
+                .expression_attribute_values(":empty", AttributeValue::L(Vec::new()));
+            "history = list_append(if_not_exists(history, :empty), :attempt)"
+        };
+        let common = "attempts = attempts + :counted, tries = tries + :one, updated_at = :now, \
+                      next_trigger = :scheduled, lease_until = :now";
+        update = match &settlement {
+            Settlement::Delivered => {
+                let expires = (now + self.inner.retention.as_millis() as i64) / 1000;
+                update
+                    .update_expression(format!(
+                        "SET #status = :delivered, delivered_at = :now, expires_at = :expires, {common}, {history} REMOVE last_error"
+                    ))
+                    .expression_attribute_values(":delivered", s("delivered"))
+                    .expression_attribute_values(":expires", n(expires))
+            }
+            Settlement::Retry { at, .. } => update
+                .update_expression(format!(
+                    "SET #status = :queued, due_at = :due, last_error = :error, {common}, {history}"
+                ))
+                .expression_attribute_values(":queued", s("queued"))
+                .expression_attribute_values(":due", n(*at))
+                .expression_attribute_values(":error", s(attempt.detail.clone())),
+            Settlement::Dead { reason } => update
+                .update_expression(format!(
+                    "SET #status = :dead, dead_at = :now, reason = :reason, last_error = :reason, \
+                     last_response = :response, {common}, {history}"
+                ))
+                .expression_attribute_values(":dead", s("dead"))
+                .expression_attribute_values(":reason", s(reason.clone()))
+                .expression_attribute_values(":response", s(attempt.detail.clone())),
+        };
+        if let Err(e) = update.send().await {
+            let lost = e
+                .as_service_error()
+                .is_some_and(|r| r.is_conditional_check_failed_exception());
+            return Err(if lost {
+                StoreError::LeaseLost(claim.event_id.clone())
+            } else {
+                Self::failed(AwsError::from_sdk("the events table", e))
+            });
+        }
+        // The state is recorded; now the messages follow it. If this part fails, the message
+        // comes back when its visibility ends, and the claim sees the state and drops it.
+        let receipt = self.receipt(&claim.event_id);
+        let moved = match &settlement {
+            Settlement::Delivered => Ok(()),
+            Settlement::Retry { at, .. } => self.send(&claim.event_id, at - now).await,
+            Settlement::Dead { reason } => aws
+                .sqs
+                .send_message()
+                .queue_url(&self.inner.dlq_url)
+                .message_body(json!({ "id": claim.event_id, "reason": reason }).to_string())
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| AwsError::from_sdk("the dead-letter queue", e)),
+        };
+        let deleted = match (&moved, receipt) {
+            (Ok(()), Some(receipt)) => self.delete(&receipt).await,
+            _ => Ok(()),
+        };
+        if let Err(e) = moved.and(deleted) {
+            tracing::warn!(event_id = %claim.event_id, error = %e, "state settled, but the queue not updated; the message returns after its lease and is handled then");
+        }
+        Ok(())
+    }
+
+    async fn release(&self, claims: Vec<Claim>) -> Result<(), StoreError> {
+        let aws = &self.inner.aws;
+        for claim in claims {
+            let now = now_millis();
+            let back = aws
+                .dynamodb
+                .update_item()
+                .table_name(&aws.stack.events_table)
+                .set_key(Some(key(&claim.event_id, STATE)))
+                .update_expression("SET #status = :queued, lease_until = :now, updated_at = :now")
+                .condition_expression("#status = :leased AND lease = :token")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":queued", s("queued"))
+                .expression_attribute_values(":leased", s("leased"))
+                .expression_attribute_values(":token", n(claim.lease))
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            if let Err(e) = back {
+                tracing::debug!(event_id = %claim.event_id, error = %AwsError::from_sdk("the events table", e), "releasing a claim");
+            }
+            if let Some(receipt) = self.receipt(&claim.event_id) {
+                let _ = aws
+                    .sqs
+                    .change_message_visibility()
+                    .queue_url(&self.inner.queue_url)
+                    .receipt_handle(receipt)
+                    .visibility_timeout(0)
+                    .send()
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn wait_for_work(&self, _at_most: Duration) {
+        // A receive long-polls by itself: the next claim is the wait.
+    }
+}

@@ -1,0 +1,145 @@
+//! The receiver: the unchanged ingest router, behind API Gateway.
+//!
+//! In Lambda, `lambda_http::run(router)` turns each API Gateway REST proxy event into a request
+//! for the router and its response into a proxy response. [`serve`] does the same locally, for
+//! `relay up --backend aws`: every HTTP request becomes a proxy event, goes through
+//! `lambda_http`'s own adapter into the router, and the proxy response it produces becomes the
+//! HTTP answer. It is the Lambda path, serialization included, not a shortcut around it.
+
+use std::future::Future;
+use std::net::SocketAddr;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use lambda_http::aws_lambda_events::apigw::{ApiGatewayProxyRequest, ApiGatewayProxyResponse};
+use lambda_http::aws_lambda_events::encodings::Body as LambdaBody;
+use lambda_http::lambda_runtime::{Context, LambdaEvent};
+use lambda_http::request::LambdaRequest;
+use lambda_http::{Adapter, Service};
+
+/// API Gateway's own limit on a request body.
+const API_GATEWAY_MAX_BODY: usize = 10 * 1024 * 1024;
+
+/// Serves `app` as API Gateway and Lambda would, until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let front = Router::new().fallback(
+        move |ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request| {
+            let app = app.clone();
+            async move { through_api_gateway(app, peer, request).await }
+        },
+    );
+
+    axum::serve(
+        listener,
+        front.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
+}
+
+/// One request, the Lambda way: a REST proxy event in, a REST proxy response out.
+async fn through_api_gateway(app: Router, peer: SocketAddr, request: Request) -> Response {
+    let event = match proxy_event(peer, request).await {
+        Ok(event) => event,
+        Err(answer) => return answer,
+    };
+    // The adapter itself is not `Send`; the call it starts is.
+    let call = Adapter::from(app).call(LambdaEvent::new(
+        LambdaRequest::ApiGatewayV1(event),
+        Context::default(),
+    ));
+    let answer = match call.await {
+        Ok(answer) => answer,
+        Err(never) => match never {},
+    };
+    // What the function returns to Lambda, as API Gateway reads it.
+    let proxy: Result<ApiGatewayProxyResponse, _> =
+        serde_json::to_value(&answer).and_then(serde_json::from_value);
+    match proxy {
+        Ok(proxy) => from_proxy_response(proxy),
+        Err(e) => {
+            tracing::error!(error = %e, "the receiver's answer is not an API Gateway proxy response");
+            (StatusCode::BAD_GATEWAY, "malformed Lambda proxy response").into_response()
+        }
+    }
+}
+
+async fn proxy_event(
+    peer: SocketAddr,
+    request: Request,
+) -> Result<ApiGatewayProxyRequest, Response> {
+    let (parts, body) = request.into_parts();
+    let bytes = axum::body::to_bytes(body, API_GATEWAY_MAX_BODY)
+        .await
+        .map_err(|_| {
+            (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                r#"{"message":"Request Too Long"}"#,
+            )
+                .into_response()
+        })?;
+    let mut event = ApiGatewayProxyRequest::default();
+    event.resource = Some("/{proxy+}".into());
+    event.path = Some(parts.uri.path().to_owned());
+    event.http_method = parts.method.clone();
+    event.headers = parts.headers.clone();
+    event.multi_value_headers = parts.headers;
+    event.path_parameters = [(
+        "proxy".to_owned(),
+        parts.uri.path().trim_start_matches('/').to_owned(),
+    )]
+    .into_iter()
+    .collect();
+    // Text as text; anything else base64, as API Gateway passes binary bodies.
+    match String::from_utf8(bytes.to_vec()) {
+        Ok(text) if !text.is_empty() => event.body = Some(text),
+        Ok(_) => {}
+        Err(_) => {
+            event.body = Some(aws_smithy_types::base64::encode(&bytes));
+            event.is_base64_encoded = true;
+        }
+    }
+    let context = &mut event.request_context;
+    context.http_method = parts.method;
+    context.resource_path = Some("/{proxy+}".into());
+    context.path = Some(parts.uri.path().to_owned());
+    context.protocol = Some("HTTP/1.1".into());
+    context.request_id = Some(format!("local-{:016x}", rand_u64()));
+    context.request_time_epoch = relay_core::now_millis();
+    context.identity.source_ip = Some(peer.ip().to_string());
+    Ok(event)
+}
+
+fn from_proxy_response(proxy: ApiGatewayProxyResponse) -> Response {
+    let status = StatusCode::from_u16(proxy.status_code as u16).unwrap_or(StatusCode::BAD_GATEWAY);
+    let body = match proxy.body {
+        Some(LambdaBody::Text(text)) => Body::from(text),
+        Some(LambdaBody::Binary(bytes)) => Body::from(bytes),
+        _ => Body::empty(),
+    };
+    let mut response = Response::new(body);
+    *response.status_mut() = status;
+    for (name, value) in proxy.multi_value_headers.iter().chain(proxy.headers.iter()) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_str().as_bytes()),
+            HeaderValue::from_bytes(value.as_bytes()),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+fn rand_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(relay_core::now_millis() as u64);
+    h.finish()
+}

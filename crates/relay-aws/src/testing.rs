@@ -1,0 +1,100 @@
+//! For tests: a private local AWS API (moto server) on a free loopback port, stopped on drop.
+//! `scripts/test.sh` installs moto into `.venv-moto`; `RELAY_MOTO_SERVER` may name another
+//! `moto_server` executable.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{Aws, AwsOptions};
+
+#[derive(Debug)]
+pub struct MotoServer {
+    child: Child,
+    pub url: String,
+}
+
+fn executable() -> PathBuf {
+    if let Ok(path) = std::env::var("RELAY_MOTO_SERVER") {
+        return path.into();
+    }
+    // crates/relay-aws → the workspace root.
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../.venv-moto/bin/moto_server")
+}
+
+impl MotoServer {
+    /// Starts one, and waits until it answers.
+    ///
+    /// # Panics
+    /// When moto is not installed (run `scripts/test.sh`, which installs it), or does not
+    /// start within 20 s.
+    pub fn start() -> MotoServer {
+        let exe = executable();
+        assert!(
+            exe.exists(),
+            "{} not found: AWS tests need moto. Run scripts/test.sh (it installs moto into .venv-moto), or set RELAY_MOTO_SERVER",
+            exe.display()
+        );
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("a free port");
+        let child = Command::new(&exe)
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let server = MotoServer {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "moto did not start on port {port}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        server
+    }
+
+    /// Options to reach it, with dummy credentials (moto takes any).
+    pub fn options(&self, stack: &str) -> AwsOptions {
+        AwsOptions {
+            stack: stack.into(),
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(self.url.clone()),
+            local_credentials: true,
+            ..AwsOptions::default()
+        }
+    }
+
+    /// Clients for a stack on it, its resources created.
+    pub async fn stack(&self, stack: &str) -> Aws {
+        let aws = Aws::connect(&self.options(stack)).await.expect("clients");
+        crate::create_resources(&aws)
+            .await
+            .expect("stack resources");
+        aws
+    }
+
+    /// The environment a child process (the built binary) needs to reach it.
+    pub fn env(&self) -> [(&'static str, String); 4] {
+        [
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("RELAY_ENDPOINT_URL", self.url.clone()),
+        ]
+    }
+}
+
+impl Drop for MotoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -1,0 +1,139 @@
+//! The AWS adapters against a real local AWS API (moto over HTTP): the same port contract as
+//! the embedded store, and the outbox's promise that an event stored but not queued is still
+//! delivered.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use relay_aws::outbox::StreamPoller;
+use relay_aws::testing::MotoServer;
+use relay_aws::{DynamoIngest, SqsQueue};
+use relay_core::{
+    AcceptOutcome, AttemptRecord, Claim, Event, Ingest, Settlement, StoreError, WorkQueue,
+    parse_event,
+};
+use tokio::sync::oneshot;
+
+/// Ingest and queue of one stack, as one value for the contract.
+#[derive(Debug, Clone)]
+struct Stack {
+    ingest: DynamoIngest,
+    queue: SqsQueue,
+}
+
+impl Ingest for Stack {
+    async fn accept(&self, event: Event) -> Result<AcceptOutcome, StoreError> {
+        self.ingest.accept(event).await
+    }
+}
+
+impl WorkQueue for Stack {
+    async fn claim(&self, max: usize, lease: Duration) -> Result<Vec<Claim>, StoreError> {
+        self.queue.claim(max, lease).await
+    }
+    async fn settle(
+        &self,
+        claim: &Claim,
+        attempt: AttemptRecord,
+        settlement: Settlement,
+    ) -> Result<(), StoreError> {
+        self.queue.settle(claim, attempt, settlement).await
+    }
+    async fn release(&self, claims: Vec<Claim>) -> Result<(), StoreError> {
+        self.queue.release(claims).await
+    }
+    async fn wait_for_work(&self, at_most: Duration) {
+        self.queue.wait_for_work(at_most).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_contract_holds_on_aws() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("contract").await;
+    let stack = Stack {
+        ingest: DynamoIngest::new(aws.clone()),
+        queue: SqsQueue::new(aws.clone(), Duration::from_secs(3600))
+            .await
+            .unwrap(),
+    };
+    // The outbox feeds the queue, as the stream's Lambda does in an account.
+    let (stop, stopped) = oneshot::channel::<()>();
+    let poller = tokio::spawn(
+        StreamPoller::new(aws.clone(), stack.queue.queue_url().to_owned()).run(async {
+            let _ = stopped.await;
+        }),
+    );
+    // The queue's part first: it expects to see only its own events.
+    relay_core::contract::queue(&stack, "aws", Duration::from_secs(10)).await;
+    relay_core::contract::ingest(&stack.ingest, "aws").await;
+    let _ = stop.send(());
+    poller.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_stored_but_not_yet_queued_is_still_delivered() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("outbox").await;
+    let ingest = DynamoIngest::new(aws.clone());
+    let queue = SqsQueue::new(aws.clone(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let url = queue.queue_url().to_owned();
+    let event = parse_event(br#"{"id":"x","name":"n","body":"b","timestamp":1}"#).unwrap();
+    assert_eq!(ingest.accept(event).await, Ok(AcceptOutcome::Accepted));
+
+    // The second step fails: the queue is gone.
+    aws.sqs.delete_queue().queue_url(&url).send().await.unwrap();
+    let mut poller = StreamPoller::new(aws.clone(), url.clone());
+    assert!(poller.poll_once().await.is_err(), "forwarding must fail");
+    assert!(poller.poll_once().await.is_err(), "…and not skip the event");
+
+    // The queue is back: the same poller (or a restarted one) forwards the event.
+    relay_aws::create_resources(&aws).await.unwrap();
+    let restarted = StreamPoller::new(aws.clone(), url).poll_once().await;
+    assert_eq!(restarted.ok(), Some(1));
+    let claims = relay_core::contract::claim_until(
+        &queue,
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(claims.len(), 1);
+    assert_eq!(claims[0].event_id, "x");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stack_or_endpoint_is_a_clear_error() {
+    let moto = MotoServer::start();
+    let aws = relay_aws::Aws::connect(&moto.options("absent"))
+        .await
+        .unwrap();
+    let missing = SqsQueue::new(aws, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(missing, relay_aws::AwsError::NotFound(_)),
+        "{missing}"
+    );
+    assert!(missing.to_string().contains("absent-queue"), "{missing}");
+
+    let mut options = moto.options("absent");
+    options.endpoint_url = Some("http://127.0.0.1:9".into());
+    let aws = relay_aws::Aws::connect(&options).await.unwrap();
+    let started = std::time::Instant::now();
+    let unreachable = SqsQueue::new(aws, Duration::from_secs(60))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(unreachable, relay_aws::AwsError::Unreachable { .. }),
+        "{unreachable}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "no hang: {:?}",
+        started.elapsed()
+    );
+}
