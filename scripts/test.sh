@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# Runs every check and test of the workspace, exactly as CI does. Needs only the Rust toolchain;
-# uses cargo-nextest when installed (faster, isolated tests), `cargo test` otherwise.
+# Runs every check and test of the workspace, exactly as CI does. Needs the Rust toolchain and
+# Python 3 (for the local AWS API); uses cargo-nextest when installed (faster, isolated tests),
+# `cargo test` otherwise.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+# The AWS tests run against moto, a local AWS API, each on a private server they start.
+if [ ! -x .venv-moto/bin/moto_server ]; then
+  echo "==> installing the local AWS API (moto) into .venv-moto"
+  python3 -m venv .venv-moto
+  .venv-moto/bin/pip install --quiet "moto[server]==5.2.5"
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

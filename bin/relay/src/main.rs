@@ -2,6 +2,7 @@
 //! flags, builds what it needs once, and calls into the libraries.
 
 mod args;
+mod aws;
 mod demo;
 mod dlq;
 mod e2e;
@@ -42,14 +43,17 @@ struct Cli {
 enum Command {
     /// Accept events on the ingest API, store them durably, and deliver them to the target.
     ///
-    /// Every event answered 2xx is on disk in --data-dir and will reach the target, enriched with
-    /// `brand`, or end in the dead-letter queue with the reason. Without --target-rate the relay
-    /// finds the target's limit from its answers (429, Retry-After, GraphQL RATE_LIMITED).
+    /// Every event answered 2xx is durable (in --data-dir, or DynamoDB with --backend aws) and
+    /// will reach the target, enriched with `brand`, or end in the dead-letter queue with the
+    /// reason. Without --target-rate the relay finds the target's limit from its answers (429,
+    /// Retry-After, GraphQL RATE_LIMITED), and paces by any budget the target announces.
     ///
-    /// Example:
+    /// Examples:
     ///   relay up --target-url https://api.example.com/graphql --api-key "$KEY" --data-dir /var/lib/relay
+    ///   relay up --backend aws --stack relay-dev --region eu-west-1 --target-url … --api-key "$KEY"
+    ///   relay up --backend aws --create-resources --endpoint-url http://127.0.0.1:5000 …  # local API
     #[command(verbatim_doc_comment)]
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// See it work: a rate-limited mock target, the relay and a bursty mock source, wired up.
     ///
     /// The source sends 100 events/s for 10 s to a relay on a fresh store; the target takes 25
@@ -123,7 +127,7 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Up(args) => up::run(args).await,
+            Command::Up(args) => up::run(*args).await,
             Command::Demo(args) => demo::run(args).await,
             Command::Target(args) => target::run(args).await,
             Command::Simulate(args) => simulate::run(args).await,

@@ -1,4 +1,6 @@
-//! `relay up`: the ingest API and the dispatcher over one embedded store, until SIGTERM/SIGINT.
+//! `relay up`: the ingest API and the dispatcher, until SIGTERM/SIGINT: over one embedded store
+//! (`--backend local`), or as the AWS handlers in one process against a stack's resources
+//! (`--backend aws`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -34,9 +36,23 @@ pub(crate) struct UpArgs {
     #[arg(long = "api-key", env = "RELAY_API_KEY", required = true, value_delimiter = ',', hide_env_values = true, value_parser = args::non_empty)]
     api_keys: Vec<String>,
 
+    /// Where events are kept: the embedded store in --data-dir (local), or a stack's DynamoDB
+    /// table and SQS queues (aws: the receiver, outbox and dispatcher handlers in this process).
+    #[arg(long, env = "RELAY_BACKEND", value_enum, default_value = "local")]
+    backend: Backend,
+
     /// Directory of the embedded store; created if missing. One `relay up` per directory.
-    #[arg(long, env = "RELAY_DATA_DIR")]
-    data_dir: PathBuf,
+    /// Required with --backend local.
+    #[arg(long, env = "RELAY_DATA_DIR", required_if_eq("backend", "local"))]
+    data_dir: Option<PathBuf>,
+
+    #[command(flatten)]
+    aws: crate::aws::AwsArgs,
+
+    /// With --backend aws: create the stack's tables, stream and queues when missing (for a
+    /// local AWS API; in an account, Terraform owns them).
+    #[arg(long, env = "RELAY_CREATE_RESOURCES")]
+    create_resources: bool,
 
     /// Never send more than this many requests/s to the target. The relay still slows down
     /// when the target asks. Without it, the relay discovers the limit.
@@ -115,6 +131,14 @@ pub(crate) struct UpArgs {
     retention: Duration,
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Backend {
+    /// The embedded store in --data-dir.
+    Local,
+    /// A stack's DynamoDB tables and SQS queues (see the AWS options).
+    Aws,
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum DurabilityArg {
     Deadline,
@@ -156,8 +180,39 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         headers: args.headers.clone(),
         timeout: args.target_timeout,
     })?;
+    let dispatch = DispatchConfig {
+        rate: RateConfig {
+            ceiling: args.target_rate,
+            ..RateConfig::default()
+        },
+        policy: DeliveryPolicy {
+            max_attempts: args.max_attempts,
+            max_age: args.max_age,
+            backoff: Backoff {
+                base: args.backoff_base,
+                cap: args.backoff_cap,
+            },
+        },
+        max_in_flight: args.max_in_flight,
+        ..DispatchConfig::default()
+    };
+    let ingest = IngestConfig {
+        api_keys: args.api_keys.clone(),
+        store_timeout: args.store_timeout,
+    };
+    if args.backend == Backend::Aws {
+        // A claim is a message's visibility: after a crash, that is how long its events wait.
+        // Long enough for a request and its settlement, no longer.
+        let lease = (args.target_timeout * 3).max(Duration::from_secs(30));
+        let dispatch = DispatchConfig { lease, ..dispatch };
+        return run_aws(args, client, dispatch, ingest).await;
+    }
+    let data_dir = args
+        .data_dir
+        .clone()
+        .context("--data-dir is required with --backend local")?;
     let store = SqliteStore::open_with(
-        &args.data_dir,
+        &data_dir,
         StoreOptions {
             durability: match args.durability {
                 DurabilityArg::Deadline => Durability::Deadline,
@@ -174,49 +229,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let addr = listener.local_addr()?;
 
-    let dispatcher = Dispatcher::new(
-        store.clone(),
-        client,
-        DispatchConfig {
-            rate: RateConfig {
-                ceiling: args.target_rate,
-                ..RateConfig::default()
-            },
-            policy: DeliveryPolicy {
-                max_attempts: args.max_attempts,
-                max_age: args.max_age,
-                backoff: Backoff {
-                    base: args.backoff_base,
-                    cap: args.backoff_cap,
-                },
-            },
-            max_in_flight: args.max_in_flight,
-            ..DispatchConfig::default()
-        },
-    );
+    let dispatcher = Dispatcher::new(store.clone(), client, dispatch);
     let handle = dispatcher.handle();
-    let app = relay_ingest::router(
-        store.clone(),
-        IngestConfig {
-            api_keys: args.api_keys,
-            store_timeout: args.store_timeout,
-        },
-    );
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        crate::signals::stop_requested().await;
-        tracing::info!(
-            "shutting down: no new events accepted, finishing work in flight (signal again to force)"
-        );
-        let _ = stop_tx.send(true);
-        crate::signals::stop_requested().await;
-        tracing::warn!("second signal: exiting now; leased work is recovered at next start");
-        std::process::exit(130);
-    });
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
+    let app = relay_ingest::router(store.clone(), ingest);
+    let stop_rx = stop_on_signals();
 
     // Every 2 s the dispatcher's figures go to the store, where `relay status` reads them from
     // another process; every 10 s they also go to the log.
@@ -260,7 +276,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         })
     };
 
-    tracing::info!(%addr, target = %args.target_url, data_dir = %args.data_dir.display(), "relay up");
+    tracing::info!(%addr, target = %args.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
     println!("relay listening on http://{addr}");
 
@@ -276,5 +292,94 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         "relay stopped cleanly"
     );
     drop(store);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Watches SIGTERM/SIGINT: the first asks everything to stop cleanly, a second exits at once.
+fn stop_on_signals() -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        crate::signals::stop_requested().await;
+        tracing::info!(
+            "shutting down: no new events accepted, finishing work in flight (signal again to force)"
+        );
+        let _ = stop_tx.send(true);
+        crate::signals::stop_requested().await;
+        tracing::warn!("second signal: exiting now; leased work is recovered at next start");
+        std::process::exit(130);
+    });
+    stop_rx
+}
+
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// The AWS handlers in one process, against a stack's resources: the receiver behind a local
+/// API Gateway stand-in, the outbox fed by a stream poller, the dispatcher by an SQS poller.
+async fn run_aws(
+    args: UpArgs,
+    client: GraphqlClient,
+    dispatch: DispatchConfig,
+    ingest: IngestConfig,
+) -> anyhow::Result<ExitCode> {
+    let aws = relay_aws::Aws::connect(&args.aws.options()).await?;
+    if args.create_resources {
+        relay_aws::create_resources(&aws)
+            .await
+            .context("cannot create the stack's resources")?;
+    }
+    let queue = relay_aws::SqsQueue::new(aws.clone(), args.retention)
+        .await
+        .with_context(|| format!("cannot reach stack {:?}", aws.stack))?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let addr = listener.local_addr()?;
+    let dispatcher = Dispatcher::new(queue.clone(), client, dispatch);
+    let handle = dispatcher.handle();
+    let app = relay_ingest::router(relay_aws::DynamoIngest::new(aws.clone()), ingest);
+    let stop_rx = stop_on_signals();
+    let outbox = tokio::spawn(
+        relay_aws::outbox::StreamPoller::new(aws.clone(), queue.queue_url().to_owned())
+            .run(stopped(stop_rx.clone())),
+    );
+    let reporter = {
+        let (handle, mut rx) = (handle.clone(), stop_rx.clone());
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(10));
+            tick.tick().await;
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = rx.wait_for(|stop| *stop) => break,
+                }
+                let m = handle.snapshot();
+                tracing::info!(
+                    delivered = m.delivered,
+                    rate_limited = m.rate_limited,
+                    transient = m.transient,
+                    dead = m.dead,
+                    in_flight = m.in_flight,
+                    rate = format!("{:.1}/s", m.rate),
+                    estimated_limit = m.estimated_limit.map(|l| format!("{l:.1}/s")),
+                    "progress"
+                );
+            }
+        })
+    };
+    tracing::info!(%addr, target = %args.target_url, stack = ?aws.stack, "relay up on AWS");
+    println!("relay listening on http://{addr}");
+    let server = relay_aws::receiver::serve(listener, app, stopped(stop_rx.clone()));
+    let (served, ()) = tokio::join!(server, dispatcher.run(stopped(stop_rx)));
+    served.context("ingest server failed")?;
+    let _ = tokio::join!(outbox, reporter);
+    let m = handle.snapshot();
+    tracing::info!(
+        delivered = m.delivered,
+        dead = m.dead,
+        attempts = m.attempts,
+        "relay stopped cleanly"
+    );
     Ok(ExitCode::SUCCESS)
 }

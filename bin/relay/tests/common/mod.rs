@@ -27,12 +27,38 @@ impl Relay {
         Relay::start_env(data_dir, target_url, extra, &[])
     }
 
+    /// `relay up --backend aws` against a stack on a local AWS API (created if missing). Its log
+    /// goes next to `dir`.
+    pub fn start_aws(
+        dir: &Path,
+        moto: &relay_aws::testing::MotoServer,
+        stack: &str,
+        target_url: &str,
+        extra: &[&str],
+    ) -> Relay {
+        let env = moto.env();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        let mut args = vec!["--backend", "aws", "--create-resources", "--stack", stack];
+        args.extend_from_slice(extra);
+        Relay::launch(dir, target_url, &args, &env, false)
+    }
+
     /// Like [`Relay::start`], with extra environment variables (fault injection).
     pub fn start_env(
         data_dir: &Path,
         target_url: &str,
         extra: &[&str],
         env: &[(&str, &str)],
+    ) -> Relay {
+        Relay::launch(data_dir, target_url, extra, env, true)
+    }
+
+    fn launch(
+        data_dir: &Path,
+        target_url: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        local: bool,
     ) -> Relay {
         let log = data_dir.with_extension(format!("{}.log", std::process::id()));
         let log_file = std::fs::OpenOptions::new()
@@ -50,8 +76,11 @@ impl Relay {
                 "--target-url",
                 target_url,
             ])
-            .arg("--data-dir")
-            .arg(data_dir)
+            .args(if local {
+                vec!["--data-dir".as_ref(), data_dir.as_os_str()]
+            } else {
+                vec![]
+            })
             .args(extra)
             .envs(env.iter().copied())
             .env("RELAY_LOG", "info,relay_dispatch=debug")

@@ -1,0 +1,149 @@
+//! `relay up --backend aws` as a process, against a real local AWS API (moto over HTTP): the
+//! receiver behind an API Gateway stand-in, the outbox, the dispatcher, crashes.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use common::*;
+use relay_aws::testing::MotoServer;
+use serde_json::{Value, json};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_events_go_through_aws_once_enriched_and_unchanged() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(200.0, 20.0).await;
+    let relay = Relay::start_aws(dir.path(), &moto, "thousand", &target.url(), &[]);
+
+    let events: Vec<Value> = (0..1000).map(event).collect();
+    let acked = post_all(&relay.events_url(), &events).await;
+    assert_eq!(acked.len(), 1000, "every valid event is acknowledged");
+    eventually("all 1000 delivered", 120, || target.stats().events == 1000).await;
+    let received = target.events();
+    for e in &events {
+        let got = &received[e["id"].as_str().unwrap()];
+        let mut expected = e.clone();
+        expected["brand"] = json!("testBrand");
+        assert_eq!(Value::Object(got.input.clone()), expected);
+        assert_eq!(got.deliveries, 1, "{} delivered more than once", e["id"]);
+    }
+    assert_eq!(target.stats().bad_idempotency_keys, 0);
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_the_drain_then_restart_loses_nothing() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(40.0, 5.0).await;
+    let relay = Relay::start_aws(dir.path(), &moto, "killed", &target.url(), &[]);
+    let events: Vec<Value> = (0..300).map(event).collect();
+    assert_eq!(post_all(&relay.events_url(), &events).await.len(), 300);
+    eventually("the drain is under way", 60, || target.stats().events >= 40).await;
+    relay.kill();
+    let at_kill = target.stats().events;
+    assert!(at_kill < 300, "the kill must land mid-drain ({at_kill})");
+
+    // Leases of the dead process run out with its messages' visibility: a short one here.
+    let relay = Relay::start_aws(dir.path(), &moto, "killed", &target.url(), &[]);
+    eventually("all 300 delivered after the restart", 180, || {
+        target.stats().events == 300
+    })
+    .await;
+    // Only requests in flight at the kill can arrive twice, under the same idempotency key.
+    assert!(target.stats().duplicates <= 10, "{:?}", target.stats());
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_through_api_gateway_gets_the_contract_answers_and_changes_nothing() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(1000.0, 100.0).await;
+    let relay = Relay::start_aws(dir.path(), &moto, "bad", &target.url(), &[]);
+    let client = reqwest::Client::new();
+    let post = |body: String, key: Option<&str>, ct: &str| {
+        let mut r = client
+            .post(relay.events_url())
+            .header("content-type", ct.to_owned())
+            .body(body);
+        if let Some(key) = key {
+            r = r.header("x-api-key", key.to_owned());
+        }
+        r.send()
+    };
+    let good = event(1).to_string();
+    let cases = [
+        (
+            post(good.clone(), None, "application/json").await.unwrap(),
+            401,
+        ),
+        (
+            post(good.clone(), Some("wrong"), "application/json")
+                .await
+                .unwrap(),
+            401,
+        ),
+        (
+            post("{".into(), Some(KEY), "application/json")
+                .await
+                .unwrap(),
+            400,
+        ),
+        (
+            post(r#"{"id": 5}"#.into(), Some(KEY), "application/json")
+                .await
+                .unwrap(),
+            422,
+        ),
+        (
+            post(good.clone(), Some(KEY), "text/plain").await.unwrap(),
+            415,
+        ),
+        (
+            post("x".repeat(300 * 1024), Some(KEY), "application/json")
+                .await
+                .unwrap(),
+            413,
+        ),
+    ];
+    for (response, expected) in cases {
+        assert_eq!(response.status().as_u16(), expected);
+        let body: Value = response.json().await.unwrap();
+        assert!(
+            body["error"].is_string() && body["message"].is_string(),
+            "{body}"
+        );
+    }
+    let health = client
+        .get(format!("{}/health", relay.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(health.status().as_u16(), 200);
+    // The contract's good answers come through the same path.
+    assert_eq!(
+        post(good.clone(), Some(KEY), "application/json")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        202
+    );
+    assert_eq!(
+        post(good, Some(KEY), "application/json")
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        200
+    );
+    eventually("the one good event delivered", 30, || {
+        target.stats().events == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(target.stats().events, 1, "nothing bad was stored or sent");
+    assert_eq!(relay.terminate().code(), Some(0));
+}
