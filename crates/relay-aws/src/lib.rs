@@ -17,6 +17,8 @@
 mod config;
 mod ingest;
 mod items;
+#[cfg(feature = "lambda")]
+pub mod lambda;
 pub mod outbox;
 mod queue;
 pub mod receiver;
@@ -28,7 +30,7 @@ use std::fmt::Debug;
 
 pub use config::{Aws, AwsOptions, Stack};
 pub use ingest::DynamoIngest;
-pub use queue::SqsQueue;
+pub use queue::{Received, SqsQueue};
 pub use resources::create_resources;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};

@@ -200,6 +200,67 @@ impl SqsQueue {
     fn receipt(&self, id: &str) -> Option<String> {
         lock(&self.inner.receipts).remove(id)
     }
+
+    /// Claims the events of messages already received (by a receive, or handed to a Lambda by
+    /// its event source mapping). Returns the claims, and the messages whose claim failed (the
+    /// state could not be read or written), to be tried again.
+    pub async fn claim_messages(
+        &self,
+        messages: Vec<Received>,
+        lease: Duration,
+    ) -> (Vec<Claim>, Vec<(String, StoreError)>) {
+        let now = now_millis();
+        let token = self.inner.next_lease.fetch_add(1, Relaxed);
+        // Each message's claim is two calls; the batch's go at once.
+        let mut pending = tokio::task::JoinSet::new();
+        for message in messages {
+            let id = serde_json::from_str::<serde_json::Value>(&message.body)
+                .ok()
+                .and_then(|v| v.get("id")?.as_str().map(str::to_owned));
+            let queue = self.clone();
+            pending.spawn(async move {
+                let Some(id) = id else {
+                    tracing::error!(body = %message.body, "a message without an event id; deleting it");
+                    let _ = queue.delete(&message.receipt).await;
+                    return (message.message_id, Ok(None));
+                };
+                let claimed = match queue.claim_one(&id, token, now, lease).await {
+                    Ok(Some(claim)) => {
+                        lock(&queue.inner.receipts).insert(id, message.receipt);
+                        Ok(Some(claim))
+                    }
+                    // Settled, held elsewhere, or not due: this copy is done with.
+                    Ok(None) => {
+                        if let Err(e) = queue.delete(&message.receipt).await {
+                            tracing::warn!(event_id = %id, error = %e, "cannot delete a spent message; it comes back and is dropped then");
+                        }
+                        Ok(None)
+                    }
+                    Err(e) => Err(e),
+                };
+                (message.message_id, claimed)
+            });
+        }
+        let mut claims = Vec::new();
+        let mut failed = Vec::new();
+        while let Some(joined) = pending.join_next().await {
+            match joined {
+                Ok((_, Ok(Some(claim)))) => claims.push(claim),
+                Ok((_, Ok(None))) => {}
+                Ok((message_id, Err(e))) => failed.push((message_id, e)),
+                Err(e) => tracing::error!(error = %e, "a claim task failed"),
+            }
+        }
+        (claims, failed)
+    }
+}
+
+/// A message as received, by a receive or from a Lambda event.
+#[derive(Debug, Clone)]
+pub struct Received {
+    pub message_id: String,
+    pub receipt: String,
+    pub body: String,
 }
 
 fn fastrand_i64() -> i64 {
@@ -225,52 +286,20 @@ impl WorkQueue for SqsQueue {
             .send()
             .await
             .map_err(|e| Self::failed(AwsError::from_sdk("the work queue", e)))?;
-        let now = now_millis();
-        let token = self.inner.next_lease.fetch_add(1, Relaxed);
-        // Each message's claim is two calls; the batch's go at once.
-        let mut pending = tokio::task::JoinSet::new();
-        for message in received.messages.unwrap_or_default() {
-            let receipt = message.receipt_handle.unwrap_or_default();
-            let id = message
-                .body
-                .as_deref()
-                .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
-                .and_then(|v| v.get("id")?.as_str().map(str::to_owned));
-            let queue = self.clone();
-            pending.spawn(async move {
-                let Some(id) = id else {
-                    tracing::error!(body = ?message.body, "a message without an event id; deleting it");
-                    let _ = queue.delete(&receipt).await;
-                    return Ok(None);
-                };
-                match queue.claim_one(&id, token, now, lease).await? {
-                    Some(claim) => {
-                        lock(&queue.inner.receipts).insert(id, receipt);
-                        Ok(Some(claim))
-                    }
-                    // Settled, held elsewhere, or not due: this copy is done with.
-                    None => {
-                        if let Err(e) = queue.delete(&receipt).await {
-                            tracing::warn!(event_id = %id, error = %e, "cannot delete a spent message; it comes back and is dropped then");
-                        }
-                        Ok(None)
-                    }
-                }
-            });
-        }
-        let mut claims = Vec::new();
-        let mut failure = None;
-        while let Some(joined) = pending.join_next().await {
-            match joined {
-                Ok(Ok(Some(claim))) => claims.push(claim),
-                Ok(Ok(None)) => {}
-                Ok(Err(e)) => failure = Some(e),
-                Err(e) => failure = Some(StoreError::Failed(format!("claim task failed: {e}"))),
-            }
-        }
+        let messages = received
+            .messages
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| Received {
+                message_id: m.message_id.unwrap_or_default(),
+                receipt: m.receipt_handle.unwrap_or_default(),
+                body: m.body.unwrap_or_default(),
+            })
+            .collect();
+        let (claims, failed) = self.claim_messages(messages, lease).await;
         // Claims that did succeed are kept: their messages return after the lease if unused.
-        match (claims.is_empty(), failure) {
-            (true, Some(e)) => Err(e),
+        match (claims.is_empty(), failed.into_iter().next()) {
+            (true, Some((_, e))) => Err(e),
             _ => Ok(claims),
         }
     }

@@ -95,6 +95,22 @@ impl<Q: WorkQueue> Dispatcher<Q> {
         }
     }
 
+    /// A dispatcher that carries on with `handle`'s rate control and counters: a Lambda
+    /// instance keeps what it learned about the target from one invocation to the next.
+    pub fn with_handle(
+        queue: Q,
+        client: GraphqlClient,
+        config: DispatchConfig,
+        handle: DispatcherHandle,
+    ) -> Self {
+        Dispatcher {
+            queue,
+            client,
+            config,
+            handle,
+        }
+    }
+
     pub fn handle(&self) -> DispatcherHandle {
         self.handle.clone()
     }

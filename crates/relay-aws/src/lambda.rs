@@ -1,0 +1,267 @@
+//! The Lambda handlers, plain async functions over the library: the forwarder (the stream's
+//! new events into the work queue) and the dispatcher (an SQS batch into the same delivery
+//! logic as everywhere else, with a partial batch response). `lambdas/*` wrap them in the
+//! runtime; tests call them with the event fixtures in `lambdas/events/`. The receiver needs no
+//! function here: it is `lambda_http::run(relay_ingest::router(…))`.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
+
+use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use relay_core::{AttemptRecord, Claim, Settlement, StoreError, WorkQueue};
+use relay_dispatch::{DispatchConfig, Dispatcher, DispatcherHandle, GraphqlClient};
+use tokio::sync::Notify;
+
+use crate::items::META;
+use crate::queue::Received;
+use crate::{Aws, AwsOptions, SqsQueue};
+
+/// The stack a function belongs to, from its environment: `RELAY_STACK` (the names, as
+/// Terraform derives them), and the AWS runtime's own variables for the rest.
+pub fn options_from_env() -> AwsOptions {
+    AwsOptions {
+        stack: std::env::var("RELAY_STACK").unwrap_or_else(|_| "relay".into()),
+        ..AwsOptions::default()
+    }
+}
+
+/// JSON logs, as CloudWatch Logs takes them, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    tracing_subscriber::fmt()
+        .json()
+        .with_current_span(true)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .without_time()
+        .init();
+}
+
+/// The forwarder: queues every new event in a batch of stream records. The first record that
+/// could not be queued is reported; Lambda retries from there (with bisection), and never
+/// moves past an event that is not queued.
+pub async fn forward_stream(
+    aws: &Aws,
+    queue_url: &str,
+    event: StreamEvent,
+) -> DynamoDbEventResponse {
+    let mut ids = Vec::new();
+    let mut sequence_of = HashMap::new();
+    for record in &event.records {
+        if record.event_name != "INSERT" {
+            continue;
+        }
+        let image = serde_json::to_value(&record.change.new_image).unwrap_or_default();
+        if image.pointer("/sk/S").and_then(|v| v.as_str()) != Some(META) {
+            continue;
+        }
+        if let Some(id) = image.pointer("/id/S").and_then(|v| v.as_str()) {
+            sequence_of.insert(id.to_owned(), record.change.sequence_number.clone());
+            ids.push(id.to_owned());
+        }
+    }
+    let failed = crate::outbox::forward(aws, queue_url, &ids).await;
+    let mut response = DynamoDbEventResponse::default();
+    // The earliest failed record, in stream order: everything from it is retried.
+    if let Some(first) = ids.iter().find(|id| failed.iter().any(|(f, _)| f == *id)) {
+        let (_, error) = failed
+            .iter()
+            .find(|(f, _)| f == first)
+            .expect("found above");
+        tracing::warn!(event_id = %first, %error, failed = failed.len(), "could not queue events; Lambda retries from the first");
+        let mut failure = DynamoDbBatchItemFailure::default();
+        failure.item_identifier = sequence_of.get(first).cloned().flatten();
+        response.batch_item_failures.push(failure);
+    }
+    response
+}
+
+/// The dispatcher of one Lambda instance: its rate control and counters outlive each
+/// invocation, so what it learned about the target carries over.
+#[derive(Debug)]
+pub struct BatchDispatcher {
+    queue: SqsQueue,
+    client: GraphqlClient,
+    config: DispatchConfig,
+    handle: DispatcherHandle,
+}
+
+impl BatchDispatcher {
+    pub fn new(queue: SqsQueue, client: GraphqlClient, config: DispatchConfig) -> Self {
+        let handle = Dispatcher::new(queue.clone(), client.clone(), config.clone()).handle();
+        BatchDispatcher {
+            queue,
+            client,
+            config,
+            handle,
+        }
+    }
+
+    pub fn handle(&self) -> &DispatcherHandle {
+        &self.handle
+    }
+
+    /// Delivers an SQS batch. Work not started within `budget` (the function's time left) is
+    /// given back to the queue; messages whose state could not be recorded are reported as
+    /// batch item failures, and only those: every other outcome (delivered, retried later,
+    /// dead-lettered) is recorded in the events table and the queues.
+    pub async fn dispatch(&self, event: SqsEvent, budget: Duration) -> SqsBatchResponse {
+        let messages: Vec<Received> = event
+            .records
+            .into_iter()
+            .map(|m| Received {
+                message_id: m.message_id.unwrap_or_default(),
+                receipt: m.receipt_handle.unwrap_or_default(),
+                body: m.body.unwrap_or_default(),
+            })
+            .collect();
+        let message_of: HashMap<String, String> = messages
+            .iter()
+            .filter_map(|m| {
+                let v: serde_json::Value = serde_json::from_str(&m.body).ok()?;
+                Some((v.get("id")?.as_str()?.to_owned(), m.message_id.clone()))
+            })
+            .collect();
+        let (claims, claim_failures) = self.queue.claim_messages(messages, self.config.lease).await;
+        let mut response = SqsBatchResponse::default();
+        for (message_id, error) in claim_failures {
+            tracing::warn!(%message_id, %error, "could not claim; the message is returned");
+            response.add_failure(message_id);
+        }
+        if claims.is_empty() {
+            return response;
+        }
+        let batch = Batch {
+            queue: self.queue.clone(),
+            left: AtomicUsize::new(claims.len()),
+            claims: Mutex::new(claims),
+            done: Notify::new(),
+            unrecorded: Mutex::default(),
+        };
+        let batch = std::sync::Arc::new(batch);
+        let dispatcher = Dispatcher::with_handle(
+            BatchRef(std::sync::Arc::clone(&batch)),
+            self.client.clone(),
+            self.config.clone(),
+            self.handle.clone(),
+        );
+        let finished = {
+            let batch = std::sync::Arc::clone(&batch);
+            async move {
+                tokio::select! {
+                    () = batch.done.notified() => {}
+                    () = tokio::time::sleep(budget) => {
+                        tracing::warn!("out of time: giving the rest of the batch back");
+                    }
+                }
+            }
+        };
+        if batch.left.load(SeqCst) > 0 {
+            dispatcher.run(finished).await;
+        }
+        let unrecorded = batch
+            .unrecorded
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        for id in unrecorded {
+            if let Some(message_id) = message_of.get(&id) {
+                response.add_failure(message_id.clone());
+            }
+        }
+        response
+    }
+}
+
+/// One invocation's claims, as a work queue the dispatcher drains.
+#[derive(Debug)]
+struct Batch {
+    queue: SqsQueue,
+    claims: Mutex<Vec<Claim>>,
+    left: AtomicUsize,
+    done: Notify,
+    /// Events whose last settlement could not be recorded.
+    unrecorded: Mutex<HashSet<String>>,
+}
+
+impl Batch {
+    fn finished(&self, n: usize) {
+        if self.left.fetch_sub(n, SeqCst) <= n {
+            self.done.notify_one();
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct BatchRef(std::sync::Arc<Batch>);
+
+impl WorkQueue for BatchRef {
+    async fn claim(&self, max: usize, _lease: Duration) -> Result<Vec<Claim>, StoreError> {
+        let mut claims = self.0.claims.lock().unwrap_or_else(|p| p.into_inner());
+        let n = max.min(claims.len());
+        Ok(claims.drain(..n).collect())
+    }
+
+    async fn settle(
+        &self,
+        claim: &Claim,
+        attempt: AttemptRecord,
+        settlement: Settlement,
+    ) -> Result<(), StoreError> {
+        let settled = self.0.queue.settle(claim, attempt, settlement).await;
+        {
+            let mut unrecorded = self.0.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
+            match &settled {
+                Err(e) if e.is_retryable() => {
+                    unrecorded.insert(claim.event_id.clone());
+                }
+                _ => {
+                    unrecorded.remove(&claim.event_id);
+                }
+            }
+        }
+        // The dispatcher tries a few times on a retryable error; count each claim once.
+        if !matches!(&settled, Err(e) if e.is_retryable()) {
+            self.0.finished(1);
+        }
+        settled
+    }
+
+    async fn release(&self, claims: Vec<Claim>) -> Result<(), StoreError> {
+        let n = claims.len();
+        let released = self.0.queue.release(claims).await;
+        if n > 0 {
+            self.0.finished(n);
+        }
+        released
+    }
+
+    async fn wait_for_work(&self, at_most: Duration) {
+        // Nothing more comes in this invocation.
+        tokio::time::sleep(at_most).await;
+    }
+}
+
+/// A comma-separated list from the environment (API keys, headers).
+pub fn list_from_env(name: &str) -> Result<Vec<String>, String> {
+    let raw = std::env::var(name).map_err(|_| format!("{name} is not set"))?;
+    let items: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if items.is_empty() {
+        return Err(format!("{name} is empty"));
+    }
+    Ok(items)
+}
+
+pub fn env_or(name: &str, default: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+}

@@ -1,0 +1,230 @@
+//! The Lambda handlers in-process, fed the event fixtures in `lambdas/events/` (the shapes API
+//! Gateway, DynamoDB Streams and SQS send), against moto and the mock target.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::time::Duration;
+
+use aws_lambda_events::event::dynamodb::Event as StreamEvent;
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_http::lambda_runtime::{Context, LambdaEvent};
+use lambda_http::request::LambdaRequest;
+use lambda_http::{Adapter, Service};
+use relay_aws::lambda::{BatchDispatcher, forward_stream};
+use relay_aws::testing::MotoServer;
+use relay_aws::{DynamoIngest, SqsQueue};
+use relay_core::{Ingest, parse_event};
+use relay_dispatch::{DispatchConfig, GraphqlClient, TargetConfig};
+use relay_ingest::IngestConfig;
+use serde_json::{Value, json};
+
+fn fixture(name: &str) -> String {
+    std::fs::read_to_string(format!(
+        "{}/../../lambdas/events/{name}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_stores_an_api_gateway_event_and_answers_as_the_proxy_expects() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("receiver").await;
+    let router = relay_ingest::router(
+        DynamoIngest::new(aws.clone()),
+        IngestConfig {
+            api_keys: vec!["fixture-key".into()],
+            ..IngestConfig::default()
+        },
+    );
+    let mut event: Value = serde_json::from_str(&fixture("apigw-rest-post-event.json")).unwrap();
+    // In the account the stage prefix is stripped (AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH); the
+    // fixture's REST stage would otherwise prefix the path.
+    event["requestContext"]["stage"] = Value::Null;
+    let send = |event: Value| {
+        let request: LambdaRequest = serde_json::from_value(event).unwrap();
+        Adapter::from(router.clone()).call(LambdaEvent::new(request, Context::default()))
+    };
+    let answer = serde_json::to_value(send(event.clone()).await.unwrap()).unwrap();
+    assert_eq!(answer["statusCode"], 202, "{answer}");
+    let body: Value = serde_json::from_str(answer["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body, json!({"id": "fixture-1", "status": "accepted"}));
+    let again = serde_json::to_value(send(event.clone()).await.unwrap()).unwrap();
+    assert_eq!(
+        again["statusCode"], 200,
+        "the same event again is a duplicate"
+    );
+
+    event["headers"]["x-api-key"] = json!("wrong");
+    event["multiValueHeaders"]["x-api-key"] = json!(["wrong"]);
+    let refused = serde_json::to_value(send(event).await.unwrap()).unwrap();
+    assert_eq!(refused["statusCode"], 401);
+    let item = aws
+        .dynamodb
+        .get_item()
+        .table_name(&aws.stack.events_table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("EVT#fixture-1".into()),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("META".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .expect("stored");
+    assert!(item["payload"].as_s().unwrap().contains("order.created"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_forwarder_queues_new_events_only() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("forwarder").await;
+    let queue = SqsQueue::new(aws.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let event: StreamEvent = serde_json::from_str(&fixture("dynamodb-stream-insert.json")).unwrap();
+    let response = forward_stream(&aws, queue.queue_url(), event).await;
+    assert!(response.batch_item_failures.is_empty());
+    let received = aws
+        .sqs
+        .receive_message()
+        .queue_url(queue.queue_url())
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    let mut bodies: Vec<String> = received.into_iter().filter_map(|m| m.body).collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        [r#"{"id":"stream-1"}"#, r#"{"id":"stream-2"}"#],
+        "INSERTs of events only"
+    );
+
+    // The queue gone: the first record that could not be queued is reported, for a retry.
+    aws.sqs
+        .delete_queue()
+        .queue_url(queue.queue_url())
+        .send()
+        .await
+        .unwrap();
+    let event: StreamEvent = serde_json::from_str(&fixture("dynamodb-stream-insert.json")).unwrap();
+    let response = forward_stream(&aws, queue.queue_url(), event).await;
+    let failed: Vec<_> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    assert_eq!(failed, [Some("111".to_owned())]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("dispatcher").await;
+    let queue = SqsQueue::new(aws.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let target = target_sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target_sim::TargetConfig {
+            rate: 1000.0,
+            faults: target_sim::Faults {
+                reject_names: vec!["poison".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ingest = DynamoIngest::new(aws.clone());
+    for (id, name) in [("d-1", "ok"), ("d-2", "ok"), ("d-3", "poison")] {
+        let raw = json!({"id": id, "name": name, "body": "b", "timestamp": 1});
+        ingest
+            .accept(parse_event(raw.to_string().as_bytes()).unwrap())
+            .await
+            .unwrap();
+    }
+    relay_aws::outbox::forward(
+        &aws,
+        queue.queue_url(),
+        &["d-1".into(), "d-2".into(), "d-3".into()],
+    )
+    .await;
+    // The batch as the event source mapping hands it over: the fixture's shape, real receipts.
+    let template: Value = serde_json::from_str(&fixture("sqs-batch.json")).unwrap();
+    let messages = aws
+        .sqs
+        .receive_message()
+        .queue_url(queue.queue_url())
+        .max_number_of_messages(10)
+        .visibility_timeout(60)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(messages.len(), 3);
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let mut r = template["Records"][0].clone();
+            r["messageId"] = json!(m.message_id);
+            r["receiptHandle"] = json!(m.receipt_handle);
+            r["body"] = json!(m.body);
+            r
+        })
+        .collect();
+    let event: SqsEvent = serde_json::from_value(json!({"Records": records})).unwrap();
+
+    let client = GraphqlClient::new(&TargetConfig::new(target.url())).unwrap();
+    let dispatcher = BatchDispatcher::new(queue.clone(), client, DispatchConfig::default());
+    let response = dispatcher.dispatch(event, Duration::from_secs(20)).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "every outcome was recorded"
+    );
+    let events = target.events();
+    assert!(events.contains_key("d-1") && events.contains_key("d-2"));
+    assert_eq!(
+        target.stats().rejected,
+        1,
+        "the poison event was tried once"
+    );
+    // The poison event is in the DLQ, with its reason; the work queue is empty.
+    let dead = aws
+        .sqs
+        .receive_message()
+        .queue_url(queue.dlq_url())
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(dead.len(), 1);
+    let body: Value = serde_json::from_str(dead[0].body.as_deref().unwrap()).unwrap();
+    assert_eq!(body["id"], "d-3");
+    assert!(
+        body["reason"].as_str().unwrap().contains("BAD_USER_INPUT"),
+        "{body}"
+    );
+    let left = aws
+        .sqs
+        .receive_message()
+        .queue_url(queue.queue_url())
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert!(left.is_empty(), "settled messages are deleted");
+}

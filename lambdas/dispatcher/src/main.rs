@@ -1,0 +1,51 @@
+//! The dispatcher Lambda: SQS batches into the same delivery logic as `relay up`, answering
+//! with a partial batch response. The target is `RELAY_TARGET_URL`; `RELAY_TARGET_RATE` caps
+//! the rate; `RELAY_RETENTION` (default 7d) is how long delivered events' items stay.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use lambda_runtime::{Error, LambdaEvent, service_fn};
+use relay_aws::lambda::{BatchDispatcher, env_or, list_from_env};
+use relay_core::rate::RateConfig;
+use relay_dispatch::{DispatchConfig, GraphqlClient, TargetConfig};
+
+/// Left for giving unstarted work back before the function's deadline.
+const MARGIN: Duration = Duration::from_secs(5);
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    relay_aws::lambda::init_tracing();
+    let aws = relay_aws::Aws::connect(&relay_aws::lambda::options_from_env()).await?;
+    let retention = humantime::parse_duration(&env_or("RELAY_RETENTION", "7d"))?;
+    let queue = relay_aws::SqsQueue::new(aws, retention).await?;
+    let mut target = TargetConfig::new(std::env::var("RELAY_TARGET_URL")?);
+    target.brand = env_or("RELAY_BRAND", "testBrand");
+    target.headers = list_from_env("RELAY_HEADERS")
+        .unwrap_or_default()
+        .iter()
+        .map(|h| relay_dispatch::parse_header(h))
+        .collect::<Result<_, _>>()?;
+    let client = GraphqlClient::new(&target)?;
+    let config = DispatchConfig {
+        rate: RateConfig {
+            ceiling: std::env::var("RELAY_TARGET_RATE")
+                .ok()
+                .and_then(|r| r.parse().ok()),
+            ..RateConfig::default()
+        },
+        lease: Duration::from_secs(60),
+        ..DispatchConfig::default()
+    };
+    let dispatcher = BatchDispatcher::new(queue, client, config);
+    let dispatcher = &dispatcher;
+    lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        let deadline = Duration::from_millis(event.context.deadline);
+        let budget = deadline.saturating_sub(now).saturating_sub(MARGIN);
+        Ok::<_, Error>(dispatcher.dispatch(event.payload, budget).await)
+    }))
+    .await
+}
