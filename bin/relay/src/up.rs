@@ -146,27 +146,20 @@ enum DurabilityArg {
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let show = humantime::format_duration;
     if args.backoff_base > args.backoff_cap {
-        clap::Error::raw(
-            clap::error::ErrorKind::ArgumentConflict,
-            format!(
-                "--backoff-base ({}) must not exceed --backoff-cap ({})\n",
-                humantime::format_duration(args.backoff_base),
-                humantime::format_duration(args.backoff_cap)
-            ),
-        )
-        .exit();
+        conflict(format!(
+            "--backoff-base ({}) must not exceed --backoff-cap ({})",
+            show(args.backoff_base),
+            show(args.backoff_cap)
+        ));
     }
     if args.flush_wait >= args.store_timeout {
-        clap::Error::raw(
-            clap::error::ErrorKind::ArgumentConflict,
-            format!(
-                "--flush-wait ({}) must be under --store-timeout ({}): past the store timeout the answer is 503\n",
-                humantime::format_duration(args.flush_wait),
-                humantime::format_duration(args.store_timeout)
-            ),
-        )
-        .exit();
+        conflict(format!(
+            "--flush-wait ({}) must be under --store-timeout ({}): past the store timeout the answer is 503",
+            show(args.flush_wait),
+            show(args.store_timeout)
+        ));
     }
     let document = match args.document.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
@@ -293,6 +286,15 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     drop(store);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Flags that contradict each other: a usage error (exit 2), as clap reports its own.
+fn conflict(message: String) -> ! {
+    clap::Error::raw(
+        clap::error::ErrorKind::ArgumentConflict,
+        format!("{message}\n"),
+    )
+    .exit()
 }
 
 /// Watches SIGTERM/SIGINT: the first asks everything to stop cleanly, a second exits at once.

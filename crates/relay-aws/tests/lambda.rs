@@ -18,6 +18,21 @@ use relay_dispatch::{DispatchConfig, GraphqlClient, TargetConfig};
 use relay_ingest::IngestConfig;
 use serde_json::{Value, json};
 
+/// Up to ten messages, waiting a second for them, hidden for a minute after.
+async fn receive(aws: &relay_aws::Aws, url: &str) -> Vec<aws_sdk_sqs::types::Message> {
+    aws.sqs
+        .receive_message()
+        .queue_url(url)
+        .max_number_of_messages(10)
+        .visibility_timeout(60)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+}
+
 fn fixture(name: &str) -> String {
     std::fs::read_to_string(format!(
         "{}/../../lambdas/events/{name}",
@@ -89,16 +104,7 @@ async fn the_forwarder_queues_new_events_only() {
     let event: StreamEvent = serde_json::from_str(&fixture("dynamodb-stream-insert.json")).unwrap();
     let response = forward_stream(&aws, queue.queue_url(), event).await;
     assert!(response.batch_item_failures.is_empty());
-    let received = aws
-        .sqs
-        .receive_message()
-        .queue_url(queue.queue_url())
-        .max_number_of_messages(10)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let received = receive(&aws, queue.queue_url()).await;
     let mut bodies: Vec<String> = received.into_iter().filter_map(|m| m.body).collect();
     bodies.sort();
     assert_eq!(
@@ -160,17 +166,7 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
     .await;
     // The batch as the event source mapping hands it over: the fixture's shape, real receipts.
     let template: Value = serde_json::from_str(&fixture("sqs-batch.json")).unwrap();
-    let messages = aws
-        .sqs
-        .receive_message()
-        .queue_url(queue.queue_url())
-        .max_number_of_messages(10)
-        .visibility_timeout(60)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let messages = receive(&aws, queue.queue_url()).await;
     assert_eq!(messages.len(), 3);
     let records: Vec<Value> = messages
         .iter()
@@ -199,16 +195,7 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
         "the poison event was tried once"
     );
     // The poison event is in the DLQ, with its reason; the work queue is empty.
-    let dead = aws
-        .sqs
-        .receive_message()
-        .queue_url(queue.dlq_url())
-        .max_number_of_messages(10)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let dead = receive(&aws, queue.dlq_url()).await;
     assert_eq!(dead.len(), 1);
     let body: Value = serde_json::from_str(dead[0].body.as_deref().unwrap()).unwrap();
     assert_eq!(body["id"], "d-3");
@@ -216,15 +203,6 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
         body["reason"].as_str().unwrap().contains("BAD_USER_INPUT"),
         "{body}"
     );
-    let left = aws
-        .sqs
-        .receive_message()
-        .queue_url(queue.queue_url())
-        .wait_time_seconds(1)
-        .send()
-        .await
-        .unwrap()
-        .messages
-        .unwrap_or_default();
+    let left = receive(&aws, queue.queue_url()).await;
     assert!(left.is_empty(), "settled messages are deleted");
 }
