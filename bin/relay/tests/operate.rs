@@ -389,3 +389,60 @@ fn a_missing_or_foreign_data_dir_is_a_clear_failure() {
             .stderr(predicates::str::contains("is not a relay data directory"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_archives_delivered_events_and_trace_finds_them_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target(1000.0, 1000.0).await;
+    target.set_faults(Faults {
+        reject_names: vec!["poison".into()],
+        ..Default::default()
+    });
+    let relay_up = Relay::start(&data, &target.url(), &["--retention", "2s"]);
+    let events = [
+        named("kept-1", "ok"),
+        named("kept-2", "ok"),
+        named("dead-1", "poison"),
+    ];
+    assert_eq!(post_all(&relay_up.events_url(), &events).await.len(), 3);
+    eventually(
+        "delivered, then archived past the 2 s retention",
+        30,
+        || {
+            trace("kept-1", &data)["archived"].is_object()
+                && trace("kept-2", &data)["archived"].is_object()
+        },
+    )
+    .await;
+    let archived = trace("kept-1", &data);
+    assert_eq!(archived["delivery"]["status"], "delivered");
+    assert_eq!(archived["archived"]["why"], "retention");
+    assert_eq!(archived["payload"], named("kept-1", "ok"));
+    let file = archived["archived"]["location"].as_str().unwrap();
+    assert!(
+        file.contains("/archive/") && file.ends_with(".jsonl.gz"),
+        "{file}"
+    );
+    assert!(std::path::Path::new(file).is_file());
+    let status = json_of(relay(&["status", "--json"], &data));
+    assert_eq!(
+        (status["delivered"].as_u64(), status["dead"].as_u64()),
+        (Some(0), Some(1)),
+        "delivered events left the live store; the dead letter stays: {status}"
+    );
+
+    // Purging the dead letter: a dry run first, then for real; the copy stays findable.
+    relay(&["dlq", "purge", "--before", "0s", "--dry-run"], &data)
+        .success()
+        .stdout(predicates::str::contains("would purge 1"));
+    assert_eq!(json_of(relay(&["status", "--json"], &data))["dead"], 1);
+    relay(&["dlq", "purge", "--before", "0s"], &data)
+        .success()
+        .stdout(predicates::str::contains("purged 1"));
+    assert_eq!(trace("dead-1", &data)["archived"]["why"], "purged");
+    relay(&["dlq", "redrive", "--id", "dead-1"], &data)
+        .code(1)
+        .stderr(predicates::str::contains("cannot be redriven"));
+    drop(relay_up);
+}

@@ -75,6 +75,7 @@ fn every_readme_command_is_exercised() {
             .args(["-c", &script])
             .env("RELAY_BIN", common::relay_bin())
             .env("TARGET_TOKEN", "t0ken")
+            .env("TARGET_URL", "https://api.example.com/graphql")
             .env("RELAY_API_KEY", "k3y")
             .output()
             .unwrap();
