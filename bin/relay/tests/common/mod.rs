@@ -38,7 +38,17 @@ impl Relay {
     ) -> Relay {
         let env = moto.env();
         let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-        let mut args = vec!["--backend", "aws", "--create-resources", "--stack", stack];
+        // moto is not DynamoDB: beside a parallel test suite its writes can take longer than the
+        // 400 ms a source allows. These tests are about what is delivered, not moto's latency.
+        let mut args = vec![
+            "--backend",
+            "aws",
+            "--create-resources",
+            "--stack",
+            stack,
+            "--store-timeout",
+            "3s",
+        ];
         args.extend_from_slice(extra);
         Relay::launch(dir, target_url, &args, &env, false)
     }
