@@ -662,7 +662,8 @@ impl Journal {
                             *answer = Err(failed.clone());
                         }
                     }
-                    waiters.clear();
+                    // The waiters stay: duplicates of older events still wait for their flush
+                    // (the failed events' answers, and so their signals, are dropped).
                     // The failed write may have left part of a record: continue in a new file.
                     self.written = SEGMENT_BYTES;
                 }
