@@ -13,9 +13,11 @@ use relay_core::DeliveryPolicy;
 use relay_core::backoff::Backoff;
 use relay_core::ops::DispatcherReport;
 use relay_core::rate::RateConfig;
-use relay_dispatch::{DEFAULT_DOCUMENT, DispatchConfig, Dispatcher, GraphqlClient, TargetConfig};
+use relay_dispatch::{
+    DEFAULT_DOCUMENT, DispatchConfig, Dispatcher, GraphqlClient, MetricsSnapshot, TargetConfig,
+};
 use relay_ingest::IngestConfig;
-use relay_store::{Durability, SqliteStore, StoreOptions};
+use relay_store::{Durability, FlushStats, SqliteStore, StoreOptions};
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
 
@@ -250,20 +252,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     tracing::debug!(error = %e, "could not publish dispatcher figures");
                 }
                 if n % 5 == 4 {
-                    let flush = store.flush_stats();
-                    tracing::info!(
-                        delivered = m.delivered,
-                        rate_limited = m.rate_limited,
-                        transient = m.transient,
-                        dead = m.dead,
-                        in_flight = m.in_flight,
-                        rate = format!("{:.1}/s", m.rate),
-                        estimated_limit = m.estimated_limit.map(|l| format!("{l:.1}/s")),
-                        acked_before_flush = flush.acked_before_flush.load(Relaxed),
-                        flushes = flush.flushes.load(Relaxed),
-                        longest_flush_ms = flush.longest_flush_us.load(Relaxed) / 1000,
-                        "progress"
-                    );
+                    log_progress(&m, Some(store.flush_stats()));
                 }
             }
         })
@@ -286,6 +275,23 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     drop(store);
     Ok(ExitCode::SUCCESS)
+}
+
+/// The line both backends log every 10 s; the local store adds how its flushes go.
+fn log_progress(m: &MetricsSnapshot, flush: Option<&FlushStats>) {
+    tracing::info!(
+        delivered = m.delivered,
+        rate_limited = m.rate_limited,
+        transient = m.transient,
+        dead = m.dead,
+        in_flight = m.in_flight,
+        rate = format!("{:.1}/s", m.rate),
+        estimated_limit = m.estimated_limit.map(|l| format!("{l:.1}/s")),
+        acked_before_flush = flush.map(|f| f.acked_before_flush.load(Relaxed)),
+        flushes = flush.map(|f| f.flushes.load(Relaxed)),
+        longest_flush_ms = flush.map(|f| f.longest_flush_us.load(Relaxed) / 1000),
+        "progress"
+    );
 }
 
 /// Flags that contradict each other: a usage error (exit 2), as clap reports its own.
@@ -356,17 +362,7 @@ async fn run_aws(
                     _ = tick.tick() => {}
                     _ = rx.wait_for(|stop| *stop) => break,
                 }
-                let m = handle.snapshot();
-                tracing::info!(
-                    delivered = m.delivered,
-                    rate_limited = m.rate_limited,
-                    transient = m.transient,
-                    dead = m.dead,
-                    in_flight = m.in_flight,
-                    rate = format!("{:.1}/s", m.rate),
-                    estimated_limit = m.estimated_limit.map(|l| format!("{l:.1}/s")),
-                    "progress"
-                );
+                log_progress(&handle.snapshot(), None);
             }
         })
     };
