@@ -23,6 +23,12 @@
 //! announced size refilled at the announced rate. Requests sent after the answer that carried
 //! the budget count against it. A configured ceiling caps everything.
 //!
+//! A fleet of dispatchers (Lambda instances) shares one target. Each instance's controller then
+//! reasons in fleet units: its rate is the fleet's, it sends its [`share`](RateController::set_share)
+//! of it, and each of its deliveries counts for the instances it stands for. Cuts one instance
+//! makes reach the others through [`adopt_cut`](RateController::adopt_cut), so the fleet cuts
+//! once per episode, as one sender would.
+//!
 //! Time is passed in (tokio's `Instant`), so the behaviour is tested with paused time.
 
 use std::collections::VecDeque;
@@ -155,14 +161,27 @@ pub struct RateController {
     /// Set when a caller had to wait for a token: only then is the rate the bottleneck and worth
     /// raising (an idle relay must not talk itself into a huge rate).
     starved: bool,
-    /// Deliveries per [`SLOT`], oldest first, covering at most [`MEASURE_MAX`].
-    delivered: VecDeque<(Instant, u32)>,
+    /// Deliveries per [`SLOT`], oldest first, covering at most [`MEASURE_MAX`], each weighted
+    /// by the instances this one stood for when it was made (1 / share).
+    delivered: VecDeque<(Instant, f64)>,
     /// A measurement never reaches back before this: start, or the end of the last pause.
     measure_from: Instant,
     /// Tickets handed out so far.
     sent: u64,
     last_sent: Option<Instant>,
     announced: Option<Announced>,
+    /// This instance's part of the fleet's sending, (0, 1]: 1 when it sends alone.
+    share: f64,
+}
+
+/// A cut, as the fleet shares it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cut {
+    pub at: Instant,
+    /// The fleet's limit estimated then, requests/s.
+    pub estimate: f64,
+    /// All sending stops until then, if the target asked for a pause.
+    pub paused_until: Option<Instant>,
 }
 
 impl RateController {
@@ -186,7 +205,64 @@ impl RateController {
             sent: 0,
             last_sent: None,
             announced: None,
+            share: 1.0,
         }
+    }
+
+    /// This instance sends `share` of the fleet's rate (1 / the instances sending).
+    pub fn set_share(&mut self, now: Instant, share: f64) {
+        if share.is_nan() || share <= 0.0 || share > 1.0 || share == self.share {
+            return;
+        }
+        self.refill(now);
+        self.share = share;
+        self.tokens = self.tokens.min(self.burst());
+    }
+
+    pub fn share(&self) -> f64 {
+        self.share
+    }
+
+    /// The fleet's rate, requests/s: this instance sends [`share`](Self::share) of it.
+    pub fn fleet_rate(&self) -> f64 {
+        self.rate
+    }
+
+    /// This instance's last cut, for the rest of the fleet.
+    pub fn last_cut(&self) -> Option<Cut> {
+        let at = self.last_cut?;
+        Some(Cut {
+            at,
+            estimate: self.estimate()?,
+            paused_until: (self.paused_until > at).then_some(self.paused_until),
+        })
+    }
+
+    /// Another instance cut the fleet's rate: follow, unless this one already cut in the same
+    /// episode (within a second). A pause is always kept.
+    pub fn adopt_cut(&mut self, now: Instant, cut: Cut) {
+        if let Some(until) = cut.paused_until {
+            self.paused_until = self.paused_until.max(until);
+        }
+        if self
+            .last_cut
+            .is_some_and(|mine| now.saturating_duration_since(mine) < ESCALATE)
+            || cut.estimate.is_nan()
+            || cut.estimate <= 0.0
+        {
+            return;
+        }
+        self.insufficient = 0;
+        self.since_cut = (0, 0);
+        self.phase = Phase::Probing {
+            estimate: cut.estimate,
+            climbed: 0.0,
+        };
+        self.rate = cut.estimate * BETA;
+        self.tokens = 0.0;
+        self.last_cut = Some(now);
+        self.settled = None;
+        self.clamp();
     }
 
     /// The current sending rate, requests/s: the announced budget's pace while there is one.
@@ -201,12 +277,15 @@ impl RateController {
                 self.capped(pace)
             }
             Some(Pacer::Bucket { refill, .. }) => self.capped(refill),
-            None => self.rate,
+            None => self.rate * self.share,
         }
     }
 
+    /// A pace of this instance's own, under its share of the ceiling.
     fn capped(&self, rate: f64) -> f64 {
-        self.config.ceiling.map_or(rate, |c| rate.min(c))
+        self.config
+            .ceiling
+            .map_or(rate, |c| rate.min(c * self.share))
     }
 
     /// The limit estimated at the last rate-limit signal, if any.
@@ -224,14 +303,14 @@ impl RateController {
 
     fn burst(&self) -> f64 {
         // 100 ms worth: enough to absorb timer jitter, too little to trip a strict target.
-        (self.rate / 10.0).max(1.0)
+        (self.rate * self.share / 10.0).max(1.0)
     }
 
     fn refill(&mut self, now: Instant) {
         let dt = now
             .saturating_duration_since(self.last_refill)
             .as_secs_f64();
-        self.tokens = (self.tokens + dt * self.rate).min(self.burst());
+        self.tokens = (self.tokens + dt * self.rate * self.share).min(self.burst());
         self.last_refill = now;
     }
 
@@ -244,7 +323,7 @@ impl RateController {
             self.refill(now);
             if self.tokens < 1.0 {
                 self.starved = true;
-                let wait = (1.0 - self.tokens) / self.rate;
+                let wait = (1.0 - self.tokens) / (self.rate * self.share);
                 return Err(now + Duration::from_secs_f64(wait));
             }
             self.tokens -= 1.0;
@@ -264,7 +343,7 @@ impl RateController {
             return Ok(false);
         }
         if let (Some(ceiling), Some(last)) = (self.config.ceiling, self.last_sent) {
-            let next = last + Duration::from_secs_f64(1.0 / ceiling);
+            let next = last + Duration::from_secs_f64(1.0 / (ceiling * self.share));
             if now < next {
                 return Err(next);
             }
@@ -332,6 +411,7 @@ impl RateController {
         }
         // Requests sent after that one may not be in the target's count yet.
         let since = (self.sent - ticket.seq) as f64;
+        let share = self.share;
         let previous = self.announced;
         let mut window_began = previous.and_then(|a| a.window_began);
         let pacer = match budget {
@@ -364,13 +444,13 @@ impl RateController {
                     _ => now + reset,
                 };
                 Pacer::Window {
-                    allowance: remaining - since,
+                    allowance: remaining * share - since,
                     until,
                     next: previous.map_or(now, |a| match a.pacer {
                         Pacer::Window { next, .. } => next,
                         Pacer::Bucket { .. } => now,
                     }),
-                    renew: limit.zip(window),
+                    renew: limit.map(|l| l * share).zip(window),
                 }
             }
             Budget::Bucket {
@@ -378,9 +458,9 @@ impl RateController {
                 refill,
                 max,
             } => Pacer::Bucket {
-                tokens: available - since,
-                refill,
-                max,
+                tokens: available * share - since,
+                refill: refill * share,
+                max: (max * share).max(1.0),
                 last: now,
             },
         };
@@ -401,9 +481,10 @@ impl RateController {
                 Some(_) => {}
             }
         }
+        let weight = 1.0 / self.share;
         match self.delivered.back_mut() {
-            Some((start, n)) if now.saturating_duration_since(*start) < SLOT => *n += 1,
-            _ => self.delivered.push_back((now, 1)),
+            Some((start, n)) if now.saturating_duration_since(*start) < SLOT => *n += weight,
+            _ => self.delivered.push_back((now, weight)),
         }
         self.trim(now);
         let dt = now
@@ -514,13 +595,13 @@ impl RateController {
         if span < Duration::from_millis(250) {
             return None;
         }
-        let count: u64 = self
+        let count: f64 = self
             .delivered
             .iter()
             .filter(|(start, _)| *start >= from)
-            .map(|(_, n)| u64::from(*n))
+            .map(|(_, n)| *n)
             .sum();
-        Some(count as f64 / span.as_secs_f64())
+        Some(count / span.as_secs_f64())
     }
 
     fn trim(&mut self, now: Instant) {

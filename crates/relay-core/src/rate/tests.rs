@@ -119,7 +119,28 @@ async fn drive(
     target: &mut Target,
     secs: usize,
     latency: Duration,
+    change: impl FnMut(usize, &mut Target),
+) -> Run {
+    drive_fleet(
+        std::slice::from_mut(rc),
+        target,
+        secs,
+        latency,
+        change,
+        |_| {},
+    )
+    .await
+}
+
+/// [`drive`] for a fleet of controllers sending to one target; `sync` runs once a second, as
+/// the fleet's shared item is read and written.
+async fn drive_fleet(
+    fleet: &mut [RateController],
+    target: &mut Target,
+    secs: usize,
+    latency: Duration,
     mut change: impl FnMut(usize, &mut Target),
+    mut sync: impl FnMut(&mut [RateController]),
 ) -> Run {
     let start = Instant::now();
     let mut run = Run {
@@ -127,7 +148,7 @@ async fn drive(
         ok: vec![0; secs],
         limited: vec![0; secs],
     };
-    let mut pending: VecDeque<(Instant, Ticket, Answer, usize)> = VecDeque::new();
+    let mut pending: VecDeque<(Instant, usize, Ticket, Answer, usize)> = VecDeque::new();
     let mut second = usize::MAX;
     while start.elapsed() < Duration::from_secs(secs as u64) {
         let now = Instant::now();
@@ -135,9 +156,11 @@ async fn drive(
         if s != second {
             second = s;
             change(s, target);
+            sync(fleet);
         }
         while pending.front().is_some_and(|(at, ..)| *at <= now) {
-            let (_, ticket, answer, sent_in) = pending.pop_front().unwrap();
+            let (_, i, ticket, answer, sent_in) = pending.pop_front().unwrap();
+            let rc = &mut fleet[i];
             if let Some(budget) = answer.budget {
                 rc.on_budget(now, ticket, budget);
             }
@@ -149,15 +172,21 @@ async fn drive(
                 run.limited[sent_in] += 1;
             }
         }
-        match rc.try_acquire(now) {
-            Ok(ticket) => {
-                run.sent[s] += 1;
-                pending.push_back((now + latency, ticket, target.admit(now), s));
+        let mut next = start + Duration::from_secs(s as u64 + 1);
+        let mut sent_any = false;
+        for (i, rc) in fleet.iter_mut().enumerate() {
+            match rc.try_acquire(now) {
+                Ok(ticket) => {
+                    sent_any = true;
+                    run.sent[s] += 1;
+                    pending.push_back((now + latency, i, ticket, target.admit(now), s));
+                }
+                Err(at) => next = next.min(at),
             }
-            Err(at) => {
-                let next = pending.front().map_or(at, |(t, ..)| (*t).min(at));
-                tokio::time::sleep_until(next.max(now + Duration::from_micros(200))).await;
-            }
+        }
+        if !sent_any {
+            let next = pending.front().map_or(next, |(t, ..)| (*t).min(next));
+            tokio::time::sleep_until(next.max(now + Duration::from_micros(200))).await;
         }
     }
     run
@@ -443,4 +472,135 @@ async fn the_ceiling_is_never_exceeded() {
             "{sent} sent in 10 s under a 20/s ceiling"
         );
     }
+}
+
+/// The fleet's shared item, as `relay-aws` keeps it in DynamoDB: the latest cut, written only
+/// by the first instance of an episode, read by all once a second.
+#[derive(Default)]
+struct SharedCut {
+    cut: Option<(usize, Cut)>,
+}
+
+impl SharedCut {
+    fn sync(&mut self, fleet: &mut [RateController]) {
+        let now = Instant::now();
+        for (i, rc) in fleet.iter().enumerate() {
+            if let Some(cut) = rc.last_cut()
+                && self
+                    .cut
+                    .is_none_or(|(_, shared)| cut.at > shared.at + Duration::from_secs(1))
+            {
+                self.cut = Some((i, cut));
+            }
+        }
+        if let Some((by, cut)) = self.cut {
+            for (i, rc) in fleet.iter_mut().enumerate() {
+                if i != by && rc.last_cut().is_none_or(|mine| mine.at < cut.at) {
+                    rc.adopt_cut(now, cut);
+                }
+            }
+        }
+    }
+}
+
+/// Instances sending their share of a rate they learn together hold a strict limit as one
+/// sender does.
+#[tokio::test(start_paused = true)]
+async fn a_fleet_shares_a_strict_limit() {
+    for n in [2, 4] {
+        let mut fleet: Vec<RateController> = (0..n)
+            .map(|_| {
+                let mut rc = controller();
+                rc.set_share(Instant::now(), 1.0 / n as f64);
+                rc
+            })
+            .collect();
+        let mut target = Target::bucket(50.0, 5.0, Instant::now());
+        let mut shared = SharedCut::default();
+        let run = drive_fleet(
+            &mut fleet,
+            &mut target,
+            75,
+            Duration::from_millis(20),
+            |_, _| {},
+            |fleet| shared.sync(fleet),
+        )
+        .await;
+        let (ok, limited) = (run.ok(15, 75), run.limited(15, 75));
+        let share = ok as f64 / (60.0 * 50.0);
+        let limited_share = limited as f64 / (ok + limited) as f64;
+        println!("{n} instances: {share:.3} of the limit, {limited_share:.4} rate-limited");
+        assert!(share >= 0.9, "{n} instances delivered {share:.3}");
+        assert!(
+            limited_share <= 0.03,
+            "{n} instances: {limited_share:.4} rate-limited"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_fleet_ceiling_is_split_between_instances() {
+    let mut fleet: Vec<RateController> = (0..4)
+        .map(|_| {
+            let mut rc = RateController::new(
+                RateConfig {
+                    ceiling: Some(20.0),
+                    ..RateConfig::default()
+                },
+                Instant::now(),
+            );
+            rc.set_share(Instant::now(), 0.25);
+            rc
+        })
+        .collect();
+    let mut target = Target::bucket(1e9, 1e9, Instant::now());
+    let run = drive_fleet(
+        &mut fleet,
+        &mut target,
+        11,
+        Duration::from_millis(1),
+        |_, _| {},
+        |_| {},
+    )
+    .await;
+    let sent = Run::sum(&run.sent, 1, 11);
+    assert!(
+        sent <= 10 * 20 + 4,
+        "{sent} sent in 10 s by 4 instances under a 20/s ceiling"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_adopted_cut_paces_like_ones_own_and_keeps_the_pause() {
+    let mut rc = RateController::new(
+        RateConfig {
+            ceiling: Some(100.0),
+            ..RateConfig::default()
+        },
+        Instant::now(),
+    );
+    rc.set_share(Instant::now(), 0.5);
+    assert_eq!(rc.rate(), 50.0, "half of the fleet's 100/s");
+    let now = Instant::now();
+    rc.adopt_cut(
+        now,
+        Cut {
+            at: now,
+            estimate: 40.0,
+            paused_until: Some(now + Duration::from_secs(3)),
+        },
+    );
+    assert_eq!(rc.fleet_rate(), 40.0 * BETA);
+    assert_eq!(rc.rate(), 40.0 * BETA / 2.0);
+    assert_eq!(paused_for(&mut rc), Some(Duration::from_secs(3)));
+    // A second cut of the same episode is not followed twice.
+    rc.adopt_cut(
+        now,
+        Cut {
+            at: now,
+            estimate: 10.0,
+            paused_until: None,
+        },
+    );
+    assert_eq!(rc.fleet_rate(), 40.0 * BETA);
 }
