@@ -19,17 +19,65 @@ use serde_json::json;
 use crate::items::{META, n, s};
 use crate::{Aws, AwsError};
 
-/// Queues each id (`{"id"}` messages, ten per call). Returns the ids that could not be queued.
-pub async fn forward(aws: &Aws, queue_url: &str, ids: &[String]) -> Vec<(String, AwsError)> {
+/// A payload this long or shorter travels in the message (SQS takes 256 KiB, and JSON escapes
+/// can make a 256 KiB payload longer); a longer one is read from `META` by the claim.
+pub(crate) const CARRY_MAX: usize = 192 * 1024;
+
+/// An event to queue: its id, and, when the stream's image has them, the payload and the time
+/// it was received. A message that carries them spares each claim a read of `META`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewEvent {
+    pub id: String,
+    pub carried: Option<(String, i64)>,
+}
+
+impl From<&str> for NewEvent {
+    fn from(id: &str) -> Self {
+        NewEvent {
+            id: id.to_owned(),
+            carried: None,
+        }
+    }
+}
+
+impl From<String> for NewEvent {
+    fn from(id: String) -> Self {
+        NewEvent { id, carried: None }
+    }
+}
+
+impl NewEvent {
+    /// From a `META` item's image, in either JSON shape (`{"S": …}` attribute values).
+    pub(crate) fn from_image(id: String, payload: Option<&str>, received_at: Option<i64>) -> Self {
+        let carried = payload
+            .zip(received_at)
+            .filter(|(p, _)| p.len() <= CARRY_MAX)
+            .map(|(p, at)| (p.to_owned(), at));
+        NewEvent { id, carried }
+    }
+
+    /// The work queue's message: `{"id"}`, with `payload` and `received_at` when carried.
+    pub(crate) fn body(&self) -> String {
+        match &self.carried {
+            Some((payload, received_at)) => {
+                json!({ "id": self.id, "payload": payload, "received_at": received_at }).to_string()
+            }
+            None => json!({ "id": self.id }).to_string(),
+        }
+    }
+}
+
+/// Queues each event (ten per call). Returns the ids that could not be queued.
+pub async fn forward(aws: &Aws, queue_url: &str, events: &[NewEvent]) -> Vec<(String, AwsError)> {
     let mut failed = Vec::new();
-    for chunk in ids.chunks(10) {
+    for chunk in events.chunks(10) {
         let entries: Vec<_> = chunk
             .iter()
             .enumerate()
-            .filter_map(|(i, id)| {
+            .filter_map(|(i, event)| {
                 SendMessageBatchRequestEntry::builder()
                     .id(i.to_string())
-                    .message_body(json!({ "id": id }).to_string())
+                    .message_body(event.body())
                     .build()
                     .ok()
             })
@@ -44,10 +92,10 @@ pub async fn forward(aws: &Aws, queue_url: &str, ids: &[String]) -> Vec<(String,
         {
             Ok(out) => {
                 for f in out.failed {
-                    if let Some(id) = f.id.parse::<usize>().ok().and_then(|i| chunk.get(i)) {
+                    if let Some(event) = f.id.parse::<usize>().ok().and_then(|i| chunk.get(i)) {
                         let detail = f.message.unwrap_or(f.code);
                         failed.push((
-                            id.clone(),
+                            event.id.clone(),
                             AwsError::Service {
                                 what: "the work queue".into(),
                                 detail,
@@ -58,9 +106,9 @@ pub async fn forward(aws: &Aws, queue_url: &str, ids: &[String]) -> Vec<(String,
             }
             Err(e) => {
                 let error = AwsError::from_sdk("the work queue", e);
-                failed.extend(chunk.iter().map(|id| {
+                failed.extend(chunk.iter().map(|event| {
                     (
-                        id.clone(),
+                        event.id.clone(),
                         AwsError::Service {
                             what: "the work queue".into(),
                             detail: error.to_string(),
@@ -73,15 +121,28 @@ pub async fn forward(aws: &Aws, queue_url: &str, ids: &[String]) -> Vec<(String,
     failed
 }
 
-/// Ids of newly stored events in stream records (INSERTs of `META` items).
-fn new_events(records: &[aws_sdk_dynamodbstreams::types::Record]) -> Vec<String> {
+/// Newly stored events in stream records (INSERTs of `META` items).
+fn new_events(records: &[aws_sdk_dynamodbstreams::types::Record]) -> Vec<NewEvent> {
     records
         .iter()
         .filter(|r| r.event_name == Some(OperationType::Insert))
         .filter_map(|r| {
             let image = r.dynamodb.as_ref()?.new_image.as_ref()?;
             let sk = image.get("sk")?.as_s().ok()?;
-            (sk == META).then(|| image.get("id")?.as_s().ok().cloned())?
+            if sk != META {
+                return None;
+            }
+            let id = image.get("id")?.as_s().ok()?.clone();
+            let payload = image.get("payload").and_then(|v| v.as_s().ok());
+            let received_at = image
+                .get("received_at")
+                .and_then(|v| v.as_n().ok())
+                .and_then(|v| v.parse().ok());
+            Some(NewEvent::from_image(
+                id,
+                payload.map(String::as_str),
+                received_at,
+            ))
         })
         .collect()
 }
@@ -267,5 +328,22 @@ impl StreamPoller {
                 () = &mut shutdown => return,
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_message_carries_the_payload_unless_it_is_too_long() {
+        let small = NewEvent::from_image("a".into(), Some(r#"{"x":1}"#), Some(7));
+        let body: serde_json::Value = serde_json::from_str(&small.body()).unwrap_or_default();
+        assert_eq!(body, json!({"id": "a", "payload": r#"{"x":1}"#, "received_at": 7}));
+
+        let long = "x".repeat(CARRY_MAX + 1);
+        let big = NewEvent::from_image("b".into(), Some(&long), Some(7));
+        assert_eq!(big.body(), r#"{"id":"b"}"#, "read from META by the claim");
+        assert_eq!(NewEvent::from("c").body(), r#"{"id":"c"}"#);
     }
 }

@@ -25,6 +25,7 @@ use relay_core::{
 use serde_json::json;
 
 use crate::items::{META, STATE, State, attempt_item, get_n, get_s, key, n, s};
+use crate::outbox::NewEvent;
 use crate::{Aws, AwsError};
 
 /// Longest `DelaySeconds` SQS takes.
@@ -48,6 +49,8 @@ struct Inner {
     retention: Duration,
     /// How long a receive waits for messages when the queue is empty.
     wait: Duration,
+    /// Receipts of spent messages, deleted in batches by [`delete_spent`].
+    spent: tokio::sync::mpsc::UnboundedSender<String>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -58,6 +61,8 @@ impl SqsQueue {
     /// `retention`: how long a delivered event's items stay before DynamoDB expires them.
     pub async fn new(aws: Aws, retention: Duration) -> Result<Self, AwsError> {
         let (queue_url, dlq_url) = aws.queue_urls().await?;
+        let (spent, receipts) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(delete_spent(aws.clone(), queue_url.clone(), receipts));
         Ok(SqsQueue {
             inner: Arc::new(Inner {
                 aws,
@@ -68,6 +73,7 @@ impl SqsQueue {
                 next_lease: AtomicI64::new(fastrand_i64()),
                 retention,
                 wait: Duration::from_secs(1),
+                spent,
             }),
         })
     }
@@ -84,10 +90,12 @@ impl SqsQueue {
         e.into_store_error()
     }
 
-    /// Claims one event for this lease, or says why not.
+    /// Claims one event for this lease, or says why not. `carried`: the payload and receive
+    /// time, when the message brought them; otherwise they are read from `META`.
     async fn claim_one(
         &self,
         id: &str,
+        carried: Option<(String, i64)>,
         token: i64,
         now: i64,
         lease: Duration,
@@ -132,35 +140,46 @@ impl SqsQueue {
                         && let Some(due) = state.due_at.filter(|due| *due > now)
                     {
                         // Not due yet: it came back after the longest delay SQS allows.
-                        self.send(id, due - now).await.map_err(Self::failed)?;
+                        self.send(&NewEvent::from(id), due - now)
+                            .await
+                            .map_err(Self::failed)?;
                     }
                     return Ok(None);
                 }
                 return Err(Self::failed(AwsError::from_sdk("the events table", e)));
             }
         };
-        let meta = aws
-            .dynamodb
-            .get_item()
-            .table_name(&aws.stack.events_table)
-            .set_key(Some(key(id, META)))
-            .consistent_read(true)
-            .send()
-            .await
-            .map_err(|e| Self::failed(AwsError::from_sdk("the events table", e)))?
-            .item
-            .unwrap_or_default();
-        let Some(payload) = get_s(&meta, "payload") else {
-            tracing::error!(event_id = %id, "a queued event has no stored payload; skipping it");
-            return Ok(None);
+        let (payload, received_at) = match carried {
+            Some(carried) => carried,
+            None => {
+                let meta = aws
+                    .dynamodb
+                    .get_item()
+                    .table_name(&aws.stack.events_table)
+                    .set_key(Some(key(id, META)))
+                    .consistent_read(true)
+                    .send()
+                    .await
+                    .map_err(|e| Self::failed(AwsError::from_sdk("the events table", e)))?
+                    .item
+                    .unwrap_or_default();
+                let Some(payload) = get_s(&meta, "payload") else {
+                    tracing::error!(event_id = %id, "a queued event has no stored payload; skipping it");
+                    return Ok(None);
+                };
+                (
+                    payload.to_owned(),
+                    get_n(&meta, "received_at").unwrap_or(now),
+                )
+            }
         };
         let trigger = get_s(&state, "next_trigger")
             .and_then(Trigger::parse)
             .unwrap_or(Trigger::Scheduled);
         Ok(Some(Claim {
             event_id: id.to_owned(),
-            payload: payload.to_owned(),
-            received_at: get_n(&meta, "received_at").unwrap_or(now),
+            payload,
+            received_at,
             attempts: get_n(&state, "attempts").unwrap_or(0),
             tries: get_n(&state, "tries").unwrap_or(0),
             trigger,
@@ -168,15 +187,15 @@ impl SqsQueue {
         }))
     }
 
-    /// Queues `{"id"}` to be received after `delay_ms` (as much of it as SQS allows).
-    pub(crate) async fn send(&self, id: &str, delay_ms: i64) -> Result<(), AwsError> {
+    /// Queues the event to be received after `delay_ms` (as much of it as SQS allows).
+    pub(crate) async fn send(&self, event: &NewEvent, delay_ms: i64) -> Result<(), AwsError> {
         let delay = (delay_ms.max(0) as f64 / 1000.0).ceil() as i64;
         self.inner
             .aws
             .sqs
             .send_message()
             .queue_url(&self.inner.queue_url)
-            .message_body(json!({ "id": id }).to_string())
+            .message_body(event.body())
             .delay_seconds(delay.min(MAX_DELAY_SECS) as i32)
             .send()
             .await
@@ -184,17 +203,11 @@ impl SqsQueue {
         Ok(())
     }
 
-    async fn delete(&self, receipt: &str) -> Result<(), AwsError> {
-        self.inner
-            .aws
-            .sqs
-            .delete_message()
-            .queue_url(&self.inner.queue_url)
-            .receipt_handle(receipt)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk("the work queue", e))?;
-        Ok(())
+    /// Deletes a spent message, soon, in a batch with others. Nothing depends on it: a message
+    /// not deleted comes back after its lease, its claim is refused since `STATE` says the
+    /// event was settled, and it is deleted then.
+    fn delete(&self, receipt: String) {
+        let _ = self.inner.spent.send(receipt);
     }
 
     fn receipt(&self, id: &str) -> Option<String> {
@@ -214,26 +227,29 @@ impl SqsQueue {
         // Each message's claim is two calls; the batch's go at once.
         let mut pending = tokio::task::JoinSet::new();
         for message in messages {
-            let id = serde_json::from_str::<serde_json::Value>(&message.body)
-                .ok()
+            let body = serde_json::from_str::<serde_json::Value>(&message.body).ok();
+            let id = body
+                .as_ref()
                 .and_then(|v| v.get("id")?.as_str().map(str::to_owned));
+            let carried = body.as_ref().and_then(|v| {
+                let payload = v.get("payload")?.as_str()?.to_owned();
+                Some((payload, v.get("received_at")?.as_i64()?))
+            });
             let queue = self.clone();
             pending.spawn(async move {
                 let Some(id) = id else {
                     tracing::error!(body = %message.body, "a message without an event id; deleting it");
-                    let _ = queue.delete(&message.receipt).await;
+                    queue.delete(message.receipt);
                     return (message.message_id, Ok(None));
                 };
-                let claimed = match queue.claim_one(&id, token, now, lease).await {
+                let claimed = match queue.claim_one(&id, carried, token, now, lease).await {
                     Ok(Some(claim)) => {
                         lock(&queue.inner.receipts).insert(id, message.receipt);
                         Ok(Some(claim))
                     }
                     // Settled, held elsewhere, or not due: this copy is done with.
                     Ok(None) => {
-                        if let Err(e) = queue.delete(&message.receipt).await {
-                            tracing::warn!(event_id = %id, error = %e, "cannot delete a spent message; it comes back and is dropped then");
-                        }
+                        queue.delete(message.receipt);
                         Ok(None)
                     }
                     Err(e) => Err(e),
@@ -252,6 +268,47 @@ impl SqsQueue {
             }
         }
         (claims, failed)
+    }
+}
+
+/// Deletes spent messages ten per call: whatever gathered while the previous call was out.
+/// Ends when the last clone of the queue is dropped, after the deletes asked for.
+async fn delete_spent(
+    aws: Aws,
+    queue_url: String,
+    mut receipts: tokio::sync::mpsc::UnboundedReceiver<String>,
+) {
+    let mut batch = Vec::with_capacity(10);
+    while receipts.recv_many(&mut batch, 10).await > 0 {
+        let entries = batch
+            .drain(..)
+            .enumerate()
+            .filter_map(|(i, receipt)| {
+                aws_sdk_sqs::types::DeleteMessageBatchRequestEntry::builder()
+                    .id(i.to_string())
+                    .receipt_handle(receipt)
+                    .build()
+                    .ok()
+            })
+            .collect();
+        let deleted = aws
+            .sqs
+            .delete_message_batch()
+            .queue_url(&queue_url)
+            .set_entries(Some(entries))
+            .send()
+            .await;
+        match deleted {
+            Ok(out) if !out.failed.is_empty() => tracing::debug!(
+                failed = out.failed.len(),
+                "some spent messages were not deleted; they come back and are dropped then"
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(
+                error = %AwsError::from_sdk("the work queue", e),
+                "cannot delete spent messages; they come back after their lease and are dropped then"
+            ),
+        }
     }
 }
 
@@ -384,7 +441,14 @@ impl WorkQueue for SqsQueue {
         let receipt = self.receipt(&claim.event_id);
         let moved = match &settlement {
             Settlement::Delivered => Ok(()),
-            Settlement::Retry { at, .. } => self.send(&claim.event_id, at - now).await,
+            Settlement::Retry { at, .. } => {
+                let event = NewEvent::from_image(
+                    claim.event_id.clone(),
+                    Some(&claim.payload),
+                    Some(claim.received_at),
+                );
+                self.send(&event, at - now).await
+            }
             Settlement::Dead { reason } => aws
                 .sqs
                 .send_message()
@@ -395,11 +459,10 @@ impl WorkQueue for SqsQueue {
                 .map(drop)
                 .map_err(|e| AwsError::from_sdk("the dead-letter queue", e)),
         };
-        let deleted = match (&moved, receipt) {
-            (Ok(()), Some(receipt)) => self.delete(&receipt).await,
-            _ => Ok(()),
-        };
-        if let Err(e) = moved.and(deleted) {
+        if let (Ok(()), Some(receipt)) = (&moved, receipt) {
+            self.delete(receipt);
+        }
+        if let Err(e) = moved {
             tracing::warn!(event_id = %claim.event_id, error = %e, "state settled, but the queue not updated; the message returns after its lease and is handled then");
         }
         Ok(())

@@ -105,13 +105,19 @@ async fn the_forwarder_queues_new_events_only() {
     let response = forward_stream(&aws, queue.queue_url(), event).await;
     assert!(response.batch_item_failures.is_empty());
     let received = receive(&aws, queue.queue_url()).await;
-    let mut bodies: Vec<String> = received.into_iter().filter_map(|m| m.body).collect();
-    bodies.sort();
+    let mut bodies: Vec<Value> = received
+        .into_iter()
+        .filter_map(|m| serde_json::from_str(&m.body?).ok())
+        .collect();
+    bodies.sort_by_key(|b| b["id"].as_str().unwrap_or_default().to_owned());
+    let ids: Vec<&str> = bodies.iter().filter_map(|b| b["id"].as_str()).collect();
+    assert_eq!(ids, ["stream-1", "stream-2"], "INSERTs of events only");
+    // The message carries what a claim needs, so it reads no `META`.
     assert_eq!(
-        bodies,
-        [r#"{"id":"stream-1"}"#, r#"{"id":"stream-2"}"#],
-        "INSERTs of events only"
+        bodies[0]["payload"],
+        r#"{"id":"stream-1","name":"n","body":"b","timestamp":1}"#
     );
+    assert_eq!(bodies[0]["received_at"], 1_795_341_600_000_i64);
 
     // The queue gone: the first record that could not be queued is reported, for a retry.
     aws.sqs

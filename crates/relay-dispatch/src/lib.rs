@@ -38,6 +38,9 @@ pub struct DispatchConfig {
     pub poll: Duration,
     /// How long shutdown waits for requests in flight before leaving them to lease recovery.
     pub drain_timeout: Duration,
+    /// Claim at least this many at once, where each claim is a round trip worth filling (an
+    /// SQS receive takes up to 10 messages).
+    pub claim_at_least: usize,
 }
 
 impl Default for DispatchConfig {
@@ -49,6 +52,7 @@ impl Default for DispatchConfig {
             lease: Duration::from_secs(300),
             poll: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(15),
+            claim_at_least: 1,
         }
     }
 }
@@ -61,6 +65,12 @@ pub struct DispatcherHandle {
 }
 
 impl DispatcherHandle {
+    /// The rate controller, for what shares it with other dispatchers (a fleet of Lambda
+    /// instances) or watches it.
+    pub fn with_rate<R>(&self, f: impl FnOnce(&mut RateController) -> R) -> R {
+        f(&mut lock(&self.rate))
+    }
+
     pub fn snapshot(&self) -> MetricsSnapshot {
         let rate = lock(&self.rate);
         self.metrics
@@ -137,7 +147,8 @@ impl<Q: WorkQueue> Dispatcher<Q> {
         'run: loop {
             while in_flight.try_join_next().is_some() {}
             if buffer.is_empty() {
-                let want = batch_size(lock(&handle.rate).rate(), config.max_in_flight);
+                let want = batch_size(lock(&handle.rate).rate(), config.max_in_flight)
+                    .max(config.claim_at_least);
                 match queue.claim(want, config.lease).await {
                     Ok(claims) => buffer.extend(claims),
                     Err(e) => {
