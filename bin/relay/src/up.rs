@@ -199,7 +199,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         // A claim is a message's visibility: after a crash, that is how long its events wait.
         // Long enough for a request and its settlement, no longer.
         let lease = (args.target_timeout * 3).max(Duration::from_secs(30));
-        let dispatch = DispatchConfig { lease, ..dispatch };
+        // An SQS receive takes up to ten messages for the price of one.
+        let dispatch = DispatchConfig {
+            lease,
+            claim_at_least: 10,
+            ..dispatch
+        };
         return run_aws(args, client, dispatch, ingest).await;
     }
     let data_dir = args
@@ -352,6 +357,10 @@ async fn run_aws(
         relay_aws::outbox::StreamPoller::new(aws.clone(), queue.queue_url().to_owned())
             .run(stopped(stop_rx.clone())),
     );
+    // Other dispatchers of the stack share the target's limit with this one.
+    let fleet = tokio::spawn(
+        relay_aws::fleet::Fleet::new(aws.clone(), handle.clone()).run(stopped(stop_rx.clone())),
+    );
     let reporter = {
         let (handle, mut rx) = (handle.clone(), stop_rx.clone());
         tokio::spawn(async move {
@@ -371,7 +380,7 @@ async fn run_aws(
     let server = relay_aws::receiver::serve(listener, app, stopped(stop_rx.clone()));
     let (served, ()) = tokio::join!(server, dispatcher.run(stopped(stop_rx)));
     served.context("ingest server failed")?;
-    let _ = tokio::join!(outbox, reporter);
+    let _ = tokio::join!(outbox, reporter, fleet);
     let m = handle.snapshot();
     tracing::info!(
         delivered = m.delivered,

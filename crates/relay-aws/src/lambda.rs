@@ -16,7 +16,9 @@ use relay_core::{AttemptRecord, Claim, Settlement, StoreError, WorkQueue};
 use relay_dispatch::{DispatchConfig, Dispatcher, DispatcherHandle, GraphqlClient};
 use tokio::sync::Notify;
 
+use crate::fleet::{self, Fleet};
 use crate::items::META;
+use crate::outbox::NewEvent;
 use crate::queue::Received;
 use crate::{Aws, AwsOptions, SqsQueue};
 
@@ -50,7 +52,7 @@ pub async fn forward_stream(
     queue_url: &str,
     event: StreamEvent,
 ) -> DynamoDbEventResponse {
-    let mut ids = Vec::new();
+    let mut events = Vec::new();
     let mut sequence_of = HashMap::new();
     for record in &event.records {
         if record.event_name != "INSERT" {
@@ -62,13 +64,22 @@ pub async fn forward_stream(
         }
         if let Some(id) = image.pointer("/id/S").and_then(|v| v.as_str()) {
             sequence_of.insert(id.to_owned(), record.change.sequence_number.clone());
-            ids.push(id.to_owned());
+            let payload = image.pointer("/payload/S").and_then(|v| v.as_str());
+            let received_at = image
+                .pointer("/received_at/N")
+                .and_then(|v| v.as_str())
+                .and_then(|v| v.parse().ok());
+            events.push(NewEvent::from_image(id.to_owned(), payload, received_at));
         }
     }
-    let failed = crate::outbox::forward(aws, queue_url, &ids).await;
+    let failed = crate::outbox::forward(aws, queue_url, &events).await;
     let mut response = DynamoDbEventResponse::default();
     // The earliest failed record, in stream order: everything from it is retried.
-    if let Some(first) = ids.iter().find(|id| failed.iter().any(|(f, _)| f == *id)) {
+    if let Some(first) = events
+        .iter()
+        .map(|e| &e.id)
+        .find(|id| failed.iter().any(|(f, _)| f == *id))
+    {
         let (_, error) = failed
             .iter()
             .find(|(f, _)| f == first)
@@ -89,6 +100,10 @@ pub struct BatchDispatcher {
     client: GraphqlClient,
     config: DispatchConfig,
     handle: DispatcherHandle,
+    fleet: Option<Fleet>,
+    /// When the fleet was last synced: at most once per [`fleet::PERIOD`], however many
+    /// invocations come.
+    synced: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
 impl BatchDispatcher {
@@ -99,6 +114,34 @@ impl BatchDispatcher {
             client,
             config,
             handle,
+            fleet: None,
+            synced: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Shares the target's limit with the stack's other dispatchers (the function's other
+    /// instances) through the control table, while invocations run.
+    pub fn in_fleet(mut self, aws: Aws) -> Self {
+        self.fleet = Some(Fleet::new(aws, self.handle.clone()));
+        self
+    }
+
+    /// Syncs with the fleet once a period, for as long as it is polled.
+    async fn keep_in_fleet(&self) {
+        let Some(fleet) = &self.fleet else {
+            return std::future::pending().await;
+        };
+        loop {
+            {
+                let mut synced = self.synced.lock().await;
+                let due = synced.map_or(tokio::time::Instant::now(), |at| at + fleet::PERIOD);
+                tokio::time::sleep_until(due).await;
+                if let Err(e) = fleet.sync().await {
+                    tracing::warn!(error = %e, "fleet sync failed; pacing on this instance's own share");
+                }
+                *synced = Some(tokio::time::Instant::now());
+            }
+            tokio::time::sleep(fleet::PERIOD).await;
         }
     }
 
@@ -162,7 +205,10 @@ impl BatchDispatcher {
             }
         };
         if batch.left.load(SeqCst) > 0 {
-            dispatcher.run(finished).await;
+            tokio::select! {
+                () = dispatcher.run(finished) => {}
+                () = self.keep_in_fleet() => {}
+            }
         }
         let unrecorded = batch
             .unrecorded

@@ -15,6 +15,8 @@
 //! `docs/lld.md`.
 
 mod config;
+#[cfg(feature = "fleet")]
+pub mod fleet;
 mod ingest;
 mod items;
 #[cfg(feature = "lambda")]

@@ -18,7 +18,7 @@ async fn main() -> Result<(), Error> {
     relay_aws::lambda::init_tracing();
     let aws = relay_aws::Aws::connect(&relay_aws::lambda::options_from_env()).await?;
     let retention = humantime::parse_duration(&env_or("RELAY_RETENTION", "7d"))?;
-    let queue = relay_aws::SqsQueue::new(aws, retention).await?;
+    let queue = relay_aws::SqsQueue::new(aws.clone(), retention).await?;
     let mut target = TargetConfig::new(std::env::var("RELAY_TARGET_URL")?);
     target.brand = env_or("RELAY_BRAND", "testBrand");
     target.headers = list_from_env("RELAY_HEADERS")
@@ -37,7 +37,7 @@ async fn main() -> Result<(), Error> {
         lease: Duration::from_secs(60),
         ..DispatchConfig::default()
     };
-    let dispatcher = BatchDispatcher::new(queue, client, config);
+    let dispatcher = BatchDispatcher::new(queue, client, config).in_fleet(aws);
     let dispatcher = &dispatcher;
     lambda_runtime::run(service_fn(|event: LambdaEvent<SqsEvent>| async move {
         let now = SystemTime::now()

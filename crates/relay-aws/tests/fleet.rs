@@ -1,0 +1,76 @@
+//! Four dispatchers sharing one 50/s target through the stack's control table (moto over
+//! HTTP): together they stay at the limit and under it, learning it from the target's
+//! refusals, and a configured ceiling holds for the fleet, not for each. Their work comes from
+//! one embedded store, so moto's throughput is not what is measured (`common/fleet.rs`); the
+//! SQS path with several dispatchers is the ceiling test's.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+mod common;
+
+use std::time::Duration;
+
+use common::fleet::{FleetRun, Work, run_fleet};
+use relay_aws::testing::MotoServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_dispatchers_share_a_50_per_second_limit() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("fleet").await;
+    let result = run_fleet(
+        &aws,
+        FleetRun {
+            work: Work::Embedded,
+            dispatchers: 4,
+            limit: 50.0,
+            burst: 5.0,
+            ceiling: None,
+            events: 1_400,
+            measure: (Duration::from_secs(8), Duration::from_secs(23)),
+        },
+    )
+    .await;
+    println!("{result:?}");
+    assert_eq!(result.members_seen, 4, "each dispatcher sees the fleet");
+    assert!(
+        result.delivered_rate >= 45.0,
+        "the fleet delivered {:.1}/s of 50/s",
+        result.delivered_rate
+    );
+    assert!(
+        result.delivered_rate <= 50.0 * 1.02,
+        "over the limit: {:.1}/s",
+        result.delivered_rate
+    );
+    assert!(
+        result.refused_share <= 0.05,
+        "{:.3} of the requests refused",
+        result.refused_share
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ceiling_holds_for_the_fleet_not_for_each_dispatcher() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("ceiling").await;
+    let result = run_fleet(
+        &aws,
+        FleetRun {
+            work: Work::Stack,
+            dispatchers: 4,
+            limit: 50.0,
+            burst: 5.0,
+            ceiling: Some(20.0),
+            events: 400,
+            measure: (Duration::from_secs(5), Duration::from_secs(15)),
+        },
+    )
+    .await;
+    println!("{result:?}");
+    assert!(
+        (18.0..=21.0).contains(&result.delivered_rate),
+        "a fleet ceiling of 20/s gave {:.1}/s",
+        result.delivered_rate
+    );
+    assert_eq!(result.refused_share, 0.0, "never above the target's limit");
+}
