@@ -10,6 +10,8 @@
 #   loadtest/bench.sh retention  store size and RSS over 10 min of 500/s with --retention 1m
 #   loadtest/bench.sh pacing     a strict 50/s target (burst 5), limit steps 5→50→10→200 changed at
 #                                runtime, and a fixed window with and without budget headers
+#   loadtest/bench.sh fleet      1, 2 and 4 dispatchers sharing a 50/s limit through the control
+#                                table (moto), work from an embedded store, then through SQS
 #   loadtest/bench.sh all
 #
 # RELAY=/path/to/relay runs `relay up` from another build (e.g. the previous commit's), with this
@@ -290,6 +292,17 @@ PY
   done
 }
 
+fleet() {
+  echo "## fleet: dispatchers sharing a 50/s limit (burst 5) through the stack's control table"
+  if [ ! -x .venv-moto/bin/moto_server ]; then
+    python3 -m venv .venv-moto && .venv-moto/bin/pip install --quiet "moto[server]==5.2.5"
+  fi
+  cargo build --release --quiet -p relay-aws --example fleet
+  "$BIN/examples/fleet" 30 2>/dev/null
+  echo "### the same with the work through SQS and the events table on moto (moto-bound)"
+  "$BIN/examples/fleet" 20 stack 2>/dev/null | tail -n 3
+}
+
 case "${1:-all}" in
   ingest) ingest ;;
   dispatch) dispatch ;;
@@ -299,6 +312,7 @@ case "${1:-all}" in
   fsyncs) fsyncs ;;
   retention) retention ;;
   pacing) pacing ;;
-  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|all]" >&2; exit 2 ;;
+  fleet) fleet ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; fleet ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|fleet|all]" >&2; exit 2 ;;
 esac

@@ -339,7 +339,10 @@ mod tests {
     fn a_message_carries_the_payload_unless_it_is_too_long() {
         let small = NewEvent::from_image("a".into(), Some(r#"{"x":1}"#), Some(7));
         let body: serde_json::Value = serde_json::from_str(&small.body()).unwrap_or_default();
-        assert_eq!(body, json!({"id": "a", "payload": r#"{"x":1}"#, "received_at": 7}));
+        assert_eq!(
+            body,
+            json!({"id": "a", "payload": r#"{"x":1}"#, "received_at": 7})
+        );
 
         let long = "x".repeat(CARRY_MAX + 1);
         let big = NewEvent::from_image("b".into(), Some(&long), Some(7));
