@@ -63,6 +63,10 @@ pub(crate) struct TargetArgs {
     /// Refuse events with this name with a permanent GraphQL error; repeatable.
     #[arg(long = "reject-name")]
     reject_names: Vec<String>,
+    /// Answer 401 unless each request carries this header, as 'Name: value'.
+    /// Example: --require-header 'Authorization: Bearer abc'.
+    #[arg(long, value_parser = args::header)]
+    require_header: Option<(String, String)>,
 }
 
 pub(crate) async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
@@ -86,6 +90,7 @@ pub(crate) async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
             fail_rate: args.fail_rate,
             latency_ms: args.latency_ms,
             reject_names: args.reject_names,
+            require_header: args.require_header.map(|(n, v)| format!("{n}: {v}")),
             ..Faults::default()
         },
     };

@@ -74,6 +74,12 @@ pub(crate) struct UpArgs {
     #[arg(long = "header", env = "RELAY_HEADERS", value_delimiter = '\n', hide_env_values = true, value_parser = args::header)]
     headers: Vec<(String, String)>,
 
+    /// Headers for the target (credentials) read at start from AWS: secretsmanager:NAME (or
+    /// ARN) or ssm:/PARAMETER/NAME. The value is a JSON object ({"Authorization": "Bearer …"})
+    /// or one 'Name: value' per line. Uses the AWS options below, with either backend.
+    #[arg(long, env = "RELAY_HEADER_SECRET", value_name = "REF", value_parser = clap::value_parser!(relay_aws::secrets::SecretRef))]
+    header_secret: Option<relay_aws::secrets::SecretRef>,
+
     /// Attempts before an event goes to the dead-letter queue. Rate-limited answers do not count.
     #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     max_attempts: u32,
@@ -168,11 +174,21 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot read --document file {path}"))?,
         None => args.document.clone(),
     };
+    let mut headers = args.headers.clone();
+    if let Some(secret) = &args.header_secret {
+        let aws = relay_aws::Aws::connect(&args.aws.options()).await?;
+        let from_secret = relay_aws::secrets::headers(&aws, secret)
+            .await
+            .with_context(|| format!("cannot read the target's headers from {secret}"))?;
+        let names: Vec<&str> = from_secret.iter().map(|(n, _)| n.as_str()).collect();
+        tracing::info!(%secret, headers = ?names, "target headers read from the secret");
+        headers.extend(from_secret);
+    }
     let client = GraphqlClient::new(&TargetConfig {
         url: args.target_url.clone(),
         document,
         brand: args.brand.clone(),
-        headers: args.headers.clone(),
+        headers,
         timeout: args.target_timeout,
     })?;
     let dispatch = DispatchConfig {

@@ -147,3 +147,61 @@ async fn bad_input_through_api_gateway_gets_the_contract_answers_and_changes_not
     assert_eq!(target.stats().events, 1, "nothing bad was stored or sent");
     assert_eq!(relay.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_targets_credentials_come_from_secrets_manager() {
+    let moto = MotoServer::start();
+    moto.put_secret(
+        "relay/target",
+        r#"{"Authorization": "Bearer from-the-secret"}"#,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(200.0, 20.0).await;
+    let mut faults = target.faults();
+    faults.require_header = Some("Authorization: Bearer from-the-secret".into());
+    target.set_faults(faults);
+
+    // A secret that is not there: a clear error, before anything starts.
+    let env = moto.env();
+    let missing = std::process::Command::new(relay_bin())
+        .args([
+            "up",
+            "--backend",
+            "aws",
+            "--create-resources",
+            "--stack",
+            "creds",
+        ])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--api-key",
+            KEY,
+            "--target-url",
+            &target.url(),
+        ])
+        .args(["--header-secret", "secretsmanager:relay/absent"])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("secretsmanager:relay/absent"), "{stderr}");
+
+    let relay = Relay::start_aws(
+        dir.path(),
+        &moto,
+        "creds",
+        &target.url(),
+        &["--header-secret", "secretsmanager:relay/target"],
+    );
+    let events: Vec<Value> = (0..20).map(event).collect();
+    assert_eq!(post_all(&relay.events_url(), &events).await.len(), 20);
+    eventually("all 20 delivered with the secret's header", 60, || {
+        target.stats().events == 20
+    })
+    .await;
+    assert_eq!(target.stats().unauthorized, 0);
+    assert_eq!(relay.terminate().code(), Some(0));
+}

@@ -108,6 +108,8 @@ pub struct Aws {
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub stack: Stack,
+    /// What the clients were built from, for clients made on demand (secrets).
+    pub config: aws_config::SdkConfig,
 }
 
 impl Aws {
@@ -156,6 +158,7 @@ impl Aws {
             streams: aws_sdk_dynamodbstreams::Client::new(&config),
             sqs: aws_sdk_sqs::Client::new(&config),
             stack,
+            config,
         })
     }
 

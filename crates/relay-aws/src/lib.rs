@@ -25,6 +25,7 @@ pub mod outbox;
 mod queue;
 pub mod receiver;
 mod resources;
+pub mod secrets;
 #[cfg(feature = "testing")]
 pub mod testing;
 

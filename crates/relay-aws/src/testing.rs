@@ -81,6 +81,20 @@ impl MotoServer {
         aws
     }
 
+    /// Stores a Secrets Manager secret, as an operator would before starting relay.
+    pub async fn put_secret(&self, name: &str, value: &str) {
+        let aws = Aws::connect(&self.options("secrets"))
+            .await
+            .expect("clients");
+        aws_sdk_secretsmanager::Client::new(&aws.config)
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .expect("the secret is stored");
+    }
+
     /// The environment a child process (the built binary) needs to reach it.
     pub fn env(&self) -> [(&'static str, String); 4] {
         [

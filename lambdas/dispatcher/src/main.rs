@@ -1,6 +1,7 @@
 //! The dispatcher Lambda: SQS batches into the same delivery logic as `relay up`, answering
-//! with a partial batch response. The target is `RELAY_TARGET_URL`; `RELAY_TARGET_RATE` caps
-//! the rate; `RELAY_RETENTION` (default 7d) is how long delivered events' items stay.
+//! with a partial batch response. The target is `RELAY_TARGET_URL`, its credentials the headers
+//! in `RELAY_HEADER_SECRET` (`secretsmanager:NAME` or `ssm:/NAME`); `RELAY_TARGET_RATE` caps
+//! the fleet's rate; `RELAY_RETENTION` (default 7d) is how long delivered events' items stay.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -26,6 +27,12 @@ async fn main() -> Result<(), Error> {
         .iter()
         .map(|h| relay_dispatch::parse_header(h))
         .collect::<Result<_, _>>()?;
+    if let Ok(secret) = std::env::var("RELAY_HEADER_SECRET") {
+        let secret: relay_aws::secrets::SecretRef = secret.parse()?;
+        target
+            .headers
+            .extend(relay_aws::secrets::headers(&aws, &secret).await?);
+    }
     let client = GraphqlClient::new(&target)?;
     let config = DispatchConfig {
         rate: RateConfig {

@@ -96,6 +96,9 @@ pub struct Faults {
     pub drop_every: Option<u64>,
     /// Record every Nth new event as delivered twice, as if the relay had sent it twice.
     pub duplicate_every: Option<u64>,
+    /// Answer 401 to requests without this header (`Name: value`), as a target that wants
+    /// credentials does.
+    pub require_header: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -161,6 +164,8 @@ pub struct Stats {
     pub rejected: u64,
     /// `createEvent` calls whose `Idempotency-Key` header was missing or not the event id.
     pub bad_idempotency_keys: u64,
+    /// Requests refused 401 for lacking the required header.
+    pub unauthorized: u64,
 }
 
 /// One stored event: what the target received the first time, and how often it came.
@@ -619,6 +624,21 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             Json(json!({"errors": [{"message": reason}]})),
         )
             .into_response();
+    }
+    if let Some((name, value)) = faults
+        .require_header
+        .as_deref()
+        .and_then(|h| h.split_once(':'))
+    {
+        let sent = headers.get(name.trim()).and_then(|v| v.to_str().ok());
+        if sent != Some(value.trim()) {
+            shared.count(|s| s.unauthorized += 1);
+            return (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"errors": [{"message": format!("missing or wrong {} header", name.trim())}]})),
+            )
+                .into_response();
+        }
     }
     let (taken, left) = lock(&shared.limit).1.take(Instant::now());
     let (budget_headers, cost) = match shared.mode {
