@@ -16,6 +16,7 @@ use relay_core::{AttemptRecord, Claim, Settlement, StoreError, WorkQueue};
 use relay_dispatch::{DispatchConfig, Dispatcher, DispatcherHandle, GraphqlClient};
 use tokio::sync::Notify;
 
+use crate::emf::{Emf, Unit};
 use crate::fleet::{self, Fleet};
 use crate::items::META;
 use crate::outbox::NewEvent;
@@ -31,11 +32,16 @@ pub fn options_from_env() -> AwsOptions {
     }
 }
 
-/// JSON logs, as CloudWatch Logs takes them, filtered by `RUST_LOG` (default `info`).
+/// JSON logs, as CloudWatch Logs takes them, filtered by `RUST_LOG` (default `info`): one
+/// object per line, the event's fields (`event_id` among them) at the top level, and the
+/// current span's (`span.event_id` inside a delivery) beside them. EMF metric lines
+/// ([`crate::emf`]) go to the same stream.
 pub fn init_tracing() {
     tracing_subscriber::fmt()
         .json()
+        .flatten_event(true)
         .with_current_span(true)
+        .with_span_list(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
@@ -73,6 +79,10 @@ pub async fn forward_stream(
         }
     }
     let failed = crate::outbox::forward(aws, queue_url, &events).await;
+    Emf::new("forwarder")
+        .count("Forwarded", (events.len() - failed.len()) as u64)
+        .count("ForwardFailed", failed.len() as u64)
+        .emit();
     let mut response = DynamoDbEventResponse::default();
     // The earliest failed record, in stream order: everything from it is retried.
     if let Some(first) = events
@@ -152,8 +162,43 @@ impl BatchDispatcher {
     /// Delivers an SQS batch. Work not started within `budget` (the function's time left) is
     /// given back to the queue; messages whose state could not be recorded are reported as
     /// batch item failures, and only those: every other outcome (delivered, retried later,
-    /// dead-lettered) is recorded in the events table and the queues.
+    /// dead-lettered) is recorded in the events table and the queues. Leaves one EMF line on
+    /// stdout with what happened.
     pub async fn dispatch(&self, event: SqsEvent, budget: Duration) -> SqsBatchResponse {
+        let (response, emf) = self.dispatch_measured(event, budget).await;
+        emf.emit();
+        response
+    }
+
+    /// [`dispatch`](Self::dispatch), with the invocation's metrics (`Function=dispatcher`):
+    /// `Delivered`, `Retried`, `RateLimited`, `DeadLettered`, `DeliveryLatency` (received to
+    /// delivered, per event), `QueueAge` (sent to the queue to received, per message), and the
+    /// batch's `event_ids`.
+    pub async fn dispatch_measured(
+        &self,
+        event: SqsEvent,
+        budget: Duration,
+    ) -> (SqsBatchResponse, Emf) {
+        let now = relay_core::now_millis();
+        let queue_ages: Vec<f64> = event
+            .records
+            .iter()
+            .filter_map(|m| m.attributes.get("SentTimestamp")?.parse::<i64>().ok())
+            .map(|sent| (now - sent).max(0) as f64)
+            .collect();
+        let (response, tally) = self.deliver_batch(event, budget).await;
+        let emf = Emf::new("dispatcher")
+            .count("Delivered", tally.delivered)
+            .count("Retried", tally.retried)
+            .count("RateLimited", tally.rate_limited)
+            .count("DeadLettered", tally.dead)
+            .values("DeliveryLatency", Unit::Milliseconds, tally.latencies)
+            .values("QueueAge", Unit::Milliseconds, queue_ages)
+            .property("event_ids", tally.event_ids);
+        (response, emf)
+    }
+
+    async fn deliver_batch(&self, event: SqsEvent, budget: Duration) -> (SqsBatchResponse, Tally) {
         let messages: Vec<Received> = event
             .records
             .into_iter()
@@ -177,7 +222,7 @@ impl BatchDispatcher {
             response.add_failure(message_id);
         }
         if claims.is_empty() {
-            return response;
+            return (response, Tally::default());
         }
         let batch = Batch {
             queue: self.queue.clone(),
@@ -185,6 +230,7 @@ impl BatchDispatcher {
             claims: Mutex::new(claims),
             done: Notify::new(),
             unrecorded: Mutex::default(),
+            tally: Mutex::default(),
         };
         let batch = std::sync::Arc::new(batch);
         let dispatcher = Dispatcher::with_handle(
@@ -220,7 +266,8 @@ impl BatchDispatcher {
                 response.add_failure(message_id.clone());
             }
         }
-        response
+        let tally = std::mem::take(&mut *batch.tally.lock().unwrap_or_else(|p| p.into_inner()));
+        (response, tally)
     }
 }
 
@@ -233,6 +280,19 @@ struct Batch {
     done: Notify,
     /// Events whose last settlement could not be recorded.
     unrecorded: Mutex<HashSet<String>>,
+    tally: Mutex<Tally>,
+}
+
+/// What one invocation's settlements were.
+#[derive(Debug, Default)]
+struct Tally {
+    delivered: u64,
+    retried: u64,
+    rate_limited: u64,
+    dead: u64,
+    /// Received to delivered, ms, per delivered event.
+    latencies: Vec<f64>,
+    event_ids: Vec<String>,
 }
 
 impl Batch {
@@ -259,7 +319,27 @@ impl WorkQueue for BatchRef {
         attempt: AttemptRecord,
         settlement: Settlement,
     ) -> Result<(), StoreError> {
+        let rate_limited = attempt.outcome == "rate_limited";
+        let kind = match &settlement {
+            Settlement::Delivered => 0,
+            Settlement::Retry { .. } => 1,
+            Settlement::Dead { .. } => 2,
+        };
         let settled = self.0.queue.settle(claim, attempt, settlement).await;
+        if settled.is_ok() {
+            let mut tally = self.0.tally.lock().unwrap_or_else(|p| p.into_inner());
+            match kind {
+                0 => {
+                    tally.delivered += 1;
+                    let latency = relay_core::now_millis() - claim.received_at;
+                    tally.latencies.push(latency.max(0) as f64);
+                }
+                1 => tally.retried += 1,
+                _ => tally.dead += 1,
+            }
+            tally.rate_limited += u64::from(rate_limited);
+            tally.event_ids.push(claim.event_id.clone());
+        }
         {
             let mut unrecorded = self.0.unrecorded.lock().unwrap_or_else(|p| p.into_inner());
             match &settled {

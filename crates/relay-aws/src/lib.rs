@@ -15,6 +15,7 @@
 //! `docs/lld.md`.
 
 mod config;
+pub mod emf;
 #[cfg(feature = "fleet")]
 pub mod fleet;
 mod ingest;

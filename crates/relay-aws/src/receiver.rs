@@ -20,6 +20,44 @@ use lambda_http::lambda_runtime::{Context, LambdaEvent};
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, Service};
 
+/// One EMF line per request (`Function=receiver`): `Accepted`, `Duplicate`, or `Rejected` with
+/// the `Reason` the source was answered, and the request's `event_id` and `status` as
+/// properties, so the line doubles as the access log.
+pub fn with_metrics(app: Router) -> Router {
+    app.layer(axum::middleware::from_fn(request_metrics))
+}
+
+async fn request_metrics(request: Request, next: axum::middleware::Next) -> Response {
+    let started = std::time::Instant::now();
+    let response = next.run(request).await;
+    request_emf(&response, started.elapsed()).emit();
+    response
+}
+
+/// The EMF document for one answered request.
+pub fn request_emf(response: &Response, took: std::time::Duration) -> crate::emf::Emf {
+    use crate::emf::{Emf, Unit};
+    let status = response.status();
+    let mut emf = match (status, response.extensions().get::<relay_ingest::Refusal>()) {
+        (StatusCode::ACCEPTED, _) => Emf::new("receiver").count("Accepted", 1),
+        (StatusCode::OK, None) => Emf::new("receiver").count("Duplicate", 1),
+        (_, Some(refusal)) => Emf::new("receiver")
+            .dimension("Reason", refusal.code)
+            .count("Rejected", 1),
+        (_, None) => Emf::new("receiver").count("Answered", 1),
+    }
+    .values(
+        "AckLatency",
+        Unit::Milliseconds,
+        vec![took.as_secs_f64() * 1000.0],
+    )
+    .property("status", status.as_u16());
+    if let Some(relay_ingest::EventId(id)) = response.extensions().get() {
+        emf = emf.property("event_id", id.as_str());
+    }
+    emf
+}
+
 /// API Gateway's own limit on a request body.
 const API_GATEWAY_MAX_BODY: usize = 10 * 1024 * 1024;
 

@@ -188,11 +188,26 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
 
     let client = GraphqlClient::new(&TargetConfig::new(target.url())).unwrap();
     let dispatcher = BatchDispatcher::new(queue.clone(), client, DispatchConfig::default());
-    let response = dispatcher.dispatch(event, Duration::from_secs(20)).await;
+    let (response, emf) = dispatcher
+        .dispatch_measured(event, Duration::from_secs(20))
+        .await;
     assert!(
         response.batch_item_failures.is_empty(),
         "every outcome was recorded"
     );
+    // The invocation's EMF line: what happened, per event.
+    assert_eq!(emf.get("Delivered"), Some(&[2.0][..]));
+    assert_eq!(emf.get("DeadLettered"), Some(&[1.0][..]));
+    assert_eq!(emf.get("Retried"), Some(&[0.0][..]));
+    assert_eq!(emf.get("RateLimited"), Some(&[0.0][..]));
+    assert_eq!(emf.get("DeliveryLatency").map(<[f64]>::len), Some(2));
+    assert_eq!(emf.get("QueueAge").map(<[f64]>::len), Some(3));
+    let mut ids: Vec<String> =
+        serde_json::from_value(emf.get_property("event_ids").unwrap().clone()).unwrap();
+    ids.sort();
+    assert_eq!(ids, ["d-1", "d-2", "d-3"]);
+    let doc = emf.to_json(0);
+    assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Namespace"], "Relay");
     let events = target.events();
     assert!(events.contains_key("d-1") && events.contains_key("d-2"));
     assert_eq!(
@@ -211,4 +226,48 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
     );
     let left = receive(&aws, queue.queue_url()).await;
     assert!(left.is_empty(), "settled messages are deleted");
+}
+
+/// The receiver's EMF line per request: accepted, duplicate, or rejected with its reason, and
+/// the event's id when the request named one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_measures_each_answer_with_its_reason_and_event_id() {
+    use tower::ServiceExt;
+    let moto = MotoServer::start();
+    let aws = moto.stack("receiver-metrics").await;
+    let router = relay_ingest::router(
+        DynamoIngest::new(aws),
+        IngestConfig {
+            api_keys: vec!["k".into()],
+            ..IngestConfig::default()
+        },
+    );
+    let post = |body: &str, key: &str| {
+        axum::http::Request::post("/events")
+            .header("content-type", "application/json")
+            .header("x-api-key", key)
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap()
+    };
+    let good = r#"{"id":"m-1","name":"n","body":"b","timestamp":1}"#;
+    let cases = [
+        (post(good, "k"), "Accepted", None, Some("m-1")),
+        (post(good, "k"), "Duplicate", None, Some("m-1")),
+        (post(good, "wrong"), "Rejected", Some("unauthorized"), None),
+        (
+            post(r#"{"id":"m-2"}"#, "k"),
+            "Rejected",
+            Some("invalid_event"),
+            None,
+        ),
+    ];
+    for (request, metric, reason, id) in cases {
+        let response = router.clone().oneshot(request).await.unwrap();
+        let emf = relay_aws::receiver::request_emf(&response, Duration::from_millis(3));
+        let doc = emf.to_json(0);
+        assert_eq!(emf.get(metric), Some(&[1.0][..]), "{doc}");
+        assert_eq!(doc["Reason"].as_str(), reason, "{doc}");
+        assert_eq!(doc["event_id"].as_str(), id, "{doc}");
+        assert_eq!(emf.get("AckLatency"), Some(&[3.0][..]));
+    }
 }

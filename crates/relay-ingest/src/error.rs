@@ -15,11 +15,15 @@ pub struct ApiError {
     field: Option<&'static str>,
 }
 
-/// Marks a response as an error for the logging middleware.
+/// Marks a response as a refusal, with its error code, for middleware (logging, metrics).
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct Logged {
-    pub(crate) code: &'static str,
+pub struct Refusal {
+    pub code: &'static str,
 }
+
+/// The id of the event a response is about, for middleware (access logs, metrics).
+#[derive(Debug, Clone)]
+pub struct EventId(pub String);
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
@@ -42,7 +46,7 @@ impl IntoResponse for ApiError {
         let mut response = (self.status, Json(&self)).into_response();
         response
             .extensions_mut()
-            .insert(Logged { code: self.error });
+            .insert(Refusal { code: self.error });
         response
     }
 }

@@ -21,7 +21,7 @@ use relay_core::{AcceptOutcome, Ingest, Rejection, parse_event};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
-pub use error::ApiError;
+pub use error::{ApiError, EventId, Refusal};
 
 /// Largest accepted request body.
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -90,9 +90,26 @@ async fn health() -> Json<serde_json::Value> {
 }
 
 async fn post_event<S: Ingest>(
+    state: State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    request: Request,
+) -> Response {
+    let mut id = None;
+    let mut response = accept_event(state, headers, request, &mut id)
+        .await
+        .unwrap_or_else(IntoResponse::into_response);
+    if let Some(id) = id {
+        response.extensions_mut().insert(EventId(id));
+    }
+    response
+}
+
+/// `id` is set once the event is parsed: every answer after that is about it.
+async fn accept_event<S: Ingest>(
     State(state): State<Arc<AppState<S>>>,
     headers: HeaderMap,
     request: Request,
+    event_id: &mut Option<String>,
 ) -> Result<Response, ApiError> {
     authorize(&state.keys, &headers)?;
     check_content_type(&headers)?;
@@ -110,6 +127,7 @@ async fn post_event<S: Ingest>(
         }
     })?;
     let id = event.id.clone();
+    *event_id = Some(id.clone());
     let outcome = tokio::time::timeout(state.store_timeout, state.store.accept(event))
         .await
         .map_err(|_| {
@@ -224,7 +242,7 @@ async fn log_errors(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
     let response = next.run(request).await;
-    if let Some(error) = response.extensions().get::<error::Logged>() {
+    if let Some(error) = response.extensions().get::<error::Refusal>() {
         let status = response.status().as_u16();
         if response.status().is_server_error() {
             tracing::warn!(%method, %path, status, code = error.code, "request failed");

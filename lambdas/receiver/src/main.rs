@@ -1,7 +1,8 @@
 //! The receiver Lambda: API Gateway REST proxy events into the unchanged ingest router, over
 //! the stack's events table. `RELAY_API_KEY` holds the accepted keys (comma-separated, for
 //! rotation); set `AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH` so paths are `/events`, not
-//! `/<stage>/events` (Terraform does both).
+//! `/<stage>/events` (Terraform does both). Each request leaves one EMF line on stdout: the
+//! metrics, with `event_id` and `status` (`relay_aws::receiver::with_metrics`).
 
 use std::time::Duration;
 
@@ -15,9 +16,9 @@ async fn main() -> Result<(), lambda_http::Error> {
         api_keys: relay_aws::lambda::list_from_env("RELAY_API_KEY")?,
         store_timeout: Duration::from_millis(400),
     };
-    lambda_http::run(relay_ingest::router(
+    lambda_http::run(relay_aws::receiver::with_metrics(relay_ingest::router(
         relay_aws::DynamoIngest::new(aws),
         config,
-    ))
+    )))
     .await
 }
