@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 use source_sim::SourceConfig;
 use target_sim::{Faults, LimitMode, TargetConfig, TargetHandle};
 
+use crate::aws::AwsArgs;
 use crate::harness::{RelayProcess, Verdict, drained, post};
 use crate::ops::table;
 
@@ -44,6 +45,73 @@ enum Scenario {
 enum Backend {
     /// `relay up` on the embedded store.
     Local,
+    /// `relay up --backend aws` on a local AWS API (--endpoint-url): each scenario creates a
+    /// stack of its own.
+    Aws,
+}
+
+/// How each scenario's `relay up` is started.
+#[derive(Debug, Clone)]
+struct Setup {
+    backend: Backend,
+    aws: AwsArgs,
+    /// Tells this run's stacks from earlier runs' on the same local AWS API.
+    run: String,
+}
+
+impl Setup {
+    /// `relay up`'s arguments for this backend, and its environment.
+    fn relay(&self, scenario: Scenario) -> (Vec<String>, Vec<(String, String)>) {
+        if self.backend == Backend::Local {
+            return (Vec::new(), Vec::new());
+        }
+        let mut args: Vec<String> = [
+            "--backend",
+            "aws",
+            "--create-resources",
+            "--stack",
+            &format!("{}-e2e-{}-{}", self.aws.stack, name(scenario), self.run),
+        ]
+        .map(String::from)
+        .into();
+        if let Some(url) = &self.aws.endpoint_url {
+            args.extend(["--endpoint-url".into(), url.clone()]);
+        }
+        args.extend([
+            "--region".into(),
+            self.aws
+                .region
+                .clone()
+                .unwrap_or_else(|| "us-east-1".into()),
+        ]);
+        // A local AWS API takes any credentials; keep real ones if they are set.
+        let env = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+            .into_iter()
+            .filter(|k| std::env::var_os(k).is_none())
+            .map(|k| (k.to_owned(), "local".to_owned()))
+            .collect();
+        (args, env)
+    }
+
+    /// Starts `relay up` for the scenario with its own flags.
+    async fn start(
+        &self,
+        scenario: Scenario,
+        data: &Path,
+        target: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<RelayProcess> {
+        let (mut args, env) = self.relay(scenario);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        RelayProcess::start_with(data, target, &args, env).await
+    }
+
+    /// Scenarios that need what this backend does not have yet.
+    fn unsupported(&self, scenario: Scenario) -> Option<&'static str> {
+        (self.backend == Backend::Aws && scenario == Scenario::DlqRedrive)
+            .then_some("needs `relay dlq` on AWS, which is not built yet")
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -59,6 +127,8 @@ pub(crate) struct E2eArgs {
     /// Which backend to test.
     #[arg(long, value_enum, default_value = "local")]
     backend: Backend,
+    #[command(flatten)]
+    aws: AwsArgs,
     /// Run only this scenario; repeatable. Default: all of them.
     #[arg(long = "scenario", value_enum)]
     scenarios: Vec<Scenario>,
@@ -93,12 +163,37 @@ struct Outcome {
 }
 
 pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
-    let Backend::Local = args.backend;
-    let scenarios = if args.scenarios.is_empty() {
+    if args.backend == Backend::Aws && args.aws.endpoint_url.is_none() {
+        anyhow::bail!(
+            "relay e2e --backend aws creates a stack for each scenario: point it at a local AWS API with --endpoint-url (e.g. .venv-moto/bin/moto_server -p 5000, then --endpoint-url http://127.0.0.1:5000)"
+        );
+    }
+    let setup = Setup {
+        backend: args.backend,
+        aws: args.aws.clone(),
+        run: format!("{:06x}", fastrand::u32(..0x100_0000)),
+    };
+    let requested = if args.scenarios.is_empty() {
         Scenario::value_variants().to_vec()
     } else {
         args.scenarios.clone()
     };
+    let mut skipped = Vec::new();
+    let mut scenarios = Vec::new();
+    for scenario in requested {
+        match setup.unsupported(scenario) {
+            // Asked for by name: say it cannot run, and fail.
+            Some(why) if !args.scenarios.is_empty() => {
+                anyhow::bail!(
+                    "scenario {} cannot run on {:?}: {why}",
+                    name(scenario),
+                    args.backend
+                )
+            }
+            Some(why) => skipped.push(json!({"scenario": scenario, "why": why})),
+            None => scenarios.push(scenario),
+        }
+    }
     let temp = tempfile::Builder::new()
         .prefix("relay-e2e-")
         .tempdir()
@@ -115,22 +210,23 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
             eprintln!("running {} …", name(scenario));
         }
         let started = Instant::now();
-        let outcome = match run_scenario(scenario, &work.join(name(scenario)), args.inject).await {
-            Ok(mut o) => {
-                o.seconds = started.elapsed().as_secs_f64();
-                o
-            }
-            Err(e) => Outcome {
-                scenario,
-                passed: false,
-                seconds: started.elapsed().as_secs_f64(),
-                verdict: Verdict::default(),
-                late_acks: 0,
-                rate_limited: 0,
-                failures: vec![format!("scenario could not run: {e:#}")],
-                notes: Vec::new(),
-            },
-        };
+        let outcome =
+            match run_scenario(&setup, scenario, &work.join(name(scenario)), args.inject).await {
+                Ok(mut o) => {
+                    o.seconds = started.elapsed().as_secs_f64();
+                    o
+                }
+                Err(e) => Outcome {
+                    scenario,
+                    passed: false,
+                    seconds: started.elapsed().as_secs_f64(),
+                    verdict: Verdict::default(),
+                    late_acks: 0,
+                    rate_limited: 0,
+                    failures: vec![format!("scenario could not run: {e:#}")],
+                    notes: Vec::new(),
+                },
+            };
         outcomes.push(outcome);
     }
 
@@ -138,10 +234,19 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"passed": passed, "scenarios": outcomes}))?
+            serde_json::to_string_pretty(
+                &json!({"passed": passed, "scenarios": outcomes, "not_run": skipped})
+            )?
         );
     } else {
         print_table(&outcomes);
+        for s in &skipped {
+            println!(
+                "not run on this backend: {} ({})",
+                s["scenario"],
+                s["why"].as_str().unwrap_or_default()
+            );
+        }
         println!(
             "{}",
             if passed {
@@ -216,6 +321,7 @@ fn limited(rate: f64, mode: LimitMode) -> TargetConfig {
 }
 
 async fn run_scenario(
+    setup: &Setup,
     scenario: Scenario,
     dir: &Path,
     inject: Option<Inject>,
@@ -228,7 +334,7 @@ async fn run_scenario(
     let (target, relay, sent, report) = match scenario {
         Scenario::Steady => {
             let target = start_target(roomy(), inject).await?;
-            let relay = RelayProcess::start(&data, &target.url(), &[]).await?;
+            let relay = setup.start(scenario, &data, &target.url(), &[]).await?;
             let report = source(&relay, 200.0, 600).await?;
             (target, relay, report.acked_events.clone(), report)
         }
@@ -237,7 +343,9 @@ async fn run_scenario(
             let mut faults = target.faults();
             faults.outage = true;
             target.set_faults(faults.clone());
-            let relay = RelayProcess::start(&data, &target.url(), &FAST_RETRIES).await?;
+            let relay = setup
+                .start(scenario, &data, &target.url(), &FAST_RETRIES)
+                .await?;
             let report = source(&relay, 100.0, 300).await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
             let failed = target.stats().failed;
@@ -258,8 +366,9 @@ async fn run_scenario(
             let target = start_target(limited(40.0, mode), inject).await?;
             // A ceiling five times the real limit: the relay starts there and must be pushed
             // down by the target's answers alone.
-            let relay =
-                RelayProcess::start(&data, &target.url(), &["--target-rate", "200"]).await?;
+            let relay = setup
+                .start(scenario, &data, &target.url(), &["--target-rate", "200"])
+                .await?;
             let report = source(&relay, 200.0, 400).await?;
             (target, relay, report.acked_events.clone(), report)
         }
@@ -268,7 +377,7 @@ async fn run_scenario(
             let mut faults = target.faults();
             faults.reject_names = vec!["poison".into()];
             target.set_faults(faults.clone());
-            let relay = RelayProcess::start(&data, &target.url(), &[]).await?;
+            let relay = setup.start(scenario, &data, &target.url(), &[]).await?;
             let report = source(&relay, 100.0, 200).await?;
             let poison: Vec<Value> = (0..10)
                 .map(|i| json!({"id": format!("poison-{i}"), "name": "poison", "body": "rejected until fixed", "timestamp": 1_763_800_000 + i}))
@@ -311,8 +420,9 @@ async fn run_scenario(
             .await?;
             let in_flight = 16;
             allowed_duplicates = in_flight;
-            let mut relay =
-                RelayProcess::start(&data, &target.url(), &["--max-in-flight", "16"]).await?;
+            let mut relay = setup
+                .start(scenario, &data, &target.url(), &["--max-in-flight", "16"])
+                .await?;
             let mut config =
                 SourceConfig::new(relay.events_url(), relay.api_key.clone(), 200.0, 800);
             config.keep_ids = true;

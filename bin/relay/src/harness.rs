@@ -21,6 +21,7 @@ pub(crate) struct RelayProcess {
     pub(crate) url: String,
     pub(crate) api_key: String,
     args: Vec<String>,
+    env: Vec<(String, String)>,
     pub(crate) log: PathBuf,
 }
 
@@ -29,6 +30,16 @@ impl RelayProcess {
         data_dir: &Path,
         target_url: &str,
         extra: &[&str],
+    ) -> anyhow::Result<Self> {
+        Self::start_with(data_dir, target_url, extra, Vec::new()).await
+    }
+
+    /// [`start`](Self::start) with extra environment variables (AWS credentials).
+    pub(crate) async fn start_with(
+        data_dir: &Path,
+        target_url: &str,
+        extra: &[&str],
+        env: Vec<(String, String)>,
     ) -> anyhow::Result<Self> {
         let api_key = format!("harness-{:016x}", fastrand::u64(..));
         let mut args: Vec<String> = [
@@ -51,6 +62,7 @@ impl RelayProcess {
             url: String::new(),
             api_key,
             args,
+            env,
             log,
         };
         relay.spawn().await?;
@@ -67,6 +79,7 @@ impl RelayProcess {
             .with_context(|| format!("cannot write {}", self.log.display()))?;
         let mut child = Command::new(exe)
             .args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RELAY_LOG_FORMAT", "pretty")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
