@@ -12,6 +12,13 @@ if [ ! -x .venv-moto/bin/moto_server ]; then
   .venv-moto/bin/pip install --quiet "moto[server]==5.2.5"
 fi
 
+# The built Lambda functions are invoked under cargo-lambda's local Runtime API.
+if [ ! -x .venv-lambda/bin/cargo-lambda ]; then
+  echo "==> installing cargo-lambda (a local Lambda Runtime API, and the Lambda build) into .venv-lambda"
+  python3 -m venv .venv-lambda
+  .venv-lambda/bin/pip install --quiet "cargo-lambda==1.9.2"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
