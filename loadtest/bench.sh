@@ -12,6 +12,8 @@
 #                                runtime, and a fixed window with and without budget headers
 #   loadtest/bench.sh fleet      1, 2 and 4 dispatchers sharing a 50/s limit through the control
 #                                table (moto), work from an embedded store, then through SQS
+#   loadtest/bench.sh lambda     Lambda zip and bootstrap sizes, and each bootstrap's init time
+#                                under cargo-lambda's local Runtime API (against moto)
 #   loadtest/bench.sh all
 #
 # RELAY=/path/to/relay runs `relay up` from another build (e.g. the previous commit's), with this
@@ -303,6 +305,14 @@ fleet() {
   "$BIN/examples/fleet" 20 stack 2>/dev/null | tail -n 3
 }
 
+lambda() {
+  echo "## Lambda: sizes (x86_64, release, stripped) and init under the local Runtime API"
+  scripts/build-lambdas.sh | tail -n 5
+  [ -x .venv-moto/bin/moto_server ] || { python3 -m venv .venv-moto && .venv-moto/bin/pip install --quiet "moto[server]==5.2.5"; }
+  .venv-moto/bin/python loadtest/lambda_init.py "${CARGO_TARGET_DIR:-target}/lambda" "$BIN/relay" \
+    .venv-lambda/bin/cargo-lambda 5
+}
+
 case "${1:-all}" in
   ingest) ingest ;;
   dispatch) dispatch ;;
@@ -313,6 +323,7 @@ case "${1:-all}" in
   retention) retention ;;
   pacing) pacing ;;
   fleet) fleet ;;
-  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; fleet ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|fleet|all]" >&2; exit 2 ;;
+  lambda) lambda ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; fleet; lambda ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|fleet|lambda|all]" >&2; exit 2 ;;
 esac
