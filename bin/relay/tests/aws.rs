@@ -30,6 +30,15 @@ async fn a_thousand_events_go_through_aws_once_enriched_and_unchanged() {
     }
     assert_eq!(target.stats().bad_idempotency_keys, 0);
     assert_eq!(relay.terminate().code(), Some(0));
+    // Every delivered event is in the S3 archive once the relay has stopped.
+    let aws = relay_aws::Aws::connect(&moto.options("thousand"))
+        .await
+        .unwrap();
+    let archived = relay_aws::testing::archived(&aws).await;
+    let ids: std::collections::HashSet<&str> =
+        archived.iter().filter_map(|l| l["id"].as_str()).collect();
+    assert_eq!(ids.len(), 1000, "{} lines", archived.len());
+    assert!(archived.iter().all(|l| l["status"] == "delivered"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -54,6 +54,8 @@ pub struct Stack {
     pub queue: String,
     /// Where dead letters go, with their reason.
     pub dlq: String,
+    /// Delivered and dead-lettered events, as gzip JSON lines by date.
+    pub archive_bucket: String,
 }
 
 impl Stack {
@@ -63,6 +65,7 @@ impl Stack {
             control_table: format!("{stack}-control"),
             queue: format!("{stack}-queue"),
             dlq: format!("{stack}-dlq"),
+            archive_bucket: format!("{stack}-archive"),
         }
     }
 
@@ -97,6 +100,7 @@ impl Stack {
             control_table: get("control_table")?,
             queue: get("queue_name")?,
             dlq: get("dlq_name")?,
+            archive_bucket: get("archive_bucket")?,
         })
     }
 }

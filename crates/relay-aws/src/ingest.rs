@@ -15,11 +15,25 @@ use crate::{Aws, AwsError};
 #[derive(Debug, Clone)]
 pub struct DynamoIngest {
     aws: Aws,
+    expiry: std::time::Duration,
 }
+
+/// How long an event's `META` item lives after it is received (TTL): long past any delivery
+/// (24 h of attempts by default) and retention; the S3 archive keeps it after that.
+pub const META_EXPIRY: std::time::Duration = std::time::Duration::from_secs(37 * 24 * 3600);
 
 impl DynamoIngest {
     pub fn new(aws: Aws) -> Self {
-        DynamoIngest { aws }
+        DynamoIngest {
+            aws,
+            expiry: META_EXPIRY,
+        }
+    }
+
+    /// `META` items expire this long after receipt instead.
+    pub fn with_expiry(mut self, expiry: std::time::Duration) -> Self {
+        self.expiry = expiry;
+        self
     }
 }
 
@@ -36,6 +50,10 @@ impl Ingest for DynamoIngest {
             .item("id", s(event.id.clone()))
             .item("payload", s(payload))
             .item("received_at", n(now_millis()))
+            .item(
+                "expires_at",
+                n((now_millis() + self.expiry.as_millis() as i64) / 1000),
+            )
             .condition_expression("attribute_not_exists(pk)")
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()

@@ -266,6 +266,8 @@ impl BatchDispatcher {
                 response.add_failure(message_id.clone());
             }
         }
+        // Before the function is frozen: the settled events to the S3 archive.
+        self.queue.flush_archive().await;
         let tally = std::mem::take(&mut *batch.tally.lock().unwrap_or_else(|p| p.into_inner()));
         (response, tally)
     }

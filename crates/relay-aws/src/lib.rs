@@ -14,6 +14,7 @@
 //! The design and what moto (the local AWS API used in tests) does and does not do:
 //! `docs/lld.md`.
 
+pub mod archive;
 mod config;
 pub mod emf;
 #[cfg(feature = "fleet")]

@@ -24,6 +24,7 @@ use relay_core::{
 };
 use serde_json::json;
 
+use crate::archive::{ArchiveRecord, Archiver};
 use crate::items::{META, STATE, State, attempt_item, get_n, get_s, key, n, s};
 use crate::outbox::NewEvent;
 use crate::{Aws, AwsError};
@@ -51,6 +52,8 @@ struct Inner {
     wait: Duration,
     /// Receipts of spent messages, deleted in batches by [`delete_spent`].
     spent: tokio::sync::mpsc::UnboundedSender<String>,
+    /// Delivered and dead-lettered events, on their way to S3.
+    archiver: Archiver,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -63,6 +66,7 @@ impl SqsQueue {
         let (queue_url, dlq_url) = aws.queue_urls().await?;
         let (spent, receipts) = tokio::sync::mpsc::unbounded_channel();
         tokio::spawn(delete_spent(aws.clone(), queue_url.clone(), receipts));
+        let archiver = Archiver::start(aws.clone());
         Ok(SqsQueue {
             inner: Arc::new(Inner {
                 aws,
@@ -74,6 +78,7 @@ impl SqsQueue {
                 retention,
                 wait: Duration::from_secs(1),
                 spent,
+                archiver,
             }),
         })
     }
@@ -84,6 +89,12 @@ impl SqsQueue {
 
     pub fn dlq_url(&self) -> &str {
         &self.inner.dlq_url
+    }
+
+    /// Writes the settled events gathered so far to the S3 archive, and waits for it: before a
+    /// Lambda invocation returns, or a dispatcher stops.
+    pub async fn flush_archive(&self) {
+        self.inner.archiver.flush().await;
     }
 
     fn failed(e: AwsError) -> StoreError {
@@ -436,6 +447,24 @@ impl WorkQueue for SqsQueue {
                 Self::failed(AwsError::from_sdk("the events table", e))
             });
         }
+        let (status, reason) = match &settlement {
+            Settlement::Delivered => (Some("delivered"), None),
+            Settlement::Dead { reason } => (Some("dead"), Some(reason.clone())),
+            Settlement::Retry { .. } => (None, None),
+        };
+        if let Some(status) = status {
+            self.inner.archiver.add(ArchiveRecord {
+                id: claim.event_id.clone(),
+                status,
+                event: serde_json::from_str(&claim.payload)
+                    .unwrap_or_else(|_| serde_json::Value::String(claim.payload.clone())),
+                received_at: claim.received_at,
+                settled_at: now,
+                attempts: claim.attempts + u32::try_from(counted).unwrap_or(0),
+                reason,
+                last_answer: attempt.detail.clone(),
+            });
+        }
         // The state is recorded; now the messages follow it. If this part fails, the message
         // comes back when its visibility ends, and the claim sees the state and drops it.
         let receipt = self.receipt(&claim.event_id);
@@ -500,6 +529,8 @@ impl WorkQueue for SqsQueue {
                     .await;
             }
         }
+        // Release is the dispatcher's last call before it stops: what it settled goes out now.
+        self.flush_archive().await;
         Ok(())
     }
 

@@ -77,6 +77,29 @@ pub async fn create_resources(aws: &Aws) -> Result<(), AwsError> {
         .await;
     ignore_existing(control, "ResourceInUseException", &stack.control_table)?;
 
+    let bucket = &stack.archive_bucket;
+    let mut create = aws_sdk_s3::Client::new(&aws.config)
+        .create_bucket()
+        .bucket(bucket);
+    let region = aws.config.region().map(|r| r.as_ref().to_owned());
+    if let Some(region) = region.filter(|r| r != "us-east-1") {
+        create = create.create_bucket_configuration(
+            aws_sdk_s3::types::CreateBucketConfiguration::builder()
+                .location_constraint(aws_sdk_s3::types::BucketLocationConstraint::from(
+                    region.as_str(),
+                ))
+                .build(),
+        );
+    }
+    match create.send().await {
+        Ok(_) => {}
+        Err(e)
+            if e.as_service_error().is_some_and(|s| {
+                s.is_bucket_already_owned_by_you() || s.is_bucket_already_exists()
+            }) => {}
+        Err(e) => return Err(AwsError::from_sdk(&format!("bucket {bucket}"), e)),
+    }
+
     let dlq_url = aws
         .sqs
         .create_queue()

@@ -106,6 +106,46 @@ impl MotoServer {
     }
 }
 
+/// Every line of every object in today's partition of the stack's S3 archive.
+pub async fn archived(aws: &Aws) -> Vec<serde_json::Value> {
+    use std::io::Read;
+    let s3 = aws_sdk_s3::Client::new(&aws.config);
+    let today = crate::archive::date_of(relay_core::now_millis());
+    let listed = s3
+        .list_objects_v2()
+        .bucket(&aws.stack.archive_bucket)
+        .prefix(format!("{}/date={today}/", crate::archive::PREFIX))
+        .send()
+        .await
+        .expect("the archive bucket lists");
+    let mut lines = Vec::new();
+    for object in listed.contents() {
+        let key = object.key().unwrap_or_default();
+        assert!(key.ends_with(".jsonl.gz"), "{key}");
+        let body = s3
+            .get_object()
+            .bucket(&aws.stack.archive_bucket)
+            .key(key)
+            .send()
+            .await
+            .expect("the object reads")
+            .body
+            .collect()
+            .await
+            .expect("the object's body")
+            .into_bytes();
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(&body[..])
+            .read_to_string(&mut text)
+            .expect("gzip");
+        lines.extend(
+            text.lines()
+                .map(|l| serde_json::from_str(l).expect("JSON lines")),
+        );
+    }
+    lines
+}
+
 impl Drop for MotoServer {
     fn drop(&mut self) {
         let _ = self.child.kill();

@@ -92,6 +92,10 @@ async fn the_receiver_stores_an_api_gateway_event_and_answers_as_the_proxy_expec
         .item
         .expect("stored");
     assert!(item["payload"].as_s().unwrap().contains("order.created"));
+    // `META` expires by TTL, long after delivery: the S3 archive keeps the event after that.
+    let expires: i64 = item["expires_at"].as_n().unwrap().parse().unwrap();
+    let in_days = (expires - relay_core::now_millis() / 1000) / 86_400;
+    assert!((36..=37).contains(&in_days), "{in_days} days");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,6 +230,37 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
     );
     let left = receive(&aws, queue.queue_url()).await;
     assert!(left.is_empty(), "settled messages are deleted");
+
+    // The invocation wrote its settled events to the S3 archive before it returned.
+    let archived = relay_aws::testing::archived(&aws).await;
+    let mut statuses: Vec<(String, String)> = archived
+        .iter()
+        .map(|l| {
+            (
+                l["id"].as_str().unwrap().to_owned(),
+                l["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        [
+            ("d-1".to_owned(), "delivered".to_owned()),
+            ("d-2".to_owned(), "delivered".to_owned()),
+            ("d-3".to_owned(), "dead".to_owned())
+        ]
+    );
+    let dead = archived.iter().find(|l| l["id"] == "d-3").unwrap();
+    assert!(
+        dead["reason"].as_str().unwrap().contains("BAD_USER_INPUT"),
+        "{dead}"
+    );
+    assert_eq!(
+        dead["event"]["name"], "poison",
+        "the event as received: {dead}"
+    );
+    assert_eq!(dead["attempts"], 1);
 }
 
 /// The receiver's EMF line per request: accepted, duplicate, or rejected with its reason, and
