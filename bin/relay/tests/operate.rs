@@ -225,6 +225,13 @@ async fn redrive_single_ids_then_all_into_a_target_that_first_rejects_then_accep
     ));
     assert_eq!(all["redriven"].as_array().unwrap().len(), 3);
     eventually("every event delivered", 30, || target.events().len() == 4).await;
+    // The target has them before the relay has its answers and records them.
+    eventually("every delivery recorded", 30, || {
+        ["p-1", "p-2", "p-3", "p-4"]
+            .iter()
+            .all(|id| trace(id, &data)["delivery"]["status"] == "delivered")
+    })
+    .await;
     for id in ["p-1", "p-2", "p-3", "p-4"] {
         let t = trace(id, &data);
         assert_eq!(t["delivery"]["status"], "delivered");
