@@ -127,9 +127,47 @@ pub async fn headers(aws: &Aws, secret: &SecretRef) -> Result<Vec<(String, Strin
     headers_from_secret(&value).map_err(|e| AwsError::Config(format!("secret {secret}: {e}")))
 }
 
+/// The ingest API keys a secret holds: comma- or newline-separated (several during a
+/// rotation, `old,new`), or a JSON array of strings.
+pub fn keys_from_secret(value: &str) -> Result<Vec<String>, String> {
+    let keys: Vec<String> = match serde_json::from_str::<Vec<String>>(value) {
+        Ok(list) => list,
+        Err(_) if value.trim_start().starts_with('[') => {
+            return Err("the value is not a JSON array of strings".into());
+        }
+        Err(_) => value.split([',', '\n']).map(str::to_owned).collect(),
+    };
+    let keys: Vec<String> = keys
+        .into_iter()
+        .map(|k| k.trim().to_owned())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if keys.is_empty() {
+        return Err("the value holds no API key".into());
+    }
+    Ok(keys)
+}
+
+/// Reads a secret and parses its API keys, with errors that name the secret.
+pub async fn api_keys(aws: &Aws, secret: &SecretRef) -> Result<Vec<String>, AwsError> {
+    let value = read_secret(aws, secret).await?;
+    keys_from_secret(&value).map_err(|e| AwsError::Config(format!("secret {secret}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn api_keys_come_as_a_list_or_json_and_an_empty_secret_is_refused() {
+        let both = vec!["old-key".to_owned(), "new-key".to_owned()];
+        assert_eq!(keys_from_secret("old-key,new-key"), Ok(both.clone()));
+        assert_eq!(keys_from_secret("old-key\nnew-key\n"), Ok(both.clone()));
+        assert_eq!(keys_from_secret(r#"["old-key", "new-key"]"#), Ok(both));
+        for bad in ["", " , ", "[1]", "[]"] {
+            assert!(keys_from_secret(bad).is_err(), "{bad:?}");
+        }
+    }
 
     #[test]
     fn references_parse_or_say_what_is_expected() {
