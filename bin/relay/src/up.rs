@@ -367,7 +367,10 @@ async fn run_aws(
     let addr = listener.local_addr()?;
     let dispatcher = Dispatcher::new(queue.clone(), client, dispatch);
     let handle = dispatcher.handle();
-    let app = relay_ingest::router(relay_aws::DynamoIngest::new(aws.clone()), ingest);
+    let app = relay_aws::receiver::with_tracing(
+        relay_ingest::router(relay_aws::DynamoIngest::new(aws.clone()), ingest),
+        aws.tracer.clone(),
+    );
     let stop_rx = stop_on_signals();
     let outbox = tokio::spawn(
         relay_aws::outbox::StreamPoller::new(aws.clone(), queue.queue_url().to_owned())
@@ -397,6 +400,7 @@ async fn run_aws(
     let (served, ()) = tokio::join!(server, dispatcher.run(stopped(stop_rx)));
     served.context("ingest server failed")?;
     let _ = tokio::join!(outbox, reporter, fleet);
+    aws.tracer.flush().await;
     let m = handle.snapshot();
     tracing::info!(
         delivered = m.delivered,

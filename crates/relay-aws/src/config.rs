@@ -112,6 +112,9 @@ pub struct Aws {
     pub streams: aws_sdk_dynamodbstreams::Client,
     pub sqs: aws_sdk_sqs::Client,
     pub stack: Stack,
+    /// Where the events' X-Ray segments go ([`crate::xray::Tracer::from_env`]).
+    pub tracer: crate::xray::Tracer,
+    pub xray: aws_sdk_xray::Client,
     /// What the clients were built from, for clients made on demand (secrets).
     pub config: aws_config::SdkConfig,
 }
@@ -161,6 +164,8 @@ impl Aws {
             dynamodb: aws_sdk_dynamodb::Client::new(&config),
             streams: aws_sdk_dynamodbstreams::Client::new(&config),
             sqs: aws_sdk_sqs::Client::new(&config),
+            tracer: crate::xray::Tracer::from_env(&config),
+            xray: aws_sdk_xray::Client::new(&config),
             stack,
             config,
         })

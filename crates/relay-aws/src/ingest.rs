@@ -40,7 +40,9 @@ impl DynamoIngest {
 impl Ingest for DynamoIngest {
     async fn accept(&self, event: Event) -> Result<AcceptOutcome, StoreError> {
         let payload = event.payload_json();
-        let put = self
+        let trace = crate::xray::Receiving::current();
+        let started = now_millis();
+        let mut put = self
             .aws
             .dynamodb
             .put_item()
@@ -55,9 +57,18 @@ impl Ingest for DynamoIngest {
                 n((now_millis() + self.expiry.as_millis() as i64) / 1000),
             )
             .condition_expression("attribute_not_exists(pk)")
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+        // The event's X-Ray trace, and the receive segment the rest of it hangs under.
+        if let Some(trace) = &trace {
+            put = put.item("trace_id", s(trace.stored.root.clone()));
+            if let Some(parent) = &trace.stored.parent {
+                put = put.item("trace_parent", s(parent.clone()));
+            }
+        }
+        let put = put.send().await;
+        if let Some(trace) = &trace {
+            trace.record_commit(started, now_millis());
+        }
         let e = match put {
             Ok(_) => return Ok(AcceptOutcome::Accepted),
             Err(e) => e,

@@ -75,10 +75,15 @@ pub async fn forward_stream(
                 .pointer("/received_at/N")
                 .and_then(|v| v.as_str())
                 .and_then(|v| v.parse().ok());
-            events.push(NewEvent::from_image(id.to_owned(), payload, received_at));
+            let text = |key: &str| image.pointer(&format!("/{key}/S")).and_then(|v| v.as_str());
+            events.push(
+                NewEvent::from_image(id.to_owned(), payload, received_at)
+                    .traced(text("trace_id"), text("trace_parent")),
+            );
         }
     }
     let failed = crate::outbox::forward(aws, queue_url, &events).await;
+    aws.tracer.flush().await;
     Emf::new("forwarder")
         .count("Forwarded", (events.len() - failed.len()) as u64)
         .count("ForwardFailed", failed.len() as u64)
@@ -203,6 +208,7 @@ impl BatchDispatcher {
             .records
             .into_iter()
             .map(|m| Received {
+                trace: m.attributes.get("AWSTraceHeader").cloned(),
                 message_id: m.message_id.unwrap_or_default(),
                 receipt: m.receipt_handle.unwrap_or_default(),
                 body: m.body.unwrap_or_default(),
@@ -268,6 +274,7 @@ impl BatchDispatcher {
         }
         // Before the function is frozen: the settled events to the S3 archive.
         self.queue.flush_archive().await;
+        self.queue.flush_trace().await;
         let tally = std::mem::take(&mut *batch.tally.lock().unwrap_or_else(|p| p.into_inner()));
         (response, tally)
     }

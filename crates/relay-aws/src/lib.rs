@@ -30,6 +30,7 @@ mod resources;
 pub mod secrets;
 #[cfg(feature = "testing")]
 pub mod testing;
+pub mod xray;
 
 use std::fmt::Debug;
 

@@ -13,10 +13,13 @@ use std::future::Future;
 use std::time::Duration;
 
 use aws_sdk_dynamodbstreams::types::{OperationType, ShardIteratorType};
-use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+use aws_sdk_sqs::types::{
+    MessageSystemAttributeNameForSends, MessageSystemAttributeValue, SendMessageBatchRequestEntry,
+};
 use serde_json::json;
 
 use crate::items::{META, n, s};
+use crate::xray::{Segment, TraceHeader, new_segment_id};
 use crate::{Aws, AwsError};
 
 /// A payload this long or shorter travels in the message (SQS takes 256 KiB, and JSON escapes
@@ -29,6 +32,8 @@ pub(crate) const CARRY_MAX: usize = 192 * 1024;
 pub struct NewEvent {
     pub id: String,
     pub carried: Option<(String, i64)>,
+    /// The event's X-Ray trace, under the segment the message's `AWSTraceHeader` names.
+    pub trace: Option<TraceHeader>,
 }
 
 impl From<&str> for NewEvent {
@@ -36,34 +41,58 @@ impl From<&str> for NewEvent {
         NewEvent {
             id: id.to_owned(),
             carried: None,
+            trace: None,
         }
     }
 }
 
 impl From<String> for NewEvent {
     fn from(id: String) -> Self {
-        NewEvent { id, carried: None }
+        NewEvent {
+            id,
+            carried: None,
+            trace: None,
+        }
     }
 }
 
 impl NewEvent {
-    /// From a `META` item's image, in either JSON shape (`{"S": …}` attribute values).
+    /// From what a `META` item holds.
     pub(crate) fn from_image(id: String, payload: Option<&str>, received_at: Option<i64>) -> Self {
         let carried = payload
             .zip(received_at)
             .filter(|(p, _)| p.len() <= CARRY_MAX)
             .map(|(p, at)| (p.to_owned(), at));
-        NewEvent { id, carried }
+        NewEvent {
+            id,
+            carried,
+            trace: None,
+        }
     }
 
-    /// The work queue's message: `{"id"}`, with `payload` and `received_at` when carried.
+    /// With the trace the event was stored with (`trace_id`, and `trace_parent`, the receive
+    /// segment).
+    pub(crate) fn traced(mut self, trace_id: Option<&str>, parent: Option<&str>) -> Self {
+        self.trace = trace_id.map(|root| TraceHeader {
+            root: root.to_owned(),
+            parent: parent.map(str::to_owned),
+            sampled: Some(true),
+        });
+        self
+    }
+
+    /// The work queue's message: `{"id"}`, with `payload` and `received_at` when carried, and
+    /// `trace` (the `AWSTraceHeader` value) when traced.
     pub(crate) fn body(&self) -> String {
-        match &self.carried {
-            Some((payload, received_at)) => {
-                json!({ "id": self.id, "payload": payload, "received_at": received_at }).to_string()
-            }
-            None => json!({ "id": self.id }).to_string(),
+        let mut body = json!({ "id": self.id });
+        if let Some((payload, received_at)) = &self.carried {
+            body["payload"] = json!(payload);
+            body["received_at"] = json!(received_at);
         }
+        if let Some(trace) = &self.trace {
+            body["trace"] = json!(trace.to_string());
+        }
+        body.to_string()
     }
 }
 
@@ -71,17 +100,31 @@ impl NewEvent {
 pub async fn forward(aws: &Aws, queue_url: &str, events: &[NewEvent]) -> Vec<(String, AwsError)> {
     let mut failed = Vec::new();
     for chunk in events.chunks(10) {
+        // Each traced event's forwarding segment, named in its message's `AWSTraceHeader`.
+        let segments: Vec<Option<String>> = chunk
+            .iter()
+            .map(|e| e.trace.as_ref().map(|_| new_segment_id()))
+            .collect();
         let entries: Vec<_> = chunk
             .iter()
+            .zip(&segments)
             .enumerate()
-            .filter_map(|(i, event)| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(event.body())
-                    .build()
-                    .ok()
+            .filter_map(|(i, (event, segment))| {
+                let mut event = event.clone();
+                let mut entry = SendMessageBatchRequestEntry::builder().id(i.to_string());
+                if let (Some(trace), Some(segment)) = (&event.trace, segment) {
+                    let under = trace.under(segment);
+                    entry = entry.message_system_attributes(
+                        MessageSystemAttributeNameForSends::AwsTraceHeader,
+                        trace_attribute(&under),
+                    );
+                    event.trace = Some(under);
+                }
+                entry.message_body(event.body()).build().ok()
             })
             .collect();
+        let started = relay_core::now_millis();
+        let failed_before = failed.len();
         match aws
             .sqs
             .send_message_batch()
@@ -117,8 +160,34 @@ pub async fn forward(aws: &Aws, queue_url: &str, events: &[NewEvent]) -> Vec<(St
                 }));
             }
         }
+        let ended = relay_core::now_millis();
+        for (event, segment) in chunk.iter().zip(segments) {
+            let (Some(trace), Some(segment)) = (&event.trace, segment) else {
+                continue;
+            };
+            if failed[failed_before..]
+                .iter()
+                .any(|(id, _)| *id == event.id)
+            {
+                continue;
+            }
+            aws.tracer.emit(
+                &Segment::new("relay-forwarder", segment, trace, started, ended)
+                    .annotate("event_id", event.id.as_str())
+                    .metadata("queue", queue_url),
+            );
+        }
     }
     failed
+}
+
+/// The `AWSTraceHeader` system attribute: what SQS and Lambda read an X-Ray trace from.
+pub(crate) fn trace_attribute(trace: &TraceHeader) -> MessageSystemAttributeValue {
+    MessageSystemAttributeValue::builder()
+        .data_type("String")
+        .string_value(trace.to_string())
+        .build()
+        .expect("data type is set")
 }
 
 /// Newly stored events in stream records (INSERTs of `META` items).
@@ -138,11 +207,16 @@ fn new_events(records: &[aws_sdk_dynamodbstreams::types::Record]) -> Vec<NewEven
                 .get("received_at")
                 .and_then(|v| v.as_n().ok())
                 .and_then(|v| v.parse().ok());
-            Some(NewEvent::from_image(
-                id,
-                payload.map(String::as_str),
-                received_at,
-            ))
+            let text = |key: &str| {
+                image
+                    .get(key)
+                    .and_then(|v| v.as_s().ok())
+                    .map(String::as_str)
+            };
+            Some(
+                NewEvent::from_image(id, payload.map(String::as_str), received_at)
+                    .traced(text("trace_id"), text("trace_parent")),
+            )
         })
         .collect()
 }

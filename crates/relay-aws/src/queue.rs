@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
-use aws_sdk_sqs::types::MessageSystemAttributeName;
+use aws_sdk_sqs::types::{MessageSystemAttributeName, MessageSystemAttributeNameForSends};
 use relay_core::{
     AttemptRecord, Claim, DeliveryStatus, Settlement, StoreError, Trigger, WorkQueue, now_millis,
 };
@@ -26,7 +26,8 @@ use serde_json::json;
 
 use crate::archive::{ArchiveRecord, Archiver};
 use crate::items::{META, STATE, State, attempt_item, get_n, get_s, key, n, s};
-use crate::outbox::NewEvent;
+use crate::outbox::{NewEvent, trace_attribute};
+use crate::xray::{Flag, Segment, TraceHeader, new_segment_id};
 use crate::{Aws, AwsError};
 
 /// Longest `DelaySeconds` SQS takes.
@@ -43,8 +44,8 @@ struct Inner {
     aws: Aws,
     queue_url: String,
     dlq_url: String,
-    /// The receipt of each claimed message, by event id, for its settlement.
-    receipts: Mutex<HashMap<String, String>>,
+    /// Each claimed message, by event id, for its settlement.
+    held: Mutex<HashMap<String, Held>>,
     next_lease: AtomicI64,
     /// Delivered events' items expire this long after delivery (TTL).
     retention: Duration,
@@ -54,6 +55,13 @@ struct Inner {
     spent: tokio::sync::mpsc::UnboundedSender<String>,
     /// Delivered and dead-lettered events, on their way to S3.
     archiver: Archiver,
+}
+
+/// A claimed message: its receipt, and the event's X-Ray trace (`AWSTraceHeader`).
+#[derive(Debug)]
+struct Held {
+    receipt: String,
+    trace: Option<TraceHeader>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -72,7 +80,7 @@ impl SqsQueue {
                 aws,
                 queue_url,
                 dlq_url,
-                receipts: Mutex::default(),
+                held: Mutex::default(),
                 // Tokens from different processes must differ: start from a random point.
                 next_lease: AtomicI64::new(fastrand_i64()),
                 retention,
@@ -107,6 +115,7 @@ impl SqsQueue {
         &self,
         id: &str,
         carried: Option<(String, i64)>,
+        trace: Option<&TraceHeader>,
         token: i64,
         now: i64,
         lease: Duration,
@@ -151,9 +160,9 @@ impl SqsQueue {
                         && let Some(due) = state.due_at.filter(|due| *due > now)
                     {
                         // Not due yet: it came back after the longest delay SQS allows.
-                        self.send(&NewEvent::from(id), due - now)
-                            .await
-                            .map_err(Self::failed)?;
+                        let mut event = NewEvent::from(id);
+                        event.trace = trace.cloned();
+                        self.send(&event, due - now).await.map_err(Self::failed)?;
                     }
                     return Ok(None);
                 }
@@ -201,14 +210,22 @@ impl SqsQueue {
     /// Queues the event to be received after `delay_ms` (as much of it as SQS allows).
     pub(crate) async fn send(&self, event: &NewEvent, delay_ms: i64) -> Result<(), AwsError> {
         let delay = (delay_ms.max(0) as f64 / 1000.0).ceil() as i64;
-        self.inner
+        let mut send = self
+            .inner
             .aws
             .sqs
             .send_message()
             .queue_url(&self.inner.queue_url)
             .message_body(event.body())
-            .delay_seconds(delay.min(MAX_DELAY_SECS) as i32)
-            .send()
+            .delay_seconds(delay.min(MAX_DELAY_SECS) as i32);
+        // The same trace, under the same forwarding segment: attempts are its siblings.
+        if let Some(trace) = &event.trace {
+            send = send.message_system_attributes(
+                MessageSystemAttributeNameForSends::AwsTraceHeader,
+                trace_attribute(trace),
+            );
+        }
+        send.send()
             .await
             .map_err(|e| AwsError::from_sdk("the work queue", e))?;
         Ok(())
@@ -221,8 +238,58 @@ impl SqsQueue {
         let _ = self.inner.spent.send(receipt);
     }
 
-    fn receipt(&self, id: &str) -> Option<String> {
-        lock(&self.inner.receipts).remove(id)
+    fn take_held(&self, id: &str) -> Option<Held> {
+        lock(&self.inner.held).remove(id)
+    }
+
+    /// Sends the X-Ray segments emitted so far, before a Lambda function is frozen.
+    pub async fn flush_trace(&self) {
+        self.inner.aws.tracer.flush().await;
+    }
+
+    /// One attempt's segment in the event's trace, with the target call as its subsegment.
+    fn trace_attempt(
+        &self,
+        claim: &Claim,
+        trace: &TraceHeader,
+        attempt: &AttemptRecord,
+        settlement: &Settlement,
+    ) {
+        let (start, end) = (
+            attempt.started_at,
+            attempt.started_at + attempt.duration_ms as i64,
+        );
+        let settled = match settlement {
+            Settlement::Delivered => "delivered",
+            Settlement::Retry { .. } => "retry",
+            Settlement::Dead { .. } => "dead",
+        };
+        let flag = match attempt.outcome {
+            "delivered" => None,
+            "rate_limited" => Some(Flag::Throttle),
+            "permanent" => Some(Flag::Error),
+            _ => Some(Flag::Fault),
+        };
+        let mut target = Segment::new("target", new_segment_id(), trace, start, end).http(
+            "POST",
+            None,
+            attempt.http_status,
+        );
+        let mut segment = Segment::new("relay-dispatcher", new_segment_id(), trace, start, end)
+            .annotate("event_id", claim.event_id.as_str())
+            .annotate("attempt", claim.tries + 1)
+            .annotate("outcome", attempt.outcome)
+            .annotate("settled", settled)
+            .annotate("trigger", attempt.trigger.as_str())
+            .metadata("detail", attempt.detail.as_str());
+        if let Some(flag) = flag {
+            target = target.flag(flag);
+            segment = segment.flag(flag);
+        }
+        self.inner
+            .aws
+            .tracer
+            .emit(&segment.subsegment(target, "remote"));
     }
 
     /// Claims the events of messages already received (by a receive, or handed to a Lambda by
@@ -246,6 +313,12 @@ impl SqsQueue {
                 let payload = v.get("payload")?.as_str()?.to_owned();
                 Some((payload, v.get("received_at")?.as_i64()?))
             });
+            // `AWSTraceHeader`, or the body's copy (which survives any sender's quirks).
+            let trace = message
+                .trace
+                .as_deref()
+                .or_else(|| body.as_ref()?.get("trace")?.as_str())
+                .and_then(TraceHeader::parse);
             let queue = self.clone();
             pending.spawn(async move {
                 let Some(id) = id else {
@@ -253,9 +326,16 @@ impl SqsQueue {
                     queue.delete(message.receipt);
                     return (message.message_id, Ok(None));
                 };
-                let claimed = match queue.claim_one(&id, carried, token, now, lease).await {
+                let claimed = match queue
+                    .claim_one(&id, carried, trace.as_ref(), token, now, lease)
+                    .await
+                {
                     Ok(Some(claim)) => {
-                        lock(&queue.inner.receipts).insert(id, message.receipt);
+                        let held = Held {
+                            receipt: message.receipt,
+                            trace,
+                        };
+                        lock(&queue.inner.held).insert(id, held);
                         Ok(Some(claim))
                     }
                     // Settled, held elsewhere, or not due: this copy is done with.
@@ -329,6 +409,8 @@ pub struct Received {
     pub message_id: String,
     pub receipt: String,
     pub body: String,
+    /// Its `AWSTraceHeader` system attribute: the event's X-Ray trace.
+    pub trace: Option<String>,
 }
 
 fn fastrand_i64() -> i64 {
@@ -359,6 +441,11 @@ impl WorkQueue for SqsQueue {
             .unwrap_or_default()
             .into_iter()
             .map(|m| Received {
+                trace: m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::AwsTraceHeader))
+                    .cloned(),
                 message_id: m.message_id.unwrap_or_default(),
                 receipt: m.receipt_handle.unwrap_or_default(),
                 body: m.body.unwrap_or_default(),
@@ -467,15 +554,21 @@ impl WorkQueue for SqsQueue {
         }
         // The state is recorded; now the messages follow it. If this part fails, the message
         // comes back when its visibility ends, and the claim sees the state and drops it.
-        let receipt = self.receipt(&claim.event_id);
+        let held = self.take_held(&claim.event_id);
+        let trace = held.as_ref().and_then(|h| h.trace.clone());
+        if let Some(trace) = &trace {
+            self.trace_attempt(claim, trace, &attempt, &settlement);
+        }
+        let receipt = held.map(|h| h.receipt);
         let moved = match &settlement {
             Settlement::Delivered => Ok(()),
             Settlement::Retry { at, .. } => {
-                let event = NewEvent::from_image(
+                let mut event = NewEvent::from_image(
                     claim.event_id.clone(),
                     Some(&claim.payload),
                     Some(claim.received_at),
                 );
+                event.trace = trace;
                 self.send(&event, at - now).await
             }
             Settlement::Dead { reason } => aws
@@ -518,7 +611,7 @@ impl WorkQueue for SqsQueue {
             if let Err(e) = back {
                 tracing::debug!(event_id = %claim.event_id, error = %AwsError::from_sdk("the events table", e), "releasing a claim");
             }
-            if let Some(receipt) = self.receipt(&claim.event_id) {
+            if let Some(Held { receipt, .. }) = self.take_held(&claim.event_id) {
                 let _ = aws
                     .sqs
                     .change_message_visibility()
@@ -531,6 +624,7 @@ impl WorkQueue for SqsQueue {
         }
         // Release is the dispatcher's last call before it stops: what it settled goes out now.
         self.flush_archive().await;
+        self.flush_trace().await;
         Ok(())
     }
 

@@ -58,6 +58,42 @@ pub fn request_emf(response: &Response, took: std::time::Duration) -> crate::emf
     emf
 }
 
+/// One X-Ray trace per accepted event: the request's `X-Amzn-Trace-Id` (API Gateway's trace)
+/// is continued, or a trace started; the event is stored with it ([`crate::DynamoIngest`] reads
+/// it while the request is handled), and a receive segment annotated with `event_id` is emitted.
+pub fn with_tracing(app: Router, tracer: crate::xray::Tracer) -> Router {
+    app.layer(axum::middleware::from_fn(
+        move |request: Request, next: axum::middleware::Next| {
+            let tracer = tracer.clone();
+            async move { traced(tracer, request, next).await }
+        },
+    ))
+}
+
+async fn traced(
+    tracer: crate::xray::Tracer,
+    request: Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let header = request
+        .headers()
+        .get("x-amzn-trace-id")
+        .and_then(|v| v.to_str().ok());
+    let receiving = match crate::xray::Receiving::from_header(header) {
+        Some(receiving) if tracer.is_on() => receiving,
+        _ => return next.run(request).await,
+    };
+    let started = relay_core::now_millis();
+    let response = receiving.clone().scope(next.run(request)).await;
+    if response.status() == StatusCode::ACCEPTED
+        && let Some(relay_ingest::EventId(id)) = response.extensions().get()
+    {
+        let ended = relay_core::now_millis();
+        tracer.emit(&receiving.segment(id, started, ended, response.status().as_u16()));
+    }
+    response
+}
+
 /// API Gateway's own limit on a request body.
 const API_GATEWAY_MAX_BODY: usize = 10 * 1024 * 1024;
 

@@ -261,6 +261,115 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
         "the event as received: {dead}"
     );
     assert_eq!(dead["attempts"], 1);
+
+    // Each attempt is a segment in its event's trace, under the `AWSTraceHeader` it came with.
+    aws.tracer.flush().await;
+    let segments = relay_aws::xray::fetch_trace(&aws, "1-67891233-abcdef012345678912345678")
+        .await
+        .unwrap();
+    let mut traced: Vec<(String, Value, Value)> = segments
+        .iter()
+        .map(|s| {
+            assert_eq!(s["name"], "relay-dispatcher");
+            assert_eq!(s["parent_id"], "463ac35c9f6413ad");
+            assert_eq!(s["subsegments"][0]["name"], "target");
+            let id = s["annotations"]["event_id"].as_str().unwrap().to_owned();
+            (id, s["annotations"]["settled"].clone(), s["error"].clone())
+        })
+        .collect();
+    traced.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(
+        traced,
+        [
+            ("d-1".to_owned(), json!("delivered"), Value::Null),
+            ("d-2".to_owned(), json!("delivered"), Value::Null),
+            ("d-3".to_owned(), json!("dead"), json!(true)),
+        ]
+    );
+}
+
+/// In Lambda, segments go to the X-Ray daemon over UDP. The receiver stores the event with API
+/// Gateway's trace, and its segment (the parent of the rest of the trace) is a document X-Ray
+/// takes: relayed here to the local X-Ray API, as the daemon would, and read back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_stores_api_gateways_trace_and_sends_its_segment_to_the_daemon() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("traced-receiver").await;
+    let daemon = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    daemon
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let tracer = relay_aws::xray::Tracer::daemon(daemon.local_addr().unwrap()).unwrap();
+    let router = relay_aws::receiver::with_tracing(
+        relay_ingest::router(
+            DynamoIngest::new(aws.clone()),
+            IngestConfig {
+                api_keys: vec!["fixture-key".into()],
+                ..IngestConfig::default()
+            },
+        ),
+        tracer,
+    );
+    let mut event: Value = serde_json::from_str(&fixture("apigw-rest-post-event.json")).unwrap();
+    event["requestContext"]["stage"] = Value::Null;
+    let request: LambdaRequest = serde_json::from_value(event).unwrap();
+    let answer = Adapter::from(router)
+        .call(LambdaEvent::new(request, Context::default()))
+        .await
+        .unwrap();
+    assert_eq!(serde_json::to_value(answer).unwrap()["statusCode"], 202);
+
+    let mut datagram = vec![0; 65_536];
+    let n = daemon.recv(&mut datagram).unwrap();
+    let text = std::str::from_utf8(&datagram[..n]).unwrap();
+    let (header, document) = text.split_once('\n').unwrap();
+    assert_eq!(header, r#"{"format": "json", "version": 1}"#);
+    let segment: Value = serde_json::from_str(document).unwrap();
+    let root = "1-67891233-abcdef012345678912345678";
+    assert_eq!(segment["trace_id"], root);
+    assert_eq!(segment["annotations"]["event_id"], "fixture-1");
+    assert_eq!(segment["http"]["response"]["status"], 202);
+    assert_eq!(
+        relay_aws::xray::trace_id_of(&aws, "fixture-1")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(root)
+    );
+    let stored = aws
+        .dynamodb
+        .get_item()
+        .table_name(&aws.stack.events_table)
+        .key(
+            "pk",
+            aws_sdk_dynamodb::types::AttributeValue::S("EVT#fixture-1".into()),
+        )
+        .key(
+            "sk",
+            aws_sdk_dynamodb::types::AttributeValue::S("META".into()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .item
+        .unwrap();
+    assert_eq!(
+        stored["trace_parent"].as_s().unwrap(),
+        segment["id"].as_str().unwrap(),
+        "the rest of the trace hangs under the receive segment"
+    );
+
+    // What the daemon does with it: X-Ray takes the document, and gives it back by trace id.
+    let put = aws
+        .xray
+        .put_trace_segments()
+        .trace_segment_documents(document)
+        .send()
+        .await
+        .unwrap();
+    assert!(put.unprocessed_trace_segments().is_empty(), "{put:?}");
+    let fetched = relay_aws::xray::fetch_trace(&aws, root).await.unwrap();
+    assert_eq!(fetched, [segment]);
 }
 
 /// The receiver's EMF line per request: accepted, duplicate, or rejected with its reason, and

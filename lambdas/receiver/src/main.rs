@@ -1,8 +1,10 @@
 //! The receiver Lambda: API Gateway REST proxy events into the unchanged ingest router, over
-//! the stack's events table. `RELAY_API_KEY` holds the accepted keys (comma-separated, for
-//! rotation); set `AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH` so paths are `/events`, not
+//! the stack's events table. `RELAY_API_KEY_SECRET` (`secretsmanager:NAME`) names the secret
+//! holding the accepted keys (comma-separated, `old,new` during a rotation), or
+//! `RELAY_API_KEY` holds them; set `AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH` so paths are `/events`, not
 //! `/<stage>/events` (Terraform does both). Each request leaves one EMF line on stdout: the
-//! metrics, with `event_id` and `status` (`relay_aws::receiver::with_metrics`).
+//! metrics, with `event_id` and `status` (`relay_aws::receiver::with_metrics`). Each accepted
+//! event is stored with its X-Ray trace (API Gateway's), and gets a receive segment in it.
 
 use std::time::Duration;
 
@@ -12,13 +14,20 @@ use relay_ingest::IngestConfig;
 async fn main() -> Result<(), lambda_http::Error> {
     relay_aws::lambda::init_tracing();
     let aws = relay_aws::Aws::connect(&relay_aws::lambda::options_from_env()).await?;
+    // The keys from Secrets Manager (`RELAY_API_KEY_SECRET`, as Terraform sets it), or, for a
+    // local run, from `RELAY_API_KEY`.
+    let api_keys = match std::env::var("RELAY_API_KEY_SECRET") {
+        Ok(secret) => relay_aws::secrets::api_keys(&aws, &secret.parse()?).await?,
+        Err(_) => relay_aws::lambda::list_from_env("RELAY_API_KEY")?,
+    };
     let config = IngestConfig {
-        api_keys: relay_aws::lambda::list_from_env("RELAY_API_KEY")?,
+        api_keys,
         store_timeout: Duration::from_millis(400),
     };
-    lambda_http::run(relay_aws::receiver::with_metrics(relay_ingest::router(
-        relay_aws::DynamoIngest::new(aws),
-        config,
-    )))
+    let tracer = aws.tracer.clone();
+    let app = relay_ingest::router(relay_aws::DynamoIngest::new(aws), config);
+    lambda_http::run(relay_aws::receiver::with_metrics(
+        relay_aws::receiver::with_tracing(app, tracer),
+    ))
     .await
 }
