@@ -1,0 +1,108 @@
+variable "stack" {
+  description = "Prefix of every resource name: the `--stack` relay derives names from (`<stack>-events`, `<stack>-queue`, …)."
+  type        = string
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9-]{1,40}[a-z0-9]$", var.stack))
+    error_message = "stack: 3–42 lowercase letters, digits and dashes (it prefixes an S3 bucket name)."
+  }
+}
+
+variable "lambda_artifacts" {
+  description = "Directory holding the built zips: <dir>/relay-receiver/bootstrap.zip, … (`cargo lambda build --release --arm64 --output-format zip`)."
+  type        = string
+}
+
+variable "target_url" {
+  description = "The GraphQL target's URL."
+  type        = string
+}
+
+variable "target_rate" {
+  description = "The fleet's ceiling in requests/s; 0 lets the dispatchers discover the target's limit."
+  type        = number
+  default     = 0
+}
+
+variable "brand" {
+  description = "The `brand` every delivered event is enriched with."
+  type        = string
+  default     = "testBrand"
+}
+
+variable "retention" {
+  description = "How long a delivered event's DynamoDB item stays before TTL removes it (the S3 archive keeps it)."
+  type        = string
+  default     = "7d"
+}
+
+variable "dispatcher_max_concurrency" {
+  description = "Most dispatcher instances at once (the SQS mapping's MaximumConcurrency, 2–1000)."
+  type        = number
+  default     = 4
+}
+
+variable "dispatcher_batch_size" {
+  description = "Messages per dispatcher invocation."
+  type        = number
+  default     = 10
+}
+
+variable "dispatcher_timeout" {
+  description = "Dispatcher function timeout, seconds. The queue's visibility is six times this."
+  type        = number
+  default     = 60
+}
+
+variable "receiver_reserved_concurrency" {
+  description = "Concurrency reserved for the receiver, so no other function can starve ingest."
+  type        = number
+  default     = 50
+}
+
+variable "api_throttle_rate" {
+  description = "API Gateway stage throttling: steady requests/s."
+  type        = number
+  default     = 1000
+}
+
+variable "api_throttle_burst" {
+  description = "API Gateway stage throttling: burst."
+  type        = number
+  default     = 2000
+}
+
+variable "xray_sampling_rate" {
+  description = "Share of requests API Gateway traces (1.0: one X-Ray trace per event; the biggest line of the bill at scale)."
+  type        = number
+  default     = 1.0
+}
+
+variable "log_retention_days" {
+  description = "CloudWatch Logs retention for the functions and API access logs."
+  type        = number
+  default     = 30
+}
+
+variable "archive_expiry_days" {
+  description = "Days before archived events in S3 are deleted (they move to Glacier Instant Retrieval after 30)."
+  type        = number
+  default     = 400
+}
+
+variable "alarm_email" {
+  description = "Subscribed to the alarm topic when set."
+  type        = string
+  default     = ""
+}
+
+variable "queue_age_alarm_seconds" {
+  description = "Alarm when the oldest waiting message is older than this."
+  type        = number
+  default     = 300
+}
+
+variable "tags" {
+  description = "Tags on every resource."
+  type        = map(string)
+  default     = {}
+}
