@@ -1,0 +1,402 @@
+//! The Terraform in `terraform/`, parsed (providers cannot be downloaded here, so no
+//! `terraform validate`): the wiring that matters for relay, asserted on the HCL itself. Names
+//! must be the ones relay derives from `--stack`, and the outputs what `--stack-outputs` reads.
+
+#![allow(clippy::unwrap_used)] // test code: a panic is the failure report
+
+use std::path::{Path, PathBuf};
+
+use hcl::{Block, Body};
+use relay_aws::Stack;
+
+fn terraform_dir(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../terraform")
+        .join(rel)
+}
+
+/// Every top-level block of every `.tf` file in `dir`.
+fn load(dir: &str) -> Vec<Block> {
+    let mut blocks = Vec::new();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(terraform_dir(dir))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "tf"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no .tf files in {dir}");
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let body = hcl::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        blocks.extend(body.into_blocks());
+    }
+    blocks
+}
+
+fn labels(block: &Block) -> Vec<&str> {
+    block.labels().iter().map(|l| l.as_str()).collect()
+}
+
+/// `resource "<ty>" "<name>"` (or `data`) blocks: (name, body).
+fn of_type<'a>(blocks: &'a [Block], kind: &str, ty: &str) -> Vec<(&'a str, &'a Body)> {
+    blocks
+        .iter()
+        .filter(|b| b.identifier() == kind && labels(b).first() == Some(&ty))
+        .map(|b| (b.labels()[1].as_str(), b.body()))
+        .collect()
+}
+
+fn resource<'a>(blocks: &'a [Block], ty: &str, name: &str) -> &'a Body {
+    of_type(blocks, "resource", ty)
+        .into_iter()
+        .find(|(n, _)| *n == name)
+        .unwrap_or_else(|| panic!("resource {ty}.{name} is missing"))
+        .1
+}
+
+/// An attribute's expression as HCL text, on one line (`["arm64"]`).
+fn attr(body: &Body, key: &str) -> Option<String> {
+    body.attributes().find(|a| a.key() == key).map(|a| {
+        hcl::format::to_string(a.expr())
+            .unwrap()
+            .lines()
+            .map(str::trim)
+            .collect()
+    })
+}
+
+fn nested<'a>(body: &'a Body, ident: &str) -> Option<&'a Body> {
+    body.blocks()
+        .find(|b| b.identifier() == ident)
+        .map(Block::body)
+}
+
+/// A whole body as HCL text, for "mentions" checks.
+fn text(body: &Body) -> String {
+    hcl::format::to_string(body).unwrap()
+}
+
+fn locals<'a>(blocks: &'a [Block], key: &str) -> String {
+    blocks
+        .iter()
+        .filter(|b| b.identifier() == "locals")
+        .find_map(|b| attr(b.body(), key))
+        .unwrap_or_else(|| panic!("local.{key} is missing"))
+}
+
+#[test]
+fn names_are_the_ones_relay_derives_from_the_stack() {
+    let module = load("modules/relay");
+    let names = locals(&module, "names");
+    // `Stack::named` applied to Terraform's own interpolation gives the same templates.
+    let stack = Stack::named("${var.stack}");
+    for (key, name) in [
+        ("events_table", &stack.events_table),
+        ("control_table", &stack.control_table),
+        ("queue", &stack.queue),
+        ("dlq", &stack.dlq),
+        ("archive_bucket", &stack.archive_bucket),
+    ] {
+        assert!(
+            names.contains(&format!("{key} = \"{name}\"")),
+            "local.names.{key} must be \"{name}\": {names}"
+        );
+    }
+    let wired = [
+        ("aws_dynamodb_table", "events", "local.names.events_table"),
+        ("aws_dynamodb_table", "control", "local.names.control_table"),
+        ("aws_sqs_queue", "work", "local.names.queue"),
+        ("aws_sqs_queue", "dlq", "local.names.dlq"),
+    ];
+    for (ty, name, expected) in wired {
+        assert_eq!(
+            attr(resource(&module, ty, name), "name").as_deref(),
+            Some(expected)
+        );
+    }
+    assert_eq!(
+        attr(resource(&module, "aws_s3_bucket", "archive"), "bucket").as_deref(),
+        Some("local.names.archive_bucket")
+    );
+}
+
+#[test]
+fn outputs_are_what_stack_outputs_reads_in_the_module_and_every_environment() {
+    // What `Stack::from_outputs` reads, proven by reading a file with exactly these keys.
+    let keys = [
+        "events_table",
+        "control_table",
+        "queue_name",
+        "dlq_name",
+        "archive_bucket",
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outputs.json");
+    let json: serde_json::Map<String, serde_json::Value> = keys
+        .iter()
+        .map(|k| {
+            (
+                (*k).to_owned(),
+                serde_json::json!({ "value": format!("x-{k}") }),
+            )
+        })
+        .collect();
+    std::fs::write(&file, serde_json::Value::Object(json).to_string()).unwrap();
+    let stack = Stack::from_outputs(&file).unwrap();
+    assert_eq!(stack.queue, "x-queue_name");
+
+    for dir in ["modules/relay", "environments/dev", "environments/prod"] {
+        let blocks = load(dir);
+        let outputs: Vec<&str> = blocks
+            .iter()
+            .filter(|b| b.identifier() == "output")
+            .map(|b| b.labels()[0].as_str())
+            .collect();
+        for key in keys {
+            assert!(outputs.contains(&key), "{dir} has no output {key}");
+        }
+    }
+}
+
+#[test]
+fn every_environment_keeps_state_in_s3_with_locking_and_uses_the_module() {
+    for env in ["dev", "prod"] {
+        let blocks = load(&format!("environments/{env}"));
+        let terraform = blocks
+            .iter()
+            .find(|b| b.identifier() == "terraform")
+            .unwrap()
+            .body();
+        let backend = terraform
+            .blocks()
+            .find(|b| b.identifier() == "backend")
+            .unwrap();
+        assert_eq!(labels(backend), ["s3"], "{env}");
+        assert_eq!(
+            attr(backend.body(), "use_lockfile").as_deref(),
+            Some("true")
+        );
+        assert_eq!(attr(backend.body(), "encrypt").as_deref(), Some("true"));
+        let module = blocks.iter().find(|b| b.identifier() == "module").unwrap();
+        assert_eq!(
+            attr(module.body(), "source").as_deref(),
+            Some("\"../../modules/relay\"")
+        );
+    }
+}
+
+#[test]
+fn every_queue_has_encryption_and_a_dead_letter_path() {
+    let module = load("modules/relay");
+    let queues = of_type(&module, "resource", "aws_sqs_queue");
+    assert!(queues.len() >= 2);
+    let all = module
+        .iter()
+        .map(|b| text(b.body()))
+        .collect::<Vec<_>>()
+        .join("\n");
+    for (name, body) in &queues {
+        assert!(
+            attr(body, "kms_master_key_id").is_some()
+                || attr(body, "sqs_managed_sse_enabled").is_some(),
+            "queue {name} is not encrypted"
+        );
+        // A queue either sends its failures somewhere, or is itself where failures go.
+        let has_dlq =
+            attr(body, "redrive_policy").is_some_and(|p| p.contains("deadLetterTargetArn"));
+        let is_dlq = all.contains(&format!("deadLetterTargetArn = aws_sqs_queue.{name}.arn"))
+            || all.contains(&format!("destination_arn = aws_sqs_queue.{name}.arn"));
+        assert!(has_dlq || is_dlq, "queue {name} has no dead-letter path");
+    }
+    let work = resource(&module, "aws_sqs_queue", "work");
+    assert_eq!(
+        attr(work, "visibility_timeout_seconds").as_deref(),
+        Some("6 * var.dispatcher_timeout"),
+        "visibility ≥ 6 × the dispatcher's timeout"
+    );
+    let dlq = resource(&module, "aws_sqs_queue", "dlq");
+    assert_eq!(
+        attr(dlq, "message_retention_seconds").as_deref(),
+        Some("14 * 24 * 3600")
+    );
+}
+
+#[test]
+fn every_function_is_traced_on_arm64_with_its_own_role_and_no_wildcard_actions() {
+    let module = load("modules/relay");
+    let functions = of_type(&module, "resource", "aws_lambda_function");
+    assert_eq!(
+        functions.len(),
+        1,
+        "one for_each resource for the three functions"
+    );
+    let body = functions[0].1;
+    assert_eq!(
+        attr(nested(body, "tracing_config").unwrap(), "mode").as_deref(),
+        Some("\"Active\"")
+    );
+    assert_eq!(attr(body, "architectures").as_deref(), Some("[\"arm64\"]"));
+    assert_eq!(
+        attr(body, "role").as_deref(),
+        Some("aws_iam_role.function[each.key].arn")
+    );
+    let names = locals(&module, "functions");
+    for f in ["receiver", "forwarder", "dispatcher"] {
+        assert!(names.contains(f), "{names}");
+    }
+    assert!(
+        attr(body, "reserved_concurrent_executions")
+            .unwrap()
+            .contains("\"receiver\" ? var.receiver_reserved_concurrency"),
+        "reserved concurrency protects the receiver"
+    );
+    // Every statement of the functions' policies names its actions: no `*` in any of them.
+    let documents = of_type(&module, "data", "aws_iam_policy_document");
+    let mut checked = 0;
+    for (name, doc) in documents.iter().filter(|(n, _)| *n != "kms") {
+        for statement in doc.blocks().filter(|b| b.identifier() == "statement") {
+            let actions = attr(statement.body(), "actions").unwrap();
+            assert!(
+                !actions.contains('*'),
+                "policy {name} has a wildcard action: {actions}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(checked >= 10, "{checked} statements");
+    let policies = locals(&module, "policies");
+    for f in ["receiver", "forwarder", "dispatcher"] {
+        assert!(
+            policies.contains(&format!("data.aws_iam_policy_document.{f}.json")),
+            "{policies}"
+        );
+    }
+}
+
+#[test]
+fn the_mappings_report_item_failures_cap_concurrency_and_filter_inserts() {
+    let module = load("modules/relay");
+    let work = resource(&module, "aws_lambda_event_source_mapping", "work");
+    assert!(
+        attr(work, "event_source_arn")
+            .unwrap()
+            .contains("aws_sqs_queue.work")
+    );
+    assert_eq!(
+        attr(work, "function_response_types").as_deref(),
+        Some("[\"ReportBatchItemFailures\"]")
+    );
+    assert_eq!(
+        attr(
+            nested(work, "scaling_config").unwrap(),
+            "maximum_concurrency"
+        )
+        .as_deref(),
+        Some("var.dispatcher_max_concurrency")
+    );
+    let outbox = resource(&module, "aws_lambda_event_source_mapping", "outbox");
+    assert!(
+        attr(outbox, "event_source_arn")
+            .unwrap()
+            .contains("stream_arn")
+    );
+    assert_eq!(
+        attr(outbox, "bisect_batch_on_function_error").as_deref(),
+        Some("true")
+    );
+    assert!(text(outbox).contains("INSERT"), "an INSERT filter");
+    let on_failure = nested(nested(outbox, "destination_config").unwrap(), "on_failure");
+    assert!(on_failure.is_some(), "an on-failure destination");
+}
+
+#[test]
+fn every_data_store_is_encrypted_and_the_bucket_private() {
+    let module = load("modules/relay");
+    for (name, table) in of_type(&module, "resource", "aws_dynamodb_table") {
+        let sse = nested(table, "server_side_encryption").unwrap();
+        assert_eq!(attr(sse, "enabled").as_deref(), Some("true"), "{name}");
+        assert!(attr(sse, "kms_key_arn").is_some(), "{name}: a customer key");
+        let pitr = nested(table, "point_in_time_recovery").unwrap();
+        assert_eq!(attr(pitr, "enabled").as_deref(), Some("true"), "{name}");
+    }
+    let events = resource(&module, "aws_dynamodb_table", "events");
+    assert_eq!(
+        attr(events, "stream_view_type").as_deref(),
+        Some("\"NEW_IMAGE\"")
+    );
+    assert_eq!(
+        attr(nested(events, "ttl").unwrap(), "attribute_name").as_deref(),
+        Some("\"expires_at\""),
+        "the attribute relay writes"
+    );
+    let sse = resource(
+        &module,
+        "aws_s3_bucket_server_side_encryption_configuration",
+        "archive",
+    );
+    assert!(text(sse).contains("aws:kms"));
+    let public = resource(&module, "aws_s3_bucket_public_access_block", "archive");
+    for key in [
+        "block_public_acls",
+        "block_public_policy",
+        "ignore_public_acls",
+        "restrict_public_buckets",
+    ] {
+        assert_eq!(attr(public, key).as_deref(), Some("true"), "{key}");
+    }
+    assert!(!of_type(&module, "resource", "aws_s3_bucket_lifecycle_configuration").is_empty());
+    for (name, secret) in of_type(&module, "resource", "aws_secretsmanager_secret") {
+        assert!(attr(secret, "kms_key_id").is_some(), "secret {name}");
+    }
+    for (name, topic) in of_type(&module, "resource", "aws_sns_topic") {
+        assert!(attr(topic, "kms_master_key_id").is_some(), "topic {name}");
+    }
+    for (name, group) in of_type(&module, "resource", "aws_cloudwatch_log_group") {
+        assert!(attr(group, "kms_key_id").is_some(), "log group {name}");
+        assert!(
+            attr(group, "retention_in_days").is_some(),
+            "log group {name}"
+        );
+    }
+}
+
+#[test]
+fn the_api_stage_is_traced_and_logged_and_the_alarms_cover_the_dlq_and_queue_age() {
+    let module = load("modules/relay");
+    let stage = resource(&module, "aws_api_gateway_stage", "live");
+    assert_eq!(attr(stage, "xray_tracing_enabled").as_deref(), Some("true"));
+    let logs = nested(stage, "access_log_settings").unwrap();
+    assert!(
+        attr(logs, "destination_arn")
+            .unwrap()
+            .contains("aws_cloudwatch_log_group.access")
+    );
+    let api = resource(&module, "aws_api_gateway_rest_api", "ingest");
+    assert!(text(api).contains("REGIONAL"));
+    let sampling = resource(&module, "aws_xray_sampling_rule", "events");
+    assert_eq!(
+        attr(sampling, "fixed_rate").as_deref(),
+        Some("var.xray_sampling_rate")
+    );
+
+    let alarms = locals(&module, "alarms");
+    let dlq = alarms.split("dlq-not-empty").nth(1).unwrap();
+    assert!(
+        dlq.contains("ApproximateNumberOfMessagesVisible")
+            && dlq.contains("aws_sqs_queue.dlq.name")
+    );
+    let age = alarms.split("queue-age").nth(1).unwrap();
+    assert!(
+        age.contains("ApproximateAgeOfOldestMessage") && age.contains("aws_sqs_queue.work.name")
+    );
+    for alarm in ["stream-iterator-age", "api-5xx", "-errors", "-throttles"] {
+        assert!(alarms.contains(alarm), "no {alarm} alarm");
+    }
+    let alarm = resource(&module, "aws_cloudwatch_metric_alarm", "relay");
+    assert_eq!(attr(alarm, "for_each").as_deref(), Some("local.alarms"));
+    assert_eq!(
+        attr(alarm, "alarm_actions").as_deref(),
+        Some("local.alarm_actions")
+    );
+    assert!(locals(&module, "alarm_actions").contains("aws_sns_topic.alarms.arn"));
+}
