@@ -25,6 +25,9 @@ cargo fmt --all -- --check
 echo "==> cargo clippy (all targets, warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+# Terraform and the workflows: terraform fmt, checkov, actionlint (installed by the script).
+scripts/check-infra.sh
+
 if cargo nextest --version >/dev/null 2>&1; then
   echo "==> cargo nextest run"
   cargo nextest run --workspace --locked --no-fail-fast
