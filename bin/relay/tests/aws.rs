@@ -214,3 +214,118 @@ async fn the_targets_credentials_come_from_secrets_manager() {
     assert_eq!(target.stats().unauthorized, 0);
     assert_eq!(relay.terminate().code(), Some(0));
 }
+
+/// Every event gets one X-Ray trace: receive → forward (queue) → each attempt, with the target
+/// call under it, all annotated with `event_id`, and the trace id stored on the event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_has_one_x_ray_trace_from_receipt_to_every_attempt() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(50.0, 10.0).await;
+    target.set_faults(target_sim::Faults {
+        outage: true,
+        reject_names: vec!["poison".into()],
+        ..Default::default()
+    });
+    let relay = Relay::start_aws(dir.path(), &moto, "traced", &target.url(), &[]);
+    let retried = event(1);
+    let mut poison = event(2);
+    poison["name"] = json!("poison");
+    let header = "Root=1-67a0b1c2-0123456789abcdef01234567;Parent=53995c3f42cd8ad8;Sampled=1";
+    let client = reqwest::Client::new();
+    let answer = client
+        .post(relay.events_url())
+        .header("x-api-key", KEY)
+        .header("X-Amzn-Trace-Id", header)
+        .json(&retried)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
+    // Without a header the receiver starts the trace itself.
+    assert_eq!(
+        post_all(&relay.events_url(), &[poison.clone()]).await.len(),
+        1
+    );
+
+    eventually("the outage answers a first attempt", 60, || {
+        target.stats().requests >= 1
+    })
+    .await;
+    target.set_faults(target_sim::Faults {
+        reject_names: vec!["poison".into()],
+        ..Default::default()
+    });
+    eventually("the retried event is delivered", 60, || {
+        target.stats().events == 1
+    })
+    .await;
+    assert_eq!(relay.terminate().code(), Some(0));
+
+    let aws = relay_aws::Aws::connect(&moto.options("traced"))
+        .await
+        .unwrap();
+    let id = |e: &Value| e["id"].as_str().unwrap().to_owned();
+    let trace_id = relay_aws::xray::trace_id_of(&aws, &id(&retried))
+        .await
+        .unwrap();
+    assert_eq!(
+        trace_id.as_deref(),
+        Some("1-67a0b1c2-0123456789abcdef01234567"),
+        "the caller's trace is continued and stored on the event"
+    );
+    let segments = relay_aws::xray::fetch_trace(&aws, trace_id.as_deref().unwrap())
+        .await
+        .unwrap();
+    let named =
+        |name: &str| -> Vec<&Value> { segments.iter().filter(|s| s["name"] == name).collect() };
+    let (receive, forward, attempts) = (
+        named("relay-receiver"),
+        named("relay-forwarder"),
+        named("relay-dispatcher"),
+    );
+    assert_eq!((receive.len(), forward.len()), (1, 1), "{segments:#?}");
+    assert!(
+        attempts.len() >= 2,
+        "an attempt in the outage, then the delivery: {segments:#?}"
+    );
+    assert!(
+        segments
+            .iter()
+            .all(|s| s["annotations"]["event_id"] == json!(id(&retried))),
+        "{segments:#?}"
+    );
+    // One tree: the caller's segment → receive → forward → each attempt → the target call.
+    assert_eq!(receive[0]["parent_id"], "53995c3f42cd8ad8");
+    assert_eq!(forward[0]["parent_id"], receive[0]["id"]);
+    assert!(attempts.iter().all(|a| a["parent_id"] == forward[0]["id"]));
+    assert_eq!(receive[0]["subsegments"][0]["name"], "DynamoDB");
+    let first = attempts[0];
+    assert_eq!(first["fault"], true, "{first}");
+    assert_eq!(first["subsegments"][0]["http"]["response"]["status"], 503);
+    let last = attempts.last().unwrap();
+    assert_eq!(last["annotations"]["settled"], "delivered");
+    assert_eq!(last["subsegments"][0]["name"], "target");
+
+    // The event the receiver started a trace for: its one attempt is an error, dead-lettered.
+    let poison_trace = relay_aws::xray::trace_id_of(&aws, &id(&poison))
+        .await
+        .unwrap()
+        .expect("a trace started by the receiver");
+    assert_ne!(Some(poison_trace.clone()), trace_id);
+    let segments = relay_aws::xray::fetch_trace(&aws, &poison_trace)
+        .await
+        .unwrap();
+    let dead: Vec<&Value> = segments
+        .iter()
+        .filter(|s| s["name"] == "relay-dispatcher")
+        .collect();
+    assert_eq!(dead.len(), 1, "{segments:#?}");
+    assert_eq!(dead[0]["annotations"]["settled"], "dead");
+    assert_eq!(dead[0]["error"], true);
+    assert!(
+        segments
+            .iter()
+            .any(|s| s["name"] == "relay-receiver" && s.get("parent_id").is_none())
+    );
+}
