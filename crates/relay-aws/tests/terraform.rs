@@ -76,7 +76,7 @@ fn text(body: &Body) -> String {
     hcl::format::to_string(body).unwrap()
 }
 
-fn locals<'a>(blocks: &'a [Block], key: &str) -> String {
+fn locals(blocks: &[Block], key: &str) -> String {
     blocks
         .iter()
         .filter(|b| b.identifier() == "locals")
