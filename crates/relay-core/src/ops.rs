@@ -22,6 +22,9 @@ pub struct EventTrace {
     pub dead_letter: Option<DeadLetterView>,
     /// Ids of this event in tracing systems (X-Ray trace/segment ids on AWS); none locally.
     pub trace_ids: Vec<TraceRef>,
+    /// The trace's segments, oldest first (X-Ray on AWS: receive, forward, each attempt).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub segments: Vec<TraceSegment>,
     /// Set when the event was answered 2xx before its flush to disk completed (the local
     /// store's `deadline` durability policy, while the disk stalled).
     pub acked_before_flush: Option<EarlyAck>,
@@ -94,6 +97,18 @@ pub struct TraceRef {
     /// e.g. `xray`.
     pub system: String,
     pub id: String,
+}
+
+/// One unit of work in an event's trace (an X-Ray segment).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TraceSegment {
+    pub name: String,
+    pub id: String,
+    pub parent_id: Option<String>,
+    pub start: UnixMillis,
+    pub end: UnixMillis,
+    /// What the segment says about itself: its annotations, HTTP status, error flags.
+    pub detail: serde_json::Value,
 }
 
 /// Which dead letters to list, redrive or purge.

@@ -198,6 +198,7 @@ impl Reader {
             attempts: attempts(&conn, id).map_err(store_error)?,
             dead_letter: dead_letter(&conn, id).map_err(store_error)?,
             trace_ids: Vec::new(),
+            segments: Vec::new(),
             acked_before_flush: early,
             archived: None,
             event_id: d.event_id,
@@ -225,6 +226,7 @@ impl Reader {
             attempts: Vec::new(),
             dead_letter: None,
             trace_ids: Vec::new(),
+            segments: Vec::new(),
             acked_before_flush: None,
             archived: None,
         }))
@@ -260,6 +262,7 @@ impl Reader {
                 attempts: a.attempts,
                 dead_letter: a.dead_letter,
                 trace_ids: Vec::new(),
+                segments: Vec::new(),
                 acked_before_flush: a.acked_before_flush,
                 archived: Some(ArchiveRef {
                     location: path.display().to_string(),
