@@ -378,7 +378,9 @@ async fn run_aws(
     );
     // Other dispatchers of the stack share the target's limit with this one.
     let fleet = tokio::spawn(
-        relay_aws::fleet::Fleet::new(aws.clone(), handle.clone()).run(stopped(stop_rx.clone())),
+        relay_aws::fleet::Fleet::new(aws.clone(), handle.clone())
+            .with_queue(queue.clone())
+            .run(stopped(stop_rx.clone())),
     );
     let reporter = {
         let (handle, mut rx) = (handle.clone(), stop_rx.clone());

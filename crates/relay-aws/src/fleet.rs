@@ -11,11 +11,17 @@
 //!   sender cuts once. The others follow it at their next heartbeat
 //!   (`RateController::adopt_cut`), a `Retry-After` pause included.
 //!
+//! - **What they did.** The same write carries each dispatcher's report, `report:<id>`: its
+//!   deliveries, retries and dead letters of the last minute, what it has in flight, its rate,
+//!   the fleet's and the estimated limit, and the oldest event it saw waiting; and `ADD`s its
+//!   counts since the last heartbeat to the fleet's all-time totals. `relay status --backend aws`
+//!   reads them ([`read_status`]).
+//!
 //! So the item is written N times a second plus once per cut, whatever the event rate: no hot
 //! item is written per event. A dispatcher that cannot reach the table keeps its last share and
 //! its own control; the target's signals still slow it down.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -39,6 +45,9 @@ const FORGET: Duration = Duration::from_secs(60);
 /// A published cut older than this is not adopted by a dispatcher that starts.
 const STALE_CUT: Duration = Duration::from_secs(600);
 const MEMBER: &str = "member:";
+const REPORT: &str = "report:";
+/// The window of the reports' counts.
+const MINUTE_MS: i64 = 60_000;
 
 /// What one dispatcher last saw of its fleet.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -58,6 +67,26 @@ pub struct Fleet {
     id: String,
     handle: DispatcherHandle,
     state: Mutex<Seen>,
+    /// Where this dispatcher takes its work, for the oldest event it saw waiting.
+    queue: Option<crate::SqsQueue>,
+}
+
+/// A dispatcher's counters, cumulative.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Counts {
+    delivered: u64,
+    retried: u64,
+    dead: u64,
+}
+
+impl Counts {
+    fn since(self, earlier: Counts) -> Counts {
+        Counts {
+            delivered: self.delivered.saturating_sub(earlier.delivered),
+            retried: self.retried.saturating_sub(earlier.retried),
+            dead: self.dead.saturating_sub(earlier.dead),
+        }
+    }
 }
 
 #[derive(Debug, Default)]
@@ -69,6 +98,10 @@ struct Seen {
     shared_cut_ms: Option<i64>,
     /// Members seen long ago, removed at the next heartbeat.
     forget: Vec<String>,
+    /// Counts at each heartbeat of the last minute, oldest first.
+    window: VecDeque<(i64, Counts)>,
+    /// Counts already added to the fleet's totals.
+    added: Counts,
 }
 
 impl Fleet {
@@ -79,7 +112,59 @@ impl Fleet {
             id,
             handle,
             state: Mutex::default(),
+            queue: None,
         }
+    }
+
+    /// Reports the oldest event `queue` saw waiting for a retry.
+    pub fn with_queue(mut self, queue: crate::SqsQueue) -> Self {
+        self.queue = Some(queue);
+        self
+    }
+
+    /// This heartbeat's report, and the counts to add to the fleet's totals.
+    fn report(&self, now_ms: i64) -> (AttributeValue, Counts) {
+        let m = self.handle.snapshot();
+        let counts = Counts {
+            delivered: m.delivered,
+            retried: m.transient + m.rate_limited,
+            dead: m.dead,
+        };
+        let mut seen = self.seen();
+        seen.window.push_back((now_ms, counts));
+        while seen
+            .window
+            .front()
+            .is_some_and(|(at, _)| now_ms - at > MINUTE_MS)
+        {
+            seen.window.pop_front();
+        }
+        let first = seen.window.front().map_or(counts, |(_, c)| *c);
+        let minute = counts.since(first);
+        let add = counts.since(seen.added);
+        seen.added = counts;
+        drop(seen);
+        let (rate, fleet_rate, estimate) = self.rate_report();
+        let mut report = HashMap::from([
+            ("at".to_owned(), n(now_ms)),
+            ("delivered".to_owned(), n(minute.delivered)),
+            ("retried".to_owned(), n(minute.retried)),
+            ("dead".to_owned(), n(minute.dead)),
+            ("in_flight".to_owned(), n(m.in_flight)),
+            ("rate".to_owned(), n(rate)),
+            ("fleet_rate".to_owned(), n(fleet_rate)),
+        ]);
+        if let Some(estimate) = estimate {
+            report.insert("estimate".into(), n(estimate));
+        }
+        if let Some(oldest) = self
+            .queue
+            .as_ref()
+            .and_then(crate::SqsQueue::oldest_waiting)
+        {
+            report.insert("oldest_ms".into(), n(oldest));
+        }
+        (AttributeValue::M(report), add)
     }
 
     pub fn id(&self) -> &str {
@@ -101,6 +186,7 @@ impl Fleet {
     pub async fn sync(&self) -> Result<FleetView, AwsError> {
         let now_ms = now_millis();
         let forget = std::mem::take(&mut self.seen().forget);
+        let (report, add) = self.report(now_ms);
         let mut update = self
             .aws
             .dynamodb
@@ -108,14 +194,26 @@ impl Fleet {
             .table_name(&self.aws.stack.control_table)
             .key("pk", s(FLEET_ITEM))
             .expression_attribute_names("#me", format!("{MEMBER}{}", self.id))
+            .expression_attribute_names("#report", format!("{REPORT}{}", self.id))
             .expression_attribute_values(":now", n(now_ms))
+            .expression_attribute_values(":report", report)
+            .expression_attribute_values(":delivered", n(add.delivered))
+            .expression_attribute_values(":retried", n(add.retried))
+            .expression_attribute_values(":dead", n(add.dead))
             .return_values(ReturnValue::AllNew);
-        let mut expression = "SET #me = :now".to_owned();
+        let mut expression = "SET #me = :now, #report = :report".to_owned();
         for (i, member) in forget.iter().enumerate() {
             expression.push_str(if i == 0 { " REMOVE " } else { ", " });
-            expression.push_str(&format!("#old{i}"));
-            update = update.expression_attribute_names(format!("#old{i}"), member);
+            expression.push_str(&format!("#old{i}, #oldr{i}"));
+            update = update
+                .expression_attribute_names(format!("#old{i}"), member)
+                .expression_attribute_names(
+                    format!("#oldr{i}"),
+                    member.replacen(MEMBER, REPORT, 1),
+                );
         }
+        expression
+            .push_str(" ADD delivered_total :delivered, retried_total :retried, dead_total :dead");
         let item = update
             .update_expression(expression)
             .send()
@@ -253,14 +351,92 @@ impl Fleet {
             .update_item()
             .table_name(&self.aws.stack.control_table)
             .key("pk", s(FLEET_ITEM))
-            .update_expression("REMOVE #me")
+            .update_expression("REMOVE #me, #report")
             .expression_attribute_names("#me", format!("{MEMBER}{}", self.id))
+            .expression_attribute_names("#report", format!("{REPORT}{}", self.id))
             .send()
             .await;
         if let Err(e) = left {
             tracing::debug!(error = %e, "could not leave the fleet; the heartbeat ages out");
         }
     }
+}
+
+/// What the fleet's dispatchers last reported, together.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FleetStatus {
+    /// Dispatchers that wrote a heartbeat within [`LIVE`].
+    pub members: usize,
+    /// Over the reports of the last minute.
+    pub delivered_last_minute: u64,
+    pub retried_last_minute: u64,
+    pub dead_last_minute: u64,
+    /// Of the live dispatchers.
+    pub in_flight: u64,
+    /// The fleet's rate and estimated limit, as the latest report says.
+    pub rate: Option<f64>,
+    pub estimate: Option<f64>,
+    /// The oldest event a dispatcher saw waiting for a retry (received at, ms).
+    pub oldest_waiting: Option<i64>,
+    /// Since the stack was created.
+    pub delivered_total: u64,
+    pub retried_total: u64,
+    pub dead_total: u64,
+    /// When the latest report was written.
+    pub reported_at: Option<i64>,
+}
+
+/// Reads the fleet's item: its members' reports and totals.
+pub async fn read_status(aws: &Aws) -> Result<FleetStatus, AwsError> {
+    let item = aws
+        .dynamodb
+        .get_item()
+        .table_name(&aws.stack.control_table)
+        .key("pk", s(FLEET_ITEM))
+        .consistent_read(true)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("the fleet's item in the control table", e))?
+        .item
+        .unwrap_or_default();
+    Ok(fleet_status(&item, now_millis()))
+}
+
+fn fleet_status(item: &Item, now_ms: i64) -> FleetStatus {
+    let mut status = FleetStatus {
+        delivered_total: get_n(item, "delivered_total").unwrap_or(0),
+        retried_total: get_n(item, "retried_total").unwrap_or(0),
+        dead_total: get_n(item, "dead_total").unwrap_or(0),
+        ..FleetStatus::default()
+    };
+    let mut latest = 0;
+    for (name, value) in item {
+        let Some(report) = name.strip_prefix(REPORT).and_then(|_| value.as_m().ok()) else {
+            continue;
+        };
+        let at: i64 = get_n(report, "at").unwrap_or(0);
+        let age = now_ms - at;
+        if age > MINUTE_MS {
+            continue;
+        }
+        status.delivered_last_minute += get_n::<u64>(report, "delivered").unwrap_or(0);
+        status.retried_last_minute += get_n::<u64>(report, "retried").unwrap_or(0);
+        status.dead_last_minute += get_n::<u64>(report, "dead").unwrap_or(0);
+        if let Some(oldest) = get_n::<i64>(report, "oldest_ms") {
+            status.oldest_waiting = Some(status.oldest_waiting.map_or(oldest, |o| o.min(oldest)));
+        }
+        if age <= LIVE.as_millis() as i64 {
+            status.members += 1;
+            status.in_flight += get_n::<u64>(report, "in_flight").unwrap_or(0);
+        }
+        if at > latest {
+            latest = at;
+            status.rate = get_n(report, "fleet_rate");
+            status.estimate = get_n(report, "estimate");
+            status.reported_at = Some(at);
+        }
+    }
+    status
 }
 
 /// Live members (at least this one, which just wrote), and the names of long-gone ones.

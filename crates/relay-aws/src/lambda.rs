@@ -137,7 +137,7 @@ impl BatchDispatcher {
     /// Shares the target's limit with the stack's other dispatchers (the function's other
     /// instances) through the control table, while invocations run.
     pub fn in_fleet(mut self, aws: Aws) -> Self {
-        self.fleet = Some(Fleet::new(aws, self.handle.clone()));
+        self.fleet = Some(Fleet::new(aws, self.handle.clone()).with_queue(self.queue.clone()));
         self
     }
 

@@ -55,6 +55,8 @@ struct Inner {
     spent: tokio::sync::mpsc::UnboundedSender<String>,
     /// Delivered and dead-lettered events, on their way to S3.
     archiver: Archiver,
+    /// The oldest event last seen going back to wait for a retry: (id, received at, noted at).
+    waiting: Mutex<Option<(String, i64, i64)>>,
 }
 
 /// A claimed message: its receipt, and the event's X-Ray trace (`AWSTraceHeader`).
@@ -81,6 +83,7 @@ impl SqsQueue {
                 queue_url,
                 dlq_url,
                 held: Mutex::default(),
+                waiting: Mutex::default(),
                 // Tokens from different processes must differ: start from a random point.
                 next_lease: AtomicI64::new(fastrand_i64()),
                 retention,
@@ -236,6 +239,36 @@ impl SqsQueue {
     /// event was settled, and it is deleted then.
     fn delete(&self, receipt: String) {
         let _ = self.inner.spent.send(receipt);
+    }
+
+    /// When the oldest event this dispatcher saw going back to wait (a retry) in the last
+    /// minute was received, unless it was settled since.
+    pub fn oldest_waiting(&self) -> Option<i64> {
+        let waiting = lock(&self.inner.waiting);
+        let (_, received_at, noted_at) = waiting.as_ref()?;
+        (now_millis() - noted_at <= 60_000).then_some(*received_at)
+    }
+
+    fn note_waiting(&self, claim: &Claim, settlement: &Settlement, now: i64) {
+        let mut waiting = lock(&self.inner.waiting);
+        match settlement {
+            Settlement::Retry { .. } => {
+                let replace = waiting.as_ref().is_none_or(|(_, received_at, noted_at)| {
+                    claim.received_at <= *received_at || now - noted_at > 60_000
+                });
+                if replace {
+                    *waiting = Some((claim.event_id.clone(), claim.received_at, now));
+                }
+            }
+            _ => {
+                if waiting
+                    .as_ref()
+                    .is_some_and(|(id, ..)| *id == claim.event_id)
+                {
+                    *waiting = None;
+                }
+            }
+        }
     }
 
     fn take_held(&self, id: &str) -> Option<Held> {
@@ -534,15 +567,20 @@ impl WorkQueue for SqsQueue {
                 Self::failed(AwsError::from_sdk("the events table", e))
             });
         }
+        self.note_waiting(claim, &settlement, now);
         let (status, reason) = match &settlement {
             Settlement::Delivered => (Some("delivered"), None),
             Settlement::Dead { reason } => (Some("dead"), Some(reason.clone())),
             Settlement::Retry { .. } => (None, None),
         };
         if let Some(status) = status {
+            let trace_id = lock(&self.inner.held)
+                .get(&claim.event_id)
+                .and_then(|h| h.trace.as_ref().map(|t| t.root.clone()));
             self.inner.archiver.add(ArchiveRecord {
                 id: claim.event_id.clone(),
-                status,
+                status: status.to_owned(),
+                trace_id,
                 event: serde_json::from_str(&claim.payload)
                     .unwrap_or_else(|_| serde_json::Value::String(claim.payload.clone())),
                 received_at: claim.received_at,
