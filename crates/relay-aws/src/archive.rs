@@ -24,11 +24,11 @@ pub const MAX_RECORDS: usize = 1000;
 pub const PREFIX: &str = "events";
 
 /// One line of the archive.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct ArchiveRecord {
     pub id: String,
     /// `delivered` or `dead`.
-    pub status: &'static str,
+    pub status: String,
     /// The event as received.
     pub event: serde_json::Value,
     pub received_at: i64,
@@ -39,10 +39,13 @@ pub struct ArchiveRecord {
     pub reason: Option<String>,
     /// The target's last answer.
     pub last_answer: String,
+    /// The event's X-Ray trace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
 }
 
 enum Msg {
-    Record(ArchiveRecord),
+    Record(Box<ArchiveRecord>),
     Flush(oneshot::Sender<()>),
 }
 
@@ -66,7 +69,7 @@ impl Archiver {
     }
 
     pub(crate) fn add(&self, record: ArchiveRecord) {
-        let _ = self.tx.send(Msg::Record(record));
+        let _ = self.tx.send(Msg::Record(Box::new(record)));
     }
 
     /// Writes whatever is gathered, and waits for it.
@@ -94,7 +97,7 @@ async fn run(aws: Aws, mut rx: mpsc::UnboundedReceiver<Msg>) {
         };
         match msg {
             Some(Msg::Record(record)) => {
-                pending.push(record);
+                pending.push(*record);
                 if pending.len() >= MAX_RECORDS {
                     write(&aws, std::mem::take(&mut pending)).await;
                 }
@@ -153,6 +156,90 @@ async fn write(aws: &Aws, records: Vec<ArchiveRecord>) {
             }
         }
     }
+}
+
+/// Writes `records` as one object under today's partition now, and returns its key: for an
+/// operator's purge, which deletes the items only once their copy is in S3.
+pub(crate) async fn write_now(aws: &Aws, records: &[ArchiveRecord]) -> Result<String, AwsError> {
+    let now = relay_core::now_millis();
+    let key = format!(
+        "{PREFIX}/date={}/{now}-{:08x}.jsonl.gz",
+        date_of(now),
+        fastrand_u32()
+    );
+    let body = gzip_lines(records).map_err(|e| AwsError::Config(format!("archive: {e}")))?;
+    put(aws, &key, body).await?;
+    Ok(key)
+}
+
+/// Where an event's archived line is: the newest of the last `days` partitions first, at most
+/// `max_objects` objects read (a busy stack writes one a second: beyond a few days, query the
+/// archive with Athena). Returns the object's URL and the line.
+pub(crate) async fn find(
+    aws: &Aws,
+    id: &str,
+    days: u32,
+    max_objects: usize,
+) -> Result<Option<(String, ArchiveRecord)>, AwsError> {
+    use std::io::Read;
+    let s3 = aws_sdk_s3::Client::new(&aws.config);
+    let bucket = &aws.stack.archive_bucket;
+    let what = format!("bucket {bucket}");
+    let needle = format!("\"id\":{}", serde_json::Value::String(id.to_owned()));
+    let mut read = 0;
+    for day in 0..i64::from(days) {
+        let date = date_of(relay_core::now_millis() - day * 86_400_000);
+        let mut pages = s3
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(format!("{PREFIX}/date={date}/"))
+            .into_paginator()
+            .send();
+        let mut keys = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| AwsError::from_sdk(&what, e))?;
+            keys.extend(
+                page.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
+        }
+        // Newest objects first: keys start with the time they were written.
+        keys.sort_unstable_by(|a, b| b.cmp(a));
+        for key in keys {
+            if read >= max_objects {
+                return Ok(None);
+            }
+            read += 1;
+            let body = s3
+                .get_object()
+                .bucket(bucket)
+                .key(&key)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk(&what, e))?
+                .body
+                .collect()
+                .await
+                .map_err(|e| AwsError::Config(format!("reading s3://{bucket}/{key}: {e}")))?
+                .into_bytes();
+            let mut text = String::new();
+            if flate2::read::GzDecoder::new(&body[..])
+                .read_to_string(&mut text)
+                .is_err()
+            {
+                continue;
+            }
+            for line in text.lines().filter(|l| l.contains(&needle)) {
+                if let Ok(record) = serde_json::from_str::<ArchiveRecord>(line)
+                    && record.id == id
+                {
+                    return Ok(Some((format!("s3://{bucket}/{key}"), record)));
+                }
+            }
+        }
+    }
+    Ok(None)
 }
 
 async fn put(aws: &Aws, key: &str, body: Vec<u8>) -> Result<(), AwsError> {

@@ -23,6 +23,7 @@ mod ingest;
 mod items;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+pub mod ops;
 pub mod outbox;
 mod queue;
 pub mod receiver;
