@@ -117,7 +117,7 @@ pub(crate) async fn run(args: DlqArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
-    let ops = args.store.open()?;
+    let ops = args.store.open().await?;
     let filter = DlqFilter {
         before: Some(args.before),
         reason: args.reason,
@@ -146,7 +146,7 @@ async fn purge(args: PurgeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
-    let ops = args.store.open()?;
+    let ops = args.store.open().await?;
     let filter = DlqFilter {
         since: args.filter.since,
         reason: args.filter.reason,
@@ -194,7 +194,7 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn redrive(args: RedriveArgs) -> anyhow::Result<ExitCode> {
-    let ops = args.store.open()?;
+    let ops = args.store.open().await?;
     let ids = if args.ids.is_empty() {
         let filter = DlqFilter {
             since: args.filter.since,

@@ -1,28 +1,124 @@
 //! What the operator commands share: opening the backend, and showing times and tables.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
-use relay_core::UnixMillis;
+use relay_core::ops::{
+    DeadLetterView, DlqFilter, EventTrace, Operations, PurgeReport, RedriveReport, StatusReport,
+};
+use relay_core::{StoreError, UnixMillis};
 use relay_store::Reader;
+
+use crate::up::Backend;
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Where the relay's state lives.
+/// Where the relay's state lives: the embedded store, or a stack on AWS.
 #[derive(Debug, Args)]
 pub(crate) struct StoreArgs {
-    /// Data directory of the relay (the one given to `relay up`).
-    #[arg(long, env = "RELAY_DATA_DIR")]
-    pub(crate) data_dir: PathBuf,
+    /// The embedded store in --data-dir (local), or a stack's tables and queues (aws, with the
+    /// AWS options below).
+    #[arg(long, env = "RELAY_BACKEND", value_enum, default_value = "local")]
+    pub(crate) backend: Backend,
+    /// Data directory of the relay (the one given to `relay up`). Required with --backend local.
+    #[arg(long, env = "RELAY_DATA_DIR", required_if_eq("backend", "local"))]
+    pub(crate) data_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) aws: crate::aws::AwsArgs,
+}
+
+/// An open backend: the `Operations` port over either.
+#[derive(Debug)]
+pub(crate) enum Ops {
+    Local(Reader),
+    Aws(Box<relay_aws::ops::AwsOps>),
 }
 
 impl StoreArgs {
-    /// Opens the store for operations; safe while `relay up` runs on it.
-    pub(crate) fn open(&self) -> anyhow::Result<Reader> {
-        Reader::open(&self.data_dir)
-            .context("cannot open the relay's state (is --data-dir the directory `relay up` uses?)")
+    /// Opens the backend for operations; safe while `relay up` (or the stack) runs.
+    pub(crate) async fn open(&self) -> anyhow::Result<Ops> {
+        match self.backend {
+            Backend::Local => {
+                let dir = self
+                    .data_dir
+                    .as_ref()
+                    .context("--data-dir is required with --backend local")?;
+                Ok(Ops::Local(Reader::open(dir).context(
+                    "cannot open the relay's state (is --data-dir the directory `relay up` uses?)",
+                )?))
+            }
+            Backend::Aws => {
+                let aws = relay_aws::Aws::connect(&self.aws.options()).await?;
+                let ops = relay_aws::ops::AwsOps::connect(aws)
+                    .await
+                    .with_context(|| format!("cannot reach stack {:?}", self.aws.stack))?;
+                Ok(Ops::Aws(Box::new(ops)))
+            }
+        }
+    }
+
+    /// Where the state is, for messages: `in ./relay-data`, `in stack relay`.
+    pub(crate) fn place(&self) -> String {
+        match (self.backend, &self.data_dir) {
+            (Backend::Local, Some(dir)) => format!("in {}", dir.display()),
+            (Backend::Local, None) => "locally".into(),
+            (Backend::Aws, _) => match &self.aws.stack_outputs {
+                Some(file) => format!("in the stack of {}", file.display()),
+                None => format!("in stack {}", self.aws.stack),
+            },
+        }
+    }
+
+    /// The flags that name this backend again, for a command to suggest.
+    pub(crate) fn flags(&self) -> String {
+        match (self.backend, &self.data_dir) {
+            (Backend::Local, Some(dir)) => format!("--data-dir {}", dir.display()),
+            (Backend::Local, None) => "--data-dir …".into(),
+            (Backend::Aws, _) => match &self.aws.stack_outputs {
+                Some(file) => format!("--backend aws --stack-outputs {}", file.display()),
+                None => format!("--backend aws --stack {}", self.aws.stack),
+            },
+        }
+    }
+}
+
+impl Operations for Ops {
+    async fn trace(&self, id: &str) -> Result<Option<EventTrace>, StoreError> {
+        match self {
+            Ops::Local(r) => r.trace(id).await,
+            Ops::Aws(a) => a.trace(id).await,
+        }
+    }
+
+    async fn status(&self) -> Result<StatusReport, StoreError> {
+        match self {
+            Ops::Local(r) => r.status().await,
+            Ops::Aws(a) => a.status().await,
+        }
+    }
+
+    async fn dead_letters(&self, filter: &DlqFilter) -> Result<Vec<DeadLetterView>, StoreError> {
+        match self {
+            Ops::Local(r) => r.dead_letters(filter).await,
+            Ops::Aws(a) => a.dead_letters(filter).await,
+        }
+    }
+
+    async fn redrive(&self, ids: &[String], spread: Duration) -> Result<RedriveReport, StoreError> {
+        match self {
+            Ops::Local(r) => r.redrive(ids, spread).await,
+            Ops::Aws(a) => a.redrive(ids, spread).await,
+        }
+    }
+
+    async fn purge(&self, filter: &DlqFilter, dry_run: bool) -> Result<PurgeReport, StoreError> {
+        match self {
+            Ops::Local(r) => r.purge(filter, dry_run).await,
+            Ops::Aws(a) => a.purge(filter, dry_run).await,
+        }
     }
 }
 

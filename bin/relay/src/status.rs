@@ -28,7 +28,7 @@ pub(crate) struct StatusArgs {
 }
 
 pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let ops = args.store.open()?;
+    let ops = args.store.open().await?;
     loop {
         let status = ops.status().await?;
         let text = if args.json {

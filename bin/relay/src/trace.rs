@@ -20,19 +20,15 @@ pub(crate) struct TraceArgs {
 }
 
 pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
-    let ops = args.store.open()?;
+    let ops = args.store.open().await?;
     let Some(trace) = ops.trace(&args.id).await? else {
-        eprintln!(
-            "no event with id {:?} in {}",
-            args.id,
-            args.store.data_dir.display()
-        );
+        eprintln!("no event with id {:?} {}", args.id, args.store.place());
         return Ok(ExitCode::FAILURE);
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&trace)?);
     } else {
-        print(&trace);
+        print(&trace, &args.store.flags());
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -45,7 +41,7 @@ fn outcome_colour(outcome: &str) -> Color {
     }
 }
 
-fn print(t: &EventTrace) {
+fn print(t: &EventTrace, flags: &str) {
     let now = relay_core::now_millis();
     let d = &t.delivery;
     let mut summary = table();
@@ -121,6 +117,8 @@ fn print(t: &EventTrace) {
                 timestamp(a.archived_at),
                 match a.why.as_str() {
                     "purged" => "purged from the dead-letter queue",
+                    "dead" => "dead-lettered; its items have expired or were purged",
+                    "delivered" => "delivered; its items have expired",
                     _ => "delivered longer ago than the retention",
                 },
                 a.location
@@ -164,10 +162,46 @@ fn print(t: &EventTrace) {
         println!("{dead}");
         if t.archived.is_none() {
             println!(
-                "redrive with: relay dlq redrive --id {} --data-dir …",
+                "redrive with: relay dlq redrive --id {} {flags}",
                 shell_word(&t.event_id)
             );
         }
+    }
+    if !t.segments.is_empty() {
+        let mut segments = table();
+        segments.set_header(["trace segment", "started", "ms", "parent", "says"]);
+        for s in &t.segments {
+            let d = &s.detail;
+            let mut says: Vec<String> = Vec::new();
+            if let Some(a) = d.get("annotations").and_then(|a| a.as_object()) {
+                for (k, v) in a.iter().filter(|(k, _)| k.as_str() != "event_id") {
+                    says.push(format!(
+                        "{k}={}",
+                        v.as_str().map_or_else(|| v.to_string(), str::to_owned)
+                    ));
+                }
+            }
+            let status = d
+                .pointer("/http/response/status")
+                .or_else(|| d.pointer("/subsegments/0/http/response/status"));
+            if let Some(status) = status {
+                says.push(format!("HTTP {status}"));
+            }
+            for flag in ["throttle", "fault", "error"] {
+                if d.get(flag).and_then(serde_json::Value::as_bool) == Some(true) {
+                    says.push(flag.to_owned());
+                    break;
+                }
+            }
+            segments.add_row(vec![
+                Cell::new(&s.name),
+                Cell::new(timestamp(s.start)),
+                Cell::new(s.end - s.start),
+                Cell::new(s.parent_id.as_deref().unwrap_or("—")),
+                Cell::new(says.join(" ")),
+            ]);
+        }
+        println!("{segments}");
     }
     if t.trace_ids.is_empty() {
         println!("trace ids: none (the local backend keeps its own timeline above)");
