@@ -5,6 +5,8 @@
 # deploy role's credentials; exits 1 with the reason on any failure.
 set -euo pipefail
 outputs=${1:?usage: scripts/smoke-aws.sh OUTPUTS_JSON}
+# AWS CLI v1 reads only AWS_DEFAULT_REGION; v2 and the SDKs read AWS_REGION too.
+export AWS_DEFAULT_REGION=${AWS_DEFAULT_REGION:-${AWS_REGION:-}}
 out() { jq -er ".$1.value" "$outputs"; }
 api=$(out api_url)
 table=$(out events_table)

@@ -19,6 +19,14 @@ if [ ! -x .venv-lambda/bin/cargo-lambda ]; then
   .venv-lambda/bin/pip install --quiet "cargo-lambda==1.9.2"
 fi
 
+# The deploy pipeline's smoke test (scripts/smoke-aws.sh) runs on the AWS CLI; it is tested
+# against moto too.
+if ! command -v aws >/dev/null 2>&1 && [ ! -x .venv-awscli/bin/aws ]; then
+  echo "==> installing the AWS CLI into .venv-awscli"
+  python3 -m venv .venv-awscli
+  .venv-awscli/bin/pip install --quiet "awscli==1.46.2"
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

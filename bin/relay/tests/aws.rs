@@ -329,3 +329,82 @@ async fn each_event_has_one_x_ray_trace_from_receipt_to_every_attempt() {
             .any(|s| s["name"] == "relay-receiver" && s.get("parent_id").is_none())
     );
 }
+
+/// The deploy pipeline's post-deploy smoke test (`scripts/smoke-aws.sh`, the AWS CLI, curl and
+/// jq), run here against `relay up --backend aws` standing in for the deployed stack: the
+/// outputs file names its API URL, table and API-key secret, as `terraform output -json` does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_deploy_smoke_test_passes_against_a_working_stack_and_fails_on_a_wrong_key() {
+    let Some(aws_cli) = aws_cli() else {
+        panic!("the AWS CLI is needed: scripts/test.sh installs it into .venv-awscli");
+    };
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(100.0, 10.0).await;
+    let relay = Relay::start_aws(dir.path(), &moto, "smoke", &target.url(), &[]);
+    moto.put_secret("smoke/api-keys", &format!("old-key,{KEY}"))
+        .await;
+    moto.put_secret("smoke/wrong-keys", "not-the-key").await;
+
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/smoke-aws.sh");
+    let run = |secret: &str| {
+        let outputs = dir
+            .path()
+            .join(format!("{}.json", secret.replace('/', "-")));
+        std::fs::write(
+            &outputs,
+            json!({
+                "api_url": {"value": relay.url},
+                "events_table": {"value": "smoke-events"},
+                "api_keys_secret": {"value": secret},
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let mut cmd = std::process::Command::new("bash");
+        cmd.arg(script).arg(&outputs);
+        for (k, v) in moto.env() {
+            cmd.env(k, v);
+        }
+        let path = format!(
+            "{}:{}",
+            aws_cli.parent().unwrap().display(),
+            std::env::var("PATH").unwrap_or_default()
+        );
+        cmd.env("AWS_ENDPOINT_URL", &moto.url)
+            .env_remove("AWS_DEFAULT_REGION")
+            .env("PATH", path)
+            .output()
+            .unwrap()
+    };
+
+    let good = run("smoke/api-keys");
+    let said =
+        String::from_utf8_lossy(&good.stdout).into_owned() + &String::from_utf8_lossy(&good.stderr);
+    assert_eq!(good.status.code(), Some(0), "{said}");
+    assert!(said.contains("delivered"), "{said}");
+    assert_eq!(
+        target.stats().events,
+        1,
+        "one smoke event reached the target"
+    );
+
+    let wrong = run("smoke/wrong-keys");
+    let said = String::from_utf8_lossy(&wrong.stderr).into_owned();
+    assert_eq!(wrong.status.code(), Some(1), "{said}");
+    assert!(said.contains("expected 202"), "{said}");
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+/// `aws` from PATH, or the one scripts/test.sh installs.
+fn aws_cli() -> Option<std::path::PathBuf> {
+    let local = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-awscli/bin/aws");
+    if local.exists() {
+        return Some(local);
+    }
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join("aws"))
+        .find(|p| p.exists())
+}
