@@ -117,8 +117,17 @@ impl Setup {
         if self.backend == Backend::Local {
             return Ok(crate::ops::Ops::Local(relay_store::Reader::open(data)?));
         }
+        // As `relay up` is started: the region it is given, and any credentials for a local
+        // AWS API unless real ones are set.
         let mut options = self.aws.options();
         options.stack = self.stack(scenario);
+        options.region = Some(
+            self.aws
+                .region
+                .clone()
+                .unwrap_or_else(|| "us-east-1".into()),
+        );
+        options.local_credentials = std::env::var_os("AWS_ACCESS_KEY_ID").is_none();
         let aws = relay_aws::Aws::connect(&options).await?;
         Ok(crate::ops::Ops::Aws(Box::new(
             relay_aws::ops::AwsOps::connect(aws).await?,

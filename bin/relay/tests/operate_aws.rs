@@ -306,6 +306,30 @@ async fn redrive_one_id_then_all_into_a_target_that_first_rejects_then_accepts()
     relay(&moto, "redrive", &["dlq", "redrive", "--id", "p-1"])
         .code(1)
         .stderr(predicates::str::contains("not in the dead-letter queue"));
+
+    // Terraform's outputs name the stack instead of --stack, and RELAY_BACKEND works as the flag.
+    let outputs = dir.path().join("outputs.json");
+    let names = relay_aws::Stack::named("redrive");
+    std::fs::write(
+        &outputs,
+        json!({
+            "events_table": {"value": names.events_table},
+            "control_table": {"value": names.control_table},
+            "queue_name": {"value": names.queue},
+            "dlq_name": {"value": names.dlq},
+            "archive_bucket": {"value": names.archive_bucket},
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut cmd = Command::new(relay_bin());
+    cmd.args(["trace", "p-2", "--json", "--stack-outputs"])
+        .arg(&outputs)
+        .env("RELAY_BACKEND", "aws");
+    for (k, v) in moto.env() {
+        cmd.env(k, v);
+    }
+    assert_eq!(json_of(cmd.assert())["delivery"]["status"], "delivered");
     assert_eq!(up.terminate().code(), Some(0));
 }
 
