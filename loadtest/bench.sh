@@ -14,6 +14,9 @@
 #                                table (moto), work from an embedded store, then through SQS
 #   loadtest/bench.sh lambda     Lambda zip and bootstrap sizes, and each bootstrap's init time
 #                                under cargo-lambda's local Runtime API (against moto)
+#   loadtest/bench.sh aws-ack    receiver ack p50/p99 of `relay up --backend aws` against moto, at
+#                                50/s for 20 s, with X-Ray segments on and off (informational:
+#                                moto is not DynamoDB)
 #   loadtest/bench.sh all
 #
 # RELAY=/path/to/relay runs `relay up` from another build (e.g. the previous commit's), with this
@@ -313,6 +316,32 @@ lambda() {
     .venv-lambda/bin/cargo-lambda 5
 }
 
+aws_ack() {
+  echo "## AWS receiver: ack latency against moto (informational), X-Ray on and off"
+  [ -x .venv-moto/bin/moto_server ] || { python3 -m venv .venv-moto && .venv-moto/bin/pip install --quiet "moto[server]==5.2.5"; }
+  .venv-moto/bin/moto_server -H 127.0.0.1 -p 5311 >"$WORK/moto.out" 2>&1 &
+  M=$!; PIDS+=("$M")
+  for _ in $(seq 100); do curl -sf http://127.0.0.1:5311/moto-api/ >/dev/null 2>&1 && break; sleep 0.1; done
+  start target "$BIN/relay" target --listen 127.0.0.1:4311 --rate 200
+  T=$LAST_PID
+  printf '| X-Ray | acked/s | p50 ms | p99 ms | max ms | not acked |\n|---|---|---|---|---|---|\n'
+  for xray in on off; do
+    AWS_ACCESS_KEY_ID=bench AWS_SECRET_ACCESS_KEY=bench RELAY_XRAY=$xray \
+      start relay-aws-$xray "$UP" up --backend aws --create-resources --stack "bench-$xray" \
+      --endpoint-url http://127.0.0.1:5311 --region us-east-1 --listen 127.0.0.1:8311 \
+      --target-url http://127.0.0.1:4311/graphql --api-key bench --store-timeout 3s
+    R=$LAST_PID
+    "$BIN/relay" simulate --url http://127.0.0.1:8311 --api-key bench --rps 20 --count 100 --json >/dev/null || true
+    f="$WORK/aws-ack-$xray.json"
+    "$BIN/relay" simulate --url http://127.0.0.1:8311 --api-key bench --rps 50 --duration 20s --json >"$f" || true
+    printf '| %s | %s | %s | %s | %s | %s |\n' "$xray" "$(json "$f" "round(d['acked_per_s'])")" \
+      "$(json "$f" "d['latency_ms']['p50']")" "$(json "$f" "d['latency_ms']['p99']")" \
+      "$(json "$f" "d['latency_ms']['max']")" "$(json "$f" "d['sent'] - d['acked']")"
+    stop "$R"
+  done
+  stop "$T"; stop "$M"
+}
+
 case "${1:-all}" in
   ingest) ingest ;;
   dispatch) dispatch ;;
@@ -324,6 +353,7 @@ case "${1:-all}" in
   pacing) pacing ;;
   fleet) fleet ;;
   lambda) lambda ;;
-  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; fleet; lambda ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|fleet|lambda|all]" >&2; exit 2 ;;
+  aws-ack) aws_ack ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; fleet; lambda; aws_ack ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|fleet|lambda|aws-ack|all]" >&2; exit 2 ;;
 esac
