@@ -42,10 +42,15 @@ impl StoreArgs {
     pub(crate) async fn open(&self) -> anyhow::Result<Ops> {
         match self.backend {
             Backend::Local => {
-                let dir = self
-                    .data_dir
-                    .as_ref()
-                    .context("--data-dir is required with --backend local")?;
+                let Some(dir) = self.data_dir.as_ref() else {
+                    // A usage error (exit 2), as clap reports its own.
+                    clap::Error::raw(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "--data-dir (or RELAY_DATA_DIR) is required with --backend local; \
+                         use --backend aws for a stack\n",
+                    )
+                    .exit()
+                };
                 Ok(Ops::Local(Reader::open(dir).context(
                     "cannot open the relay's state (is --data-dir the directory `relay up` uses?)",
                 )?))
