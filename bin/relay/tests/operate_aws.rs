@@ -395,3 +395,84 @@ fn bad_arguments_exit_2_and_unreachable_or_unauthenticated_stacks_exit_1_quickly
         started.elapsed()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn purge_copies_dead_letters_to_the_archive_and_trace_finds_them_there() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(1000.0, 1000.0).await;
+    target.set_faults(Faults {
+        reject_names: vec!["poison".into()],
+        ..Default::default()
+    });
+    let up = Relay::start_aws(dir.path(), &moto, "purge", &target.url(), &[]);
+    let events = [named("x-1", "poison"), named("x-2", "poison")];
+    assert_eq!(post_all(&up.events_url(), &events).await.len(), 2);
+    eventually_json(&moto, "purge", &["dlq", "list", "--json"], |l| {
+        l.as_array().unwrap().len() == 2
+    })
+    .await;
+
+    let dry = json_of(relay(
+        &moto,
+        "purge",
+        &["dlq", "purge", "--before", "0s", "--dry-run", "--json"],
+    ));
+    assert_eq!(dry["purged"].as_array().unwrap().len(), 2);
+    let still = json_of(relay(&moto, "purge", &["dlq", "list", "--json"]));
+    assert_eq!(
+        still.as_array().unwrap().len(),
+        2,
+        "a dry run changes nothing"
+    );
+
+    let purged = json_of(relay(
+        &moto,
+        "purge",
+        &["dlq", "purge", "--before", "0s", "--json"],
+    ));
+    let mut ids: Vec<&str> = purged["purged"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["x-1", "x-2"]);
+    let archive = purged["archive"].as_str().unwrap();
+    assert!(
+        archive.starts_with("s3://purge-archive/events/date="),
+        "{archive}"
+    );
+    assert!(
+        json_of(relay(&moto, "purge", &["dlq", "list", "--json"]))
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+    let status = json_of(relay(&moto, "purge", &["status", "--json"]));
+    assert_eq!(status["dead"], 0, "the DLQ's copies went too: {status:#}");
+
+    // Its items are gone; the archive still tells its story.
+    let t = json_of(relay(&moto, "purge", &["trace", "x-1", "--json"]));
+    assert_eq!(t["delivery"]["status"], "dead");
+    assert!(
+        t["archived"]["location"]
+            .as_str()
+            .unwrap()
+            .starts_with("s3://purge-archive/events/"),
+        "{t:#}"
+    );
+    assert!(
+        t["dead_letter"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("BAD_USER_INPUT"),
+        "{t:#}"
+    );
+    assert_eq!(t["payload"]["name"], "poison");
+    relay(&moto, "purge", &["dlq", "redrive", "--id", "x-1"])
+        .code(1)
+        .stderr(predicates::str::contains("was archived"));
+    assert_eq!(up.terminate().code(), Some(0));
+}
