@@ -242,12 +242,7 @@ async fn each_event_has_one_x_ray_trace_from_receipt_to_every_attempt() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 202);
-    // Without a header the receiver starts the trace itself.
-    assert_eq!(
-        post_all(&relay.events_url(), &[poison.clone()]).await.len(),
-        1
-    );
-
+    // The only event so far: the outage's answer is to its first attempt.
     eventually("the outage answers a first attempt", 60, || {
         target.stats().requests >= 1
     })
@@ -256,9 +251,16 @@ async fn each_event_has_one_x_ray_trace_from_receipt_to_every_attempt() {
         reject_names: vec!["poison".into()],
         ..Default::default()
     });
-    eventually("the retried event is delivered", 60, || {
-        target.stats().events == 1
-    })
+    // Without a header the receiver starts the trace itself.
+    assert_eq!(
+        post_all(&relay.events_url(), &[poison.clone()]).await.len(),
+        1
+    );
+    eventually(
+        "the retried event is delivered, the poison one refused",
+        60,
+        || target.stats().events == 1 && target.stats().rejected == 1,
+    )
     .await;
     assert_eq!(relay.terminate().code(), Some(0));
 
