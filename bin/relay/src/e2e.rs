@@ -453,7 +453,13 @@ async fn run_scenario(
     }
     let verdict = Verdict::of(&sent, &target, BRAND);
     let stats = target.stats();
-    if matches!(scenario, Scenario::Storm429 | Scenario::GraphqlLimits) && stats.rate_limited < 5 {
+    // Proof that the scenario reached the target's limit. Locally the relay overshoots a
+    // starting ceiling five times the limit; through moto its pace is moto's, and a controller
+    // that cuts on the first answers may see only a few.
+    let storm = if setup.backend == Backend::Aws { 1 } else { 5 };
+    if matches!(scenario, Scenario::Storm429 | Scenario::GraphqlLimits)
+        && stats.rate_limited < storm
+    {
         failures.push(format!(
             "the storm never happened ({} rate-limited answers)",
             stats.rate_limited
