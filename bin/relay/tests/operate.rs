@@ -19,32 +19,8 @@ fn relay(args: &[&str], data: &Path) -> assert_cmd::assert::Assert {
         .assert()
 }
 
-fn json_of(assert: assert_cmd::assert::Assert) -> Value {
-    let out = assert.success().get_output().stdout.clone();
-    serde_json::from_slice(&out)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out)))
-}
-
 fn trace(id: &str, data: &Path) -> Value {
     json_of(relay(&["trace", id, "--json"], data))
-}
-
-fn outcomes(trace: &Value) -> Vec<(String, String)> {
-    trace["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["trigger"].as_str().unwrap().to_owned(),
-                a["outcome"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
-fn named(id: &str, name: &str) -> Value {
-    json!({"id": id, "name": name, "body": "b", "timestamp": 1_763_800_000})
 }
 
 const FAST_RETRIES: [&str; 4] = ["--backoff-base", "50ms", "--backoff-cap", "200ms"];

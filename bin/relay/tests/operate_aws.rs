@@ -23,30 +23,6 @@ fn relay(moto: &MotoServer, stack: &str, args: &[&str]) -> assert_cmd::assert::A
     cmd.assert()
 }
 
-fn json_of(assert: assert_cmd::assert::Assert) -> Value {
-    let out = assert.success().get_output().stdout.clone();
-    serde_json::from_slice(&out)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out)))
-}
-
-fn named(id: &str, name: &str) -> Value {
-    json!({"id": id, "name": name, "body": "b", "timestamp": 1_763_800_000})
-}
-
-fn outcomes(trace: &Value) -> Vec<(String, String)> {
-    trace["attempts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| {
-            (
-                a["trigger"].as_str().unwrap().to_owned(),
-                a["outcome"].as_str().unwrap().to_owned(),
-            )
-        })
-        .collect()
-}
-
 fn segment_names(trace: &Value) -> Vec<String> {
     trace["segments"]
         .as_array()

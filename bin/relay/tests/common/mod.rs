@@ -225,3 +225,30 @@ pub async fn target(rate: f64, burst: f64) -> target_sim::TargetHandle {
         .await
         .unwrap()
 }
+
+/// The stdout of a successful `relay … --json`, parsed.
+pub fn json_of(assert: assert_cmd::assert::Assert) -> Value {
+    let out = assert.success().get_output().stdout.clone();
+    serde_json::from_slice(&out)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", String::from_utf8_lossy(&out)))
+}
+
+/// A trace's attempts as (trigger, outcome).
+pub fn outcomes(trace: &Value) -> Vec<(String, String)> {
+    trace["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["trigger"].as_str().unwrap().to_owned(),
+                a["outcome"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// A valid event with this id and name.
+pub fn named(id: &str, name: &str) -> Value {
+    json!({"id": id, "name": name, "body": "b", "timestamp": 1_763_800_000})
+}
