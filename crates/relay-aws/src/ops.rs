@@ -27,7 +27,7 @@ use relay_core::{StoreError, now_millis};
 use crate::archive::ArchiveRecord;
 use crate::items::{Item, META, STATE, State, get_n, get_s, key, n, pk, s};
 use crate::outbox::NewEvent;
-use crate::{Aws, AwsError, SqsQueue};
+use crate::{Aws, AwsError};
 
 /// Days of archive partitions `trace` searches for an expired event, and at most how many
 /// objects it reads.
@@ -291,7 +291,7 @@ impl AwsOps {
 
     /// Makes one dead letter queued again, due at `due`, and sends its message. `false` when
     /// it is not a dead letter.
-    async fn redrive_one(&self, id: &str, due: i64, queue: &SqsQueue) -> Result<bool, AwsError> {
+    async fn redrive_one(&self, id: &str, due: i64) -> Result<bool, AwsError> {
         let now = now_millis();
         let update = self
             .aws
@@ -333,7 +333,7 @@ impl AwsOps {
             )
             .traced(get_s(meta, "trace_id"), get_s(meta, "trace_parent"));
         }
-        queue.send(&event, due - now).await?;
+        crate::queue::send_event(&self.aws, &self.queue_url, &event, due - now).await?;
         Ok(true)
     }
 }
@@ -463,9 +463,6 @@ impl Operations for AwsOps {
     }
 
     async fn redrive(&self, ids: &[String], spread: Duration) -> Result<RedriveReport, StoreError> {
-        let queue = SqsQueue::new(self.aws.clone(), Duration::from_secs(7 * 86_400))
-            .await
-            .map_err(failed)?;
         let now = now_millis();
         let step = if ids.len() > 1 {
             spread.as_millis() as f64 / (ids.len() - 1) as f64
@@ -475,7 +472,7 @@ impl Operations for AwsOps {
         let mut report = RedriveReport::default();
         for id in ids {
             let due = now + (step * report.redriven.len() as f64) as i64;
-            if self.redrive_one(id, due, &queue).await.map_err(failed)? {
+            if self.redrive_one(id, due).await.map_err(failed)? {
                 report.redriven.push(id.clone());
                 continue;
             }

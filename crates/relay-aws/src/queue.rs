@@ -212,26 +212,7 @@ impl SqsQueue {
 
     /// Queues the event to be received after `delay_ms` (as much of it as SQS allows).
     pub(crate) async fn send(&self, event: &NewEvent, delay_ms: i64) -> Result<(), AwsError> {
-        let delay = (delay_ms.max(0) as f64 / 1000.0).ceil() as i64;
-        let mut send = self
-            .inner
-            .aws
-            .sqs
-            .send_message()
-            .queue_url(&self.inner.queue_url)
-            .message_body(event.body())
-            .delay_seconds(delay.min(MAX_DELAY_SECS) as i32);
-        // The same trace, under the same forwarding segment: attempts are its siblings.
-        if let Some(trace) = &event.trace {
-            send = send.message_system_attributes(
-                MessageSystemAttributeNameForSends::AwsTraceHeader,
-                trace_attribute(trace),
-            );
-        }
-        send.send()
-            .await
-            .map_err(|e| AwsError::from_sdk("the work queue", e))?;
-        Ok(())
+        send_event(&self.inner.aws, &self.inner.queue_url, event, delay_ms).await
     }
 
     /// Deletes a spent message, soon, in a batch with others. Nothing depends on it: a message
@@ -393,6 +374,34 @@ impl SqsQueue {
         }
         (claims, failed)
     }
+}
+
+/// Queues `event` on `queue_url`, to be received after `delay_ms` (as much of it as SQS
+/// allows), with its trace header.
+pub(crate) async fn send_event(
+    aws: &Aws,
+    queue_url: &str,
+    event: &NewEvent,
+    delay_ms: i64,
+) -> Result<(), AwsError> {
+    let delay = (delay_ms.max(0) as f64 / 1000.0).ceil() as i64;
+    let mut send = aws
+        .sqs
+        .send_message()
+        .queue_url(queue_url)
+        .message_body(event.body())
+        .delay_seconds(delay.min(MAX_DELAY_SECS) as i32);
+    // The same trace, under the same forwarding segment: attempts are its siblings.
+    if let Some(trace) = &event.trace {
+        send = send.message_system_attributes(
+            MessageSystemAttributeNameForSends::AwsTraceHeader,
+            trace_attribute(trace),
+        );
+    }
+    send.send()
+        .await
+        .map_err(|e| AwsError::from_sdk("the work queue", e))?;
+    Ok(())
 }
 
 /// Deletes spent messages ten per call: whatever gathered while the previous call was out.
