@@ -155,6 +155,92 @@ pub fn classify(result: &Result<Answer, TransportError>) -> Outcome {
     }
 }
 
+/// What one answer to a batch of aliased mutations (`e0: createEvent(…) e1: …`) means for each
+/// event in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BatchOutcome {
+    /// One outcome per alias, in order.
+    Each(Vec<Outcome>),
+    /// The target refused the request as a whole, in a way that may be one event's fault (a 4xx,
+    /// a GraphQL error that names no alias): only sending each event alone tells which.
+    Refused(Outcome),
+}
+
+/// The alias of the `index`th event of a batch.
+pub fn alias(index: usize) -> String {
+    format!("e{index}")
+}
+
+/// Classifies the answer to a batch of `events` aliased mutations. What concerns the request
+/// (transport errors, 429, 408, 5xx, a rate-limit error naming no alias) concerns every event;
+/// a GraphQL error whose `path` starts with an alias concerns that event alone; an alias with
+/// data and no error is delivered; an alias with neither (a non-null error elsewhere nulled the
+/// whole `data`) was not shown to be executed and is tried again.
+pub fn classify_batch(result: &Result<Answer, TransportError>, events: usize) -> BatchOutcome {
+    let whole = classify(result);
+    let refused = |outcome: Outcome| match outcome {
+        Outcome::Permanent { .. } if events > 1 => BatchOutcome::Refused(outcome),
+        outcome => BatchOutcome::Each(vec![outcome; events]),
+    };
+    let answer = match result {
+        Ok(answer) if (200..=299).contains(&answer.status) && events > 1 => answer,
+        _ => return refused(whole),
+    };
+    let Ok(graphql) = serde_json::from_slice::<Value>(&answer.body) else {
+        return refused(whole);
+    };
+    let errors: &[Value] = graphql
+        .get("errors")
+        .and_then(Value::as_array)
+        .map_or(&[], Vec::as_slice);
+    let aliases: Vec<String> = (0..events).map(alias).collect();
+    let alias_of = |error: &Value| -> Option<usize> {
+        let first = error.pointer("/path/0")?.as_str()?;
+        aliases.iter().position(|a| a == first)
+    };
+    // Errors about the request rather than one alias decide for all of them.
+    if let Some(general) = errors.iter().find(|e| alias_of(e).is_none()) {
+        let one = Answer {
+            body: serde_json::json!({ "errors": [general] })
+                .to_string()
+                .into_bytes(),
+            ..answer.clone()
+        };
+        return refused(classify(&Ok(one)));
+    }
+    let data = graphql.get("data").filter(|d| !d.is_null());
+    let outcomes = aliases
+        .iter()
+        .enumerate()
+        .map(|(index, alias)| {
+            let own: Vec<&Value> = errors
+                .iter()
+                .filter(|e| alias_of(e) == Some(index))
+                .collect();
+            if !own.is_empty() {
+                let one = Answer {
+                    body: serde_json::json!({ "data": null, "errors": own })
+                        .to_string()
+                        .into_bytes(),
+                    ..answer.clone()
+                };
+                return classify(&Ok(one));
+            }
+            match data.and_then(|d| d.get(alias)) {
+                Some(result) if !result.is_null() => Outcome::Delivered,
+                _ => Outcome::Transient {
+                    retry_after: None,
+                    reason: format!(
+                        "no result for alias {alias} in the batch's answer: {}",
+                        excerpt(&answer.body)
+                    ),
+                },
+            }
+        })
+        .collect();
+    BatchOutcome::Each(outcomes)
+}
+
 fn error_code(error: &Value) -> &str {
     error
         .pointer("/extensions/code")
@@ -270,6 +356,98 @@ mod tests {
         assert_eq!(
             outcome.reason(),
             "GraphQL error BAD_USER_INPUT: name rejected"
+        );
+    }
+
+    fn kinds(outcome: BatchOutcome) -> Vec<&'static str> {
+        match outcome {
+            BatchOutcome::Each(each) => each.iter().map(Outcome::kind).collect(),
+            BatchOutcome::Refused(o) => vec!["refused", o.kind()],
+        }
+    }
+
+    #[test]
+    fn a_batch_is_classified_alias_by_alias() {
+        let mixed = json!({
+            "data": {"e0": {"id": "a"}, "e1": null, "e2": null, "e3": {"id": "d"}},
+            "errors": [
+                {"message": "name rejected", "path": ["e1"], "extensions": {"code": "BAD_USER_INPUT"}},
+                {"message": "slow down", "path": ["e2"], "extensions": {"code": "RATE_LIMITED", "retryAfter": 3}},
+            ]
+        });
+        let outcome = classify_batch(&answer(200, None, mixed), 4);
+        assert_eq!(
+            kinds(outcome.clone()),
+            ["delivered", "permanent", "rate_limited", "delivered"]
+        );
+        let BatchOutcome::Each(each) = outcome else {
+            unreachable!()
+        };
+        assert_eq!(
+            each[1].reason(),
+            "GraphQL error BAD_USER_INPUT: name rejected"
+        );
+        assert_eq!(
+            each[2],
+            Outcome::RateLimited {
+                retry_after: Some(Duration::from_secs(3)),
+                reason: "GraphQL RATE_LIMITED: slow down".into()
+            }
+        );
+    }
+
+    #[test]
+    fn what_concerns_the_request_concerns_every_alias() {
+        let n = 3;
+        assert_eq!(
+            kinds(classify_batch(&answer(429, Some("2"), json!({})), n)),
+            ["rate_limited"; 3]
+        );
+        assert_eq!(
+            kinds(classify_batch(&answer(503, None, json!({})), n)),
+            ["transient"; 3]
+        );
+        assert_eq!(
+            kinds(classify_batch(
+                &Err(TransportError::Connect("refused".into())),
+                n
+            )),
+            ["transient"; 3]
+        );
+        let limited = json!({"data": null, "errors": [{"message": "x", "extensions": {"code": "THROTTLED"}}]});
+        assert_eq!(
+            kinds(classify_batch(&answer(200, None, limited), n)),
+            ["rate_limited"; 3]
+        );
+        // Refusals that may be one event's fault: each goes alone to find out.
+        let invalid = json!({"errors": [{"message": "Variable $e1 is invalid", "extensions": {"code": "BAD_USER_INPUT"}}]});
+        assert_eq!(
+            kinds(classify_batch(&answer(200, None, invalid), n)),
+            ["refused", "permanent"]
+        );
+        assert_eq!(
+            kinds(classify_batch(&answer(400, None, json!({})), n)),
+            ["refused", "permanent"]
+        );
+        // One event alone is never "refused": its answer is its own.
+        assert_eq!(
+            kinds(classify_batch(&answer(400, None, json!({})), 1)),
+            ["permanent"]
+        );
+    }
+
+    #[test]
+    fn an_alias_without_data_or_error_is_tried_again() {
+        // A non-null field's error nulls all of `data`: the other aliases' fate is unknown.
+        let nulled = json!({"data": null, "errors": [{"message": "bad", "path": ["e0"], "extensions": {"code": "BAD_USER_INPUT"}}]});
+        assert_eq!(
+            kinds(classify_batch(&answer(200, None, nulled), 2)),
+            ["permanent", "transient"]
+        );
+        let short = json!({"data": {"e0": {"id": "a"}}});
+        assert_eq!(
+            kinds(classify_batch(&answer(200, None, short), 2)),
+            ["delivered", "transient"]
         );
     }
 

@@ -68,6 +68,40 @@ pub async fn ingest<S: Ingest>(store: &S, prefix: &str) {
     );
 }
 
+/// `Ingest::accept_batch`: one outcome per event in order; an id given twice in a batch, or
+/// accepted before, is a duplicate (same payload) or a conflict (another); an empty batch is
+/// nothing.
+pub async fn ingest_batch<S: Ingest>(store: &S, prefix: &str) {
+    let id = |n: &str| format!("{prefix}-batch-{n}");
+    assert_eq!(
+        store.accept(event(&id("before"), 0)).await,
+        Ok(AcceptOutcome::Accepted)
+    );
+    let batch = vec![
+        event(&id("a"), 0),
+        event(&id("before"), 0),
+        event(&id("b"), 0),
+        event(&id("a"), 0),
+        event(&id("b"), 1),
+        event(&id("before"), 2),
+    ];
+    use AcceptOutcome::{Accepted, Conflict, Duplicate};
+    assert_eq!(
+        store.accept_batch(batch).await,
+        Ok(vec![
+            Accepted, Duplicate, Accepted, Duplicate, Conflict, Conflict
+        ])
+    );
+    assert_eq!(store.accept_batch(Vec::new()).await, Ok(Vec::new()));
+    assert_eq!(
+        store
+            .accept_batch(vec![event(&id("a"), 0), event(&id("c"), 0)])
+            .await,
+        Ok(vec![Duplicate, Accepted]),
+        "a batch sent again: what it stored is a duplicate"
+    );
+}
+
 /// `WorkQueue` over what `Ingest` accepted, on a queue holding nothing else: claims carry the
 /// event, delivered work never comes back, a retry comes back when due and not before, dead work does not, a stale lease is
 /// refused, released work comes back at once. `poll` is how long asynchronous hand-offs may

@@ -51,6 +51,11 @@ pub fn parse_event(body: &[u8]) -> Result<Event, Rejection> {
     }
     let value: Value = serde_json::from_slice(body)
         .map_err(|e| Rejection::NotJson(format!("request body is not valid JSON: {e}")))?;
+    event_from_value(value)
+}
+
+/// Validates one already-parsed JSON value against the ingest contract: an item of a batch.
+pub fn event_from_value(value: Value) -> Result<Event, Rejection> {
     let Value::Object(payload) = value else {
         return Err(Rejection::Invalid {
             field: None,

@@ -44,6 +44,14 @@ pub trait Ingest: Clone + Send + Sync + 'static {
         &self,
         event: Event,
     ) -> impl Future<Output = Result<AcceptOutcome, StoreError>> + Send;
+
+    /// Accepts several events: `Ok` means every one of them is durable, with one outcome per
+    /// event, in order (an id given twice is a duplicate or a conflict the second time). `Err`
+    /// means none of them is known to be stored; offering the same events again is safe.
+    fn accept_batch(
+        &self,
+        events: Vec<Event>,
+    ) -> impl Future<Output = Result<Vec<AcceptOutcome>, StoreError>> + Send;
 }
 
 /// The work queue the dispatcher drains.

@@ -17,6 +17,11 @@
 //! `seq: u64 LE`, `received_at: i64 LE`, `id_len: u32 LE`, the id, the payload JSON. A zero
 //! `len` is the unwritten rest of a segment. Recovery reads a segment up to its first torn or
 //! corrupt record.
+//!
+//! The events of one batch request (`POST /events/batch`) are one *group* record, so that a
+//! crash keeps all of them or none: `id_len` is [`GROUP`], followed by `count: u32 LE` and, per
+//! event, `id_len: u32 LE`, `payload_len: u32 LE`, the id and the payload; `seq` is the first
+//! event's, the others follow it one by one.
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File, OpenOptions};
@@ -57,6 +62,8 @@ const MAX_BATCH: usize = 4096;
 const MAX_PENDING: usize = 200_000;
 const HEADER: usize = 8;
 const FIXED: usize = 8 + 8 + 4;
+/// The `id_len` that marks a group record.
+const GROUP: u32 = u32::MAX;
 
 /// One event as the journal holds it and SQLite applies it.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,13 +74,13 @@ pub(crate) struct Entry {
     pub(crate) received_at: UnixMillis,
 }
 
-/// A request to log one event.
+/// A request to log events, all of them or none: one event, or a batch request's.
 #[derive(Debug)]
 pub(crate) struct Accept {
-    pub(crate) event: Event,
-    /// `event.payload` serialized by the caller, off this thread.
-    pub(crate) payload: String,
-    pub(crate) reply: oneshot::Sender<Result<Logged, StoreError>>,
+    /// Each event with its payload serialized by the caller, off this thread.
+    pub(crate) events: Vec<(Event, String)>,
+    /// One answer per event, in order.
+    pub(crate) reply: oneshot::Sender<Result<Vec<Logged>, StoreError>>,
 }
 
 /// What the journal answered: the outcome, the sequence number whose flush makes it durable,
@@ -356,8 +363,8 @@ pub(crate) fn read_segment(path: &Path) -> io::Result<(Vec<Entry>, Option<String
     let mut at = 0;
     while at < bytes.len() {
         match decode(&bytes[at..]) {
-            Ok(Some((entry, used))) => {
-                entries.push(entry);
+            Ok(Some((decoded, used))) => {
+                entries.extend(decoded);
                 at += used;
             }
             // The zero-filled, never written rest of the segment.
@@ -373,6 +380,7 @@ pub(crate) fn read_segment(path: &Path) -> io::Result<(Vec<Entry>, Option<String
     Ok((entries, None))
 }
 
+#[cfg(test)]
 pub(crate) fn encode(
     buf: &mut Vec<u8>,
     seq: u64,
@@ -380,23 +388,59 @@ pub(crate) fn encode(
     id: &str,
     payload: &str,
 ) {
-    let len = FIXED + id.len() + payload.len();
+    encode_all(
+        buf,
+        &[Entry {
+            seq,
+            id: id.into(),
+            payload: payload.into(),
+            received_at,
+        }],
+    );
+}
+
+/// Appends one record holding `entries` (consecutive sequence numbers, one receipt time): a
+/// plain record for one, a group record for more.
+pub(crate) fn encode_all(buf: &mut Vec<u8>, entries: &[Entry]) {
+    let [first, ..] = entries else { return };
+    let len = match entries {
+        [one] => FIXED + one.id.len() + one.payload.len(),
+        _ => {
+            FIXED
+                + 4
+                + entries
+                    .iter()
+                    .map(|e| 8 + e.id.len() + e.payload.len())
+                    .sum::<usize>()
+        }
+    };
     buf.reserve(HEADER + len);
     buf.extend_from_slice(&(len as u32).to_le_bytes());
     let crc_at = buf.len();
     buf.extend_from_slice(&[0; 4]);
     let body = buf.len();
-    buf.extend_from_slice(&seq.to_le_bytes());
-    buf.extend_from_slice(&received_at.to_le_bytes());
-    buf.extend_from_slice(&(id.len() as u32).to_le_bytes());
-    buf.extend_from_slice(id.as_bytes());
-    buf.extend_from_slice(payload.as_bytes());
+    buf.extend_from_slice(&first.seq.to_le_bytes());
+    buf.extend_from_slice(&first.received_at.to_le_bytes());
+    if let [one] = entries {
+        buf.extend_from_slice(&(one.id.len() as u32).to_le_bytes());
+        buf.extend_from_slice(one.id.as_bytes());
+        buf.extend_from_slice(one.payload.as_bytes());
+    } else {
+        buf.extend_from_slice(&GROUP.to_le_bytes());
+        buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+        for e in entries {
+            buf.extend_from_slice(&(e.id.len() as u32).to_le_bytes());
+            buf.extend_from_slice(&(e.payload.len() as u32).to_le_bytes());
+            buf.extend_from_slice(e.id.as_bytes());
+            buf.extend_from_slice(e.payload.as_bytes());
+        }
+    }
     let crc = crc32fast::hash(&buf[body..]);
     buf[crc_at..body].copy_from_slice(&crc.to_le_bytes());
 }
 
-/// One record and its size; `None` at the unwritten (zero) rest of a segment.
-fn decode(bytes: &[u8]) -> Result<Option<(Entry, usize)>, &'static str> {
+/// One record's events and its size; `None` at the unwritten (zero) rest of a segment.
+fn decode(bytes: &[u8]) -> Result<Option<(Vec<Entry>, usize)>, &'static str> {
     let word = |at: usize| -> Option<[u8; 4]> { bytes.get(at..at + 4)?.try_into().ok() };
     let (Some(len), Some(crc)) = (word(0), word(4)) else {
         return match bytes.iter().all(|b| *b == 0) {
@@ -418,24 +462,52 @@ fn decode(bytes: &[u8]) -> Result<Option<(Entry, usize)>, &'static str> {
         return Err("corrupt record");
     }
     let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().unwrap_or_default());
-    let id_len = u32::from_le_bytes(body[16..20].try_into().unwrap_or_default()) as usize;
-    let rest = &body[FIXED..];
-    if id_len > rest.len() {
-        return Err("corrupt record");
-    }
-    let (id, payload) = rest.split_at(id_len);
-    let (Ok(id), Ok(payload)) = (std::str::from_utf8(id), std::str::from_utf8(payload)) else {
-        return Err("corrupt record");
+    let u32_at = |rest: &[u8], at: usize| -> Option<usize> {
+        Some(u32::from_le_bytes(rest.get(at..at + 4)?.try_into().ok()?) as usize)
     };
-    Ok(Some((
-        Entry {
-            seq: u64_at(0),
-            received_at: u64_at(8) as i64,
-            id: id.to_owned(),
-            payload: payload.to_owned(),
-        },
-        HEADER + len,
-    )))
+    let (seq, received_at) = (u64_at(0), u64_at(8) as i64);
+    let text = |bytes: &[u8]| std::str::from_utf8(bytes).map(str::to_owned);
+    let id_len = u32_at(body, 16).ok_or("corrupt record")?;
+    let mut rest = &body[FIXED..];
+    if id_len != GROUP as usize {
+        if id_len > rest.len() {
+            return Err("corrupt record");
+        }
+        let (id, payload) = rest.split_at(id_len);
+        let (Ok(id), Ok(payload)) = (text(id), text(payload)) else {
+            return Err("corrupt record");
+        };
+        let entry = Entry {
+            seq,
+            received_at,
+            id,
+            payload,
+        };
+        return Ok(Some((vec![entry], HEADER + len)));
+    }
+    let count = u32_at(rest, 0).ok_or("corrupt record")?;
+    rest = &rest[4..];
+    let mut entries = Vec::with_capacity(count.min(1024));
+    for k in 0..count {
+        let (Some(id_len), Some(payload_len)) = (u32_at(rest, 0), u32_at(rest, 4)) else {
+            return Err("corrupt record");
+        };
+        let Some(item) = rest.get(8..8 + id_len + payload_len) else {
+            return Err("corrupt record");
+        };
+        let (id, payload) = item.split_at(id_len);
+        let (Ok(id), Ok(payload)) = (text(id), text(payload)) else {
+            return Err("corrupt record");
+        };
+        entries.push(Entry {
+            seq: seq + k as u64,
+            received_at,
+            id,
+            payload,
+        });
+        rest = &rest[8 + id_len + payload_len..];
+    }
+    Ok(Some((entries, HEADER + len)))
 }
 
 /// The running journal: its thread's queue and what it shares.
@@ -520,17 +592,21 @@ struct Journal {
     next_seq: u64,
 }
 
-type Reply = oneshot::Sender<Result<Logged, StoreError>>;
+type Reply = oneshot::Sender<Result<Vec<Logged>, StoreError>>;
 
 impl Journal {
     fn run(mut self, mut rx: mpsc::Receiver<Accept>) {
         let mut batch = Vec::with_capacity(64);
         let mut buf = Vec::with_capacity(64 * 1024);
         while let Some(first) = rx.blocking_recv() {
+            let mut events = first.events.len();
             batch.push(first);
-            while batch.len() < MAX_BATCH {
+            while events < MAX_BATCH {
                 match rx.try_recv() {
-                    Ok(job) => batch.push(job),
+                    Ok(job) => {
+                        events += job.events.len();
+                        batch.push(job);
+                    }
                     Err(_) => break,
                 }
             }
@@ -542,93 +618,112 @@ impl Journal {
     }
 
     /// Logs one group of requests with one `write`, hands the new events to SQLite, and
-    /// answers every request.
+    /// answers every request. A request's new events are one record: all of them or none.
     fn log(&mut self, batch: &mut Vec<Accept>, buf: &mut Vec<u8>, more_coming: bool) {
         let now = self.clock.now();
-        let first_new = self.next_seq;
         let mut entries = Vec::new();
         let mut waiters = Vec::new();
-        let mut answers: Vec<(Reply, Result<Logged, StoreError>)> = Vec::with_capacity(batch.len());
+        // Per request: its answers, and whether it logged anything new (which a failed write
+        // takes back).
+        let mut answers: Vec<(Reply, Result<Vec<Logged>, StoreError>, bool)> =
+            Vec::with_capacity(batch.len());
         // Duplicates among events not yet indexed, then (without holding the map, which the
         // writer needs too) among indexed ones.
-        let seen: Vec<Option<(bool, u64)>> = {
+        let seen: Vec<Vec<Option<(bool, u64)>>> = {
             let pending = lock(&self.shared.pending);
             batch
                 .iter()
                 .map(|a| {
-                    pending
-                        .get(&a.event.id)
-                        .map(|p| (p.payload == a.event.payload, p.seq))
+                    a.events
+                        .iter()
+                        .map(|(event, _)| {
+                            pending
+                                .get(&event.id)
+                                .map(|p| (p.payload == event.payload, p.seq))
+                        })
+                        .collect()
                 })
                 .collect()
         };
-        let seen: Vec<Result<Option<(bool, u64)>, StoreError>> = seen
+        let seen: Vec<Result<Vec<Option<(bool, u64)>>, StoreError>> = seen
             .into_iter()
             .zip(batch.iter())
-            .map(|(seen, a)| match seen {
-                Some(known) => Ok(Some(known)),
-                None => stored(&self.lookup, &a.event).map(|same| same.map(|same| (same, 0))),
+            .map(|(seen, a)| {
+                seen.into_iter()
+                    .zip(&a.events)
+                    .map(|(seen, (event, _))| match seen {
+                        Some(known) => Ok(Some(known)),
+                        None => stored(&self.lookup, event).map(|same| same.map(|same| (same, 0))),
+                    })
+                    .collect()
             })
             .collect();
         {
             let mut pending = lock(&self.shared.pending);
-            for (
-                Accept {
-                    event,
-                    payload,
-                    reply,
-                },
-                known,
-            ) in batch.drain(..).zip(seen)
-            {
-                // The same id twice in this batch: the first is pending by now.
+            for (Accept { events, reply }, known) in batch.drain(..).zip(seen) {
                 let known = match known {
-                    Ok(None) => Ok(pending
-                        .get(&event.id)
-                        .map(|p| (p.payload == event.payload, p.seq))),
-                    known => known,
-                };
-                let answer = match known {
-                    Ok(Some((true, seq))) => Ok(Logged {
-                        outcome: AcceptOutcome::Duplicate,
-                        seq,
-                        flushed: (seq > *self.shared.durable.borrow())
-                            .then(|| watch_flush(&mut waiters)),
-                    }),
-                    Ok(Some((false, _))) => Ok(Logged {
-                        outcome: AcceptOutcome::Conflict,
-                        seq: 0,
-                        flushed: None,
-                    }),
-                    Ok(None) if pending.len() >= MAX_PENDING => Err(StoreError::Unavailable(
-                        "the store is behind: too many events wait to be indexed".into(),
-                    )),
-                    Ok(None) => {
-                        let seq = self.next_seq;
-                        self.next_seq += 1;
-                        encode(buf, seq, now, &event.id, &payload);
-                        pending.insert(
-                            event.id.clone(),
-                            Pending {
-                                payload: event.payload,
-                                seq,
-                            },
-                        );
-                        entries.push(Entry {
-                            seq,
-                            id: event.id,
-                            payload,
-                            received_at: now,
-                        });
-                        Ok(Logged {
-                            outcome: AcceptOutcome::Accepted,
-                            seq,
-                            flushed: Some(watch_flush(&mut waiters)),
-                        })
+                    Ok(known) => known,
+                    Err(e) => {
+                        answers.push((reply, Err(e), false));
+                        continue;
                     }
-                    Err(e) => Err(e),
                 };
-                answers.push((reply, answer));
+                if pending.len() + events.len() > MAX_PENDING {
+                    let behind = StoreError::Unavailable(
+                        "the store is behind: too many events wait to be indexed".into(),
+                    );
+                    answers.push((reply, Err(behind), false));
+                    continue;
+                }
+                let mut logged = Vec::with_capacity(events.len());
+                let mut group = Vec::new();
+                for ((event, payload), known) in events.into_iter().zip(known) {
+                    // The same id earlier in this group or request: pending by now.
+                    let known = known.or_else(|| {
+                        pending
+                            .get(&event.id)
+                            .map(|p| (p.payload == event.payload, p.seq))
+                    });
+                    logged.push(match known {
+                        Some((true, seq)) => Logged {
+                            outcome: AcceptOutcome::Duplicate,
+                            seq,
+                            flushed: (seq > *self.shared.durable.borrow())
+                                .then(|| watch_flush(&mut waiters)),
+                        },
+                        Some((false, _)) => Logged {
+                            outcome: AcceptOutcome::Conflict,
+                            seq: 0,
+                            flushed: None,
+                        },
+                        None => {
+                            let seq = self.next_seq;
+                            self.next_seq += 1;
+                            pending.insert(
+                                event.id.clone(),
+                                Pending {
+                                    payload: event.payload,
+                                    seq,
+                                },
+                            );
+                            group.push(Entry {
+                                seq,
+                                id: event.id,
+                                payload,
+                                received_at: now,
+                            });
+                            Logged {
+                                outcome: AcceptOutcome::Accepted,
+                                seq,
+                                flushed: Some(watch_flush(&mut waiters)),
+                            }
+                        }
+                    });
+                }
+                encode_all(buf, &group);
+                let new = !group.is_empty();
+                entries.append(&mut group);
+                answers.push((reply, Ok(logged), new));
             }
         }
         if !buf.is_empty() {
@@ -657,8 +752,8 @@ impl Journal {
                     tracing::error!(error = %e, "cannot write the journal; refusing this group of events");
                     self.shared.applied(&entries);
                     let failed = StoreError::Unavailable(format!("cannot write the journal: {e}"));
-                    for (_, answer) in &mut answers {
-                        if answer.as_ref().is_ok_and(|l| l.seq >= first_new) {
+                    for (_, answer, new) in &mut answers {
+                        if *new {
                             *answer = Err(failed.clone());
                         }
                     }
@@ -678,8 +773,8 @@ impl Journal {
         if self.written + HEADROOM > SEGMENT_BYTES {
             self.rotate();
         }
-        for (reply, answer) in answers {
-            // A dropped receiver means the caller gave up; the event is logged all the same.
+        for (reply, answer, _) in answers {
+            // A dropped receiver means the caller gave up; the events are logged all the same.
             let _ = reply.send(answer);
         }
     }
@@ -812,6 +907,44 @@ fn flush_loop(shared: &Shared, stall: Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn entry(seq: u64, id: &str) -> Entry {
+        Entry {
+            seq,
+            id: id.into(),
+            payload: format!(r#"{{"id":"{id}"}}"#),
+            received_at: 5,
+        }
+    }
+
+    #[test]
+    fn a_group_record_is_read_whole_or_not_at_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("000000000001.log");
+        let mut buf = Vec::new();
+        encode_all(&mut buf, &[entry(1, "solo")]);
+        let group: Vec<Entry> = (2..=4).map(|s| entry(s, &format!("g{s}"))).collect();
+        encode_all(&mut buf, &group);
+        encode_all(&mut buf, &[]);
+        fs::write(&path, &buf).unwrap();
+        let (entries, stopped) = read_segment(&path).unwrap();
+        assert_eq!(stopped, None);
+        assert_eq!(entries[0], entry(1, "solo"));
+        assert_eq!(entries[1..], group[..]);
+
+        // Cut anywhere inside the group: the group is gone, the record before it stays.
+        let solo_len = {
+            let mut one = Vec::new();
+            encode_all(&mut one, &[entry(1, "solo")]);
+            one.len()
+        };
+        for cut in [solo_len + 3, solo_len + 20, buf.len() - 1] {
+            fs::write(&path, &buf[..cut]).unwrap();
+            let (entries, stopped) = read_segment(&path).unwrap();
+            assert_eq!(entries, [entry(1, "solo")], "cut at {cut}");
+            assert!(stopped.is_some());
+        }
+    }
 
     #[test]
     fn records_round_trip_and_a_torn_tail_is_cut_off() {

@@ -388,39 +388,68 @@ fn send<T>(tx: &mpsc::Sender<T>, job: T) -> Result<(), StoreError> {
 
 impl Ingest for SqliteStore {
     async fn accept(&self, event: Event) -> Result<AcceptOutcome, StoreError> {
+        let outcomes = self.log(vec![event]).await?;
+        Ok(outcomes[0])
+    }
+
+    /// The events are one journal record: a crash keeps all of them or none.
+    async fn accept_batch(&self, events: Vec<Event>) -> Result<Vec<AcceptOutcome>, StoreError> {
+        if events.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.log(events).await
+    }
+}
+
+impl SqliteStore {
+    /// Commits events to the journal, then answers per the durability policy.
+    async fn log(&self, events: Vec<Event>) -> Result<Vec<AcceptOutcome>, StoreError> {
         let started = tokio::time::Instant::now();
         // Serialized here, on the caller's task: the journal thread is the one thing every
         // request shares, so it only checks and writes.
-        let payload = event.payload_json();
-        let id = event.id.clone();
+        let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
+        let events = events
+            .into_iter()
+            .map(|event| {
+                let payload = event.payload_json();
+                (event, payload)
+            })
+            .collect();
         let (reply, logged) = oneshot::channel();
         send(
             self.inner.journal.as_ref().expect("taken only on drop"),
-            journal::Accept {
-                event,
-                payload,
-                reply,
-            },
+            journal::Accept { events, reply },
         )?;
         let logged = logged.await.map_err(|_| {
             StoreError::Unavailable("the journal stopped before answering".into())
         })??;
-        let Some(flushed) = logged.flushed else {
-            return Ok(logged.outcome);
+        let outcomes = logged.iter().map(|l| l.outcome).collect();
+        // One flush covers every write before it: waiting for the last one's is enough.
+        let mut logged = logged;
+        let Some(flushed) = logged
+            .iter_mut()
+            .filter_map(|l| l.flushed.take().map(|f| (l.seq, f)))
+            .max_by_key(|(seq, _)| *seq)
+            .map(|(_, f)| f)
+        else {
+            return Ok(outcomes);
         };
         let stopped = |_| StoreError::Unavailable("the journal stopped before flushing".into());
         if self.inner.durability == Durability::Flush {
             flushed.await.map_err(stopped)?;
-            return Ok(logged.outcome);
+            return Ok(outcomes);
         }
         match tokio::time::timeout_at(started + self.inner.flush_wait, flushed).await {
             Ok(flushed) => flushed.map_err(stopped)?,
-            Err(_late) if logged.outcome == AcceptOutcome::Accepted => {
-                self.acked_before_flush(id, logged.seq)
+            Err(_late) => {
+                for (l, id) in logged.into_iter().zip(ids) {
+                    if l.outcome == AcceptOutcome::Accepted {
+                        self.acked_before_flush(id, l.seq);
+                    }
+                }
             }
-            Err(_late) => {}
         }
-        Ok(logged.outcome)
+        Ok(outcomes)
     }
 }
 

@@ -271,6 +271,7 @@ async fn the_port_contract_holds_on_the_embedded_store() {
     // The queue's part first: it expects to see only its own events.
     relay_core::contract::queue(&store, "local", Duration::from_secs(2)).await;
     relay_core::contract::ingest(&store, "local").await;
+    relay_core::contract::ingest_batch(&store, "local").await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
