@@ -94,4 +94,44 @@ impl Ingest for DynamoIngest {
         // Whatever the cause, the event is not known to be stored: the caller answers 503.
         Err(StoreError::Unavailable(error.to_string()))
     }
+
+    /// Each event is its own conditional `PutItem` (DynamoDB has no conditional batch write,
+    /// and a transaction fails whole on one duplicate), [`BATCH_CONCURRENCY`] at a time. An
+    /// id given twice waits for its first occurrence, so "the second is the duplicate" holds
+    /// as it does locally. `Ok` only once every write is acknowledged.
+    async fn accept_batch(&self, events: Vec<Event>) -> Result<Vec<AcceptOutcome>, StoreError> {
+        use futures_util::stream::{self, StreamExt, TryStreamExt};
+        // Rounds: the first occurrence of every id, then the second ones, and so on.
+        let mut seen = std::collections::HashMap::<&str, usize>::new();
+        let rounds: Vec<usize> = events
+            .iter()
+            .map(|e| {
+                let n = seen.entry(e.id.as_str()).or_default();
+                *n += 1;
+                *n - 1
+            })
+            .collect();
+        let mut outcomes = vec![AcceptOutcome::Duplicate; events.len()];
+        let mut events: Vec<Option<Event>> = events.into_iter().map(Some).collect();
+        for round in 0..rounds.iter().max().map_or(0, |m| m + 1) {
+            let this: Vec<(usize, Event)> = rounds
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r == round)
+                .filter_map(|(i, _)| Some((i, events[i].take()?)))
+                .collect();
+            let done: Vec<(usize, AcceptOutcome)> = stream::iter(this)
+                .map(|(i, event)| async move { self.accept(event).await.map(|o| (i, o)) })
+                .buffer_unordered(BATCH_CONCURRENCY)
+                .try_collect()
+                .await?;
+            for (i, outcome) in done {
+                outcomes[i] = outcome;
+            }
+        }
+        Ok(outcomes)
+    }
 }
+
+/// Conditional writes of one batch in flight at once.
+pub const BATCH_CONCURRENCY: usize = 32;

@@ -26,6 +26,9 @@ impl Ingest for Stack {
     async fn accept(&self, event: Event) -> Result<AcceptOutcome, StoreError> {
         self.ingest.accept(event).await
     }
+    async fn accept_batch(&self, events: Vec<Event>) -> Result<Vec<AcceptOutcome>, StoreError> {
+        self.ingest.accept_batch(events).await
+    }
 }
 
 impl WorkQueue for Stack {
@@ -68,6 +71,7 @@ async fn the_port_contract_holds_on_aws() {
     // The queue's part first: it expects to see only its own events.
     relay_core::contract::queue(&stack, "aws", Duration::from_secs(10)).await;
     relay_core::contract::ingest(&stack.ingest, "aws").await;
+    relay_core::contract::ingest_batch(&stack.ingest, "aws").await;
     let _ = stop.send(());
     poller.await.unwrap();
 }

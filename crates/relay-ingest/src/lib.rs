@@ -1,4 +1,4 @@
-//! The ingest HTTP API of the contract: `POST /events` and `GET /health`.
+//! The ingest HTTP API of the contract: `POST /events`, `POST /events/batch` and `GET /health`.
 //!
 //! [`router`] is generic over the [`Ingest`] port, so the same code answers locally (axum over
 //! the embedded store) and in Lambda (over DynamoDB). A 2xx is only ever sent after the port
@@ -17,14 +17,18 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use relay_core::{AcceptOutcome, Ingest, Rejection, parse_event};
+use relay_core::{AcceptOutcome, Event, Ingest, Rejection, event_from_value, parse_event};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
 pub use error::{ApiError, EventId, Refusal};
 
-/// Largest accepted request body.
+/// Largest accepted request body (and batch item).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
+/// Largest accepted batch request body.
+pub const MAX_BATCH_BYTES: usize = 1024 * 1024;
+/// Most events in one batch request.
+pub const MAX_BATCH_ITEMS: usize = 500;
 /// The header carrying the API key.
 pub const API_KEY_HEADER: &str = "x-api-key";
 
@@ -66,6 +70,7 @@ pub fn router<S: Ingest>(store: S, config: IngestConfig) -> Router {
     });
     Router::new()
         .route("/events", post(post_event::<S>))
+        .route("/events/batch", post(post_batch::<S>))
         .route("/health", get(health))
         .fallback(|| async {
             ApiError::new(
@@ -113,7 +118,7 @@ async fn accept_event<S: Ingest>(
 ) -> Result<Response, ApiError> {
     authorize(&state.keys, &headers)?;
     check_content_type(&headers)?;
-    let body = read_body(request.into_body(), &headers).await?;
+    let body = read_body(request.into_body(), &headers, MAX_BODY_BYTES).await?;
     let event = parse_event(&body).map_err(|rejection| match rejection {
         Rejection::NotJson(message) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
@@ -167,6 +172,133 @@ async fn accept_event<S: Ingest>(
     })
 }
 
+/// `POST /events/batch`: every valid item is committed, all in one go, before the answer; each
+/// item gets its own result, in order. Only what concerns the whole request (key, content type,
+/// size, not a JSON array, the store) is answered as an error.
+async fn post_batch<S: Ingest>(
+    State(state): State<Arc<AppState<S>>>,
+    headers: HeaderMap,
+    request: Request,
+) -> Result<Response, ApiError> {
+    authorize(&state.keys, &headers)?;
+    check_content_type(&headers)?;
+    let body = read_body(request.into_body(), &headers, MAX_BATCH_BYTES).await?;
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "request body is empty",
+        ));
+    }
+    let items: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
+        Ok(serde_json::Value::Array(items)) => items,
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_batch",
+                "expected a JSON array of events",
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("request body is not valid JSON: {e}"),
+            ));
+        }
+    };
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_too_large",
+            format!(
+                "a batch holds at most {MAX_BATCH_ITEMS} events, got {}; split it",
+                items.len()
+            ),
+        ));
+    }
+    let mut results: Vec<Option<serde_json::Value>> = Vec::with_capacity(items.len());
+    let mut valid: Vec<Event> = Vec::with_capacity(items.len());
+    for item in items {
+        match check_item(item) {
+            Ok(event) => {
+                valid.push(event);
+                results.push(None);
+            }
+            Err(refused) => results.push(Some(refused)),
+        }
+    }
+    let ids: Vec<String> = valid.iter().map(|e| e.id.clone()).collect();
+    let outcomes = if valid.is_empty() {
+        Vec::new()
+    } else {
+        let count = valid.len();
+        tokio::time::timeout(state.store_timeout, state.store.accept_batch(valid))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store did not answer in time; the events may not be stored",
+                )
+            })?
+            .map_err(|e| {
+                tracing::error!(error = %e, events = count, "store refused a batch");
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "store_unavailable",
+                    "the store is unavailable; no event of this batch was stored",
+                )
+            })?
+    };
+    let mut stored = ids.into_iter().zip(outcomes).map(|(id, outcome)| match outcome {
+        AcceptOutcome::Accepted => json!({"id": id, "status": "accepted"}),
+        AcceptOutcome::Duplicate => json!({"id": id, "status": "duplicate"}),
+        AcceptOutcome::Conflict => json!({
+            "id": id, "status": "conflict", "error": "id_conflict", "field": "id",
+            "message": format!("an event with id {id:?} was already accepted with a different payload"),
+        }),
+    });
+    let results: Vec<serde_json::Value> = results
+        .into_iter()
+        .map(|r| {
+            r.or_else(|| stored.next())
+                .unwrap_or(serde_json::Value::Null)
+        })
+        .collect();
+    Ok((StatusCode::OK, Json(json!({ "results": results }))).into_response())
+}
+
+/// One batch item: the event, or its `invalid` result.
+fn check_item(item: serde_json::Value) -> Result<Event, serde_json::Value> {
+    let id = item
+        .get("id")
+        .and_then(serde_json::Value::as_str)
+        .map(str::to_owned);
+    let invalid = |error: &str, message: String, field: Option<&str>| {
+        let mut result = json!({"status": "invalid", "error": error, "message": message});
+        if let Some(id) = &id {
+            result["id"] = json!(id);
+        }
+        if let Some(field) = field {
+            result["field"] = json!(field);
+        }
+        result
+    };
+    let size = serde_json::to_vec(&item).map_or(0, |v| v.len());
+    if size > MAX_BODY_BYTES {
+        return Err(invalid(
+            "payload_too_large",
+            format!("event exceeds {} KiB", MAX_BODY_BYTES / 1024),
+            None,
+        ));
+    }
+    event_from_value(item).map_err(|rejection| match rejection {
+        Rejection::NotJson(message) => invalid("invalid_json", message, None),
+        Rejection::Invalid { field, message } => invalid("invalid_event", message, field),
+    })
+}
+
 fn authorize(keys: &[Vec<u8>], headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers.get(API_KEY_HEADER).map(|v| v.as_bytes());
     // Compare against every key, in constant time per key, so timing tells nothing about which
@@ -211,22 +343,26 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
-async fn read_body(body: Body, headers: &HeaderMap) -> Result<axum::body::Bytes, ApiError> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<axum::body::Bytes, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "payload_too_large",
-            format!("request body exceeds {} KiB", MAX_BODY_BYTES / 1024),
+            format!("request body exceeds {} KiB", limit / 1024),
         )
     };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_BODY_BYTES as u64) {
+    if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
-    match Limited::new(body, MAX_BODY_BYTES).collect().await {
+    match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
         Err(e) => Err(ApiError::new(

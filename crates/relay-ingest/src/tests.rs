@@ -309,6 +309,175 @@ async fn health_needs_no_key_and_unknown_routes_answer_json() {
     );
 }
 
+fn batch_request(body: impl Into<Body>, key: Option<&str>) -> Request<Body> {
+    let mut builder = Request::post("/events/batch").header("content-type", "application/json");
+    if let Some(key) = key {
+        builder = builder.header(API_KEY_HEADER, key);
+    }
+    builder.body(body.into()).unwrap()
+}
+
+impl Harness {
+    async fn post_batch(&self, items: &Value) -> (StatusCode, Value) {
+        self.send(batch_request(items.to_string(), Some(KEY))).await
+    }
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_item_in_order_and_stores_only_the_valid_ones() {
+    let h = harness();
+    h.post(event("before").to_string()).await;
+    let mut other = event("before");
+    other["body"] = json!("changed");
+    let mut no_name = event("no-name");
+    no_name.as_object_mut().unwrap().remove("name");
+    let items = json!([
+        event("a"),
+        no_name,
+        event("before"),
+        other,
+        "not an object",
+        event("a"),
+        {"id": "bad-ts", "name": "n", "body": "b", "timestamp": "yesterday"},
+        event("b"),
+    ]);
+    let (status, answer) = h.post_batch(&items).await;
+    assert_eq!(status, StatusCode::OK);
+    let results = answer["results"].as_array().unwrap();
+    let summary: Vec<(Option<&str>, &str, Option<&str>)> = results
+        .iter()
+        .map(|r| {
+            (
+                r["id"].as_str(),
+                r["status"].as_str().unwrap(),
+                r["field"].as_str(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (Some("a"), "accepted", None),
+            (Some("no-name"), "invalid", Some("name")),
+            (Some("before"), "duplicate", None),
+            (Some("before"), "conflict", Some("id")),
+            (None, "invalid", None),
+            (Some("a"), "duplicate", None),
+            (Some("bad-ts"), "invalid", Some("timestamp")),
+            (Some("b"), "accepted", None),
+        ]
+    );
+    for refused in [&results[1], &results[3], &results[4]] {
+        assert!(
+            refused["error"].is_string() && refused["message"].is_string(),
+            "{refused}"
+        );
+    }
+    assert_eq!(h.stored().await, ["before", "a", "b"]);
+}
+
+#[tokio::test]
+async fn whole_batch_errors_are_answered_as_for_one_event_and_store_nothing() {
+    let h = harness();
+    let one = json!([event("x")]).to_string();
+    let cases: Vec<(Request<Body>, StatusCode, &str)> = vec![
+        (
+            batch_request(one.clone(), None),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            batch_request(one.clone(), Some("wrong")),
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+        ),
+        (
+            batch_request("[{", Some(KEY)),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            batch_request("", Some(KEY)),
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+        ),
+        (
+            batch_request(event("x").to_string(), Some(KEY)),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_batch",
+        ),
+        (
+            batch_request(
+                Value::Array((0..501).map(|i| event(&format!("e{i}"))).collect()).to_string(),
+                Some(KEY),
+            ),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_too_large",
+        ),
+        (
+            batch_request(
+                json!([{"id": "big", "name": "n", "timestamp": 1, "body": "x".repeat(1 << 20)}])
+                    .to_string(),
+                Some(KEY),
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+        ),
+        (
+            Request::post("/events/batch")
+                .header("content-type", "text/plain")
+                .header(API_KEY_HEADER, KEY)
+                .body(Body::from(one))
+                .unwrap(),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+        ),
+    ];
+    for (request, status, code) in cases {
+        let (got, answer) = h.send(request).await;
+        assert_eq!(
+            (got, answer["error"].as_str()),
+            (status, Some(code)),
+            "{answer}"
+        );
+    }
+    assert!(h.stored().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_batch_item_over_256_kib_is_invalid_alone() {
+    let h = harness();
+    let big = json!({"id": "big", "name": "n", "timestamp": 1, "body": "x".repeat(300 * 1024)});
+    let (status, answer) = h.post_batch(&json!([big, event("small")])).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(answer["results"][0]["status"], "invalid");
+    assert_eq!(answer["results"][0]["error"], "payload_too_large");
+    assert_eq!(answer["results"][1]["status"], "accepted");
+    assert_eq!(h.stored().await, ["small"]);
+}
+
+#[tokio::test]
+async fn a_stuck_store_fails_the_whole_batch_with_503_inside_the_budget() {
+    let h = harness_with(
+        Duration::from_millis(200),
+        StoreOptions {
+            durability: Durability::Flush,
+            flush_stall: Duration::from_secs(2),
+            ..StoreOptions::default()
+        },
+    );
+    let answered = tokio::time::timeout(
+        Duration::from_secs(1),
+        h.post_batch(&json!([event("a"), event("b")])),
+    )
+    .await;
+    let (status, answer) = answered.expect("ingest must answer while the store is stuck");
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("store_unavailable"))
+    );
+}
+
 /// Bodies that are sometimes valid events, often nearly valid, sometimes garbage.
 fn body() -> impl Strategy<Value = Vec<u8>> {
     let id = prop_oneof![
