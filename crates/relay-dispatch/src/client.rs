@@ -1,8 +1,10 @@
 //! The GraphQL call: one HTTP request per event, enriched, with the event id as the
-//! `Idempotency-Key`. It reports what came back; deciding what that means is `classify`'s job.
+//! `Idempotency-Key`; or, with batching, up to N events as aliased mutations in one request. It
+//! reports what came back; deciding what that means is `classify`'s job.
 
 use std::time::Duration;
 
+use relay_core::classify::alias;
 use relay_core::{Answer, TransportError, enrich};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
@@ -19,7 +21,17 @@ pub enum ClientError {
     Header(String),
     #[error("cannot build the HTTP client: {0}")]
     Build(#[from] reqwest::Error),
+    #[error(
+        "a custom GraphQL document cannot be batched (--batch {0}): relay writes the aliased \
+         mutations of a batch itself; use --batch 1 with --document, or drop --document"
+    )]
+    BatchDocument(usize),
+    #[error("--batch must be between 1 and {MAX_BATCH}, got {0}")]
+    BatchSize(usize),
 }
+
+/// Most events in one request.
+pub const MAX_BATCH: usize = 500;
 
 #[derive(Debug, Clone)]
 pub struct TargetConfig {
@@ -29,6 +41,8 @@ pub struct TargetConfig {
     /// Extra headers, e.g. `Authorization: Bearer …`.
     pub headers: Vec<(String, String)>,
     pub timeout: Duration,
+    /// Most events in one request (aliased mutations); 1 sends the document as configured.
+    pub batch: usize,
 }
 
 impl TargetConfig {
@@ -39,6 +53,7 @@ impl TargetConfig {
             brand: "testBrand".into(),
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
+            batch: 1,
         }
     }
 }
@@ -61,6 +76,7 @@ pub struct GraphqlClient {
     document: String,
     brand: String,
     timeout: Duration,
+    batch: usize,
 }
 
 impl GraphqlClient {
@@ -74,6 +90,12 @@ impl GraphqlClient {
                 url: config.url.clone(),
                 reason: "scheme must be http or https".into(),
             });
+        }
+        if config.batch == 0 || config.batch > MAX_BATCH {
+            return Err(ClientError::BatchSize(config.batch));
+        }
+        if config.batch > 1 && config.document.trim() != DEFAULT_DOCUMENT {
+            return Err(ClientError::BatchDocument(config.batch));
         }
         let mut headers = HeaderMap::new();
         for (name, value) in &config.headers {
@@ -96,7 +118,13 @@ impl GraphqlClient {
             document: config.document.clone(),
             brand: config.brand.clone(),
             timeout: config.timeout,
+            batch: config.batch,
         })
+    }
+
+    /// Most events [`Self::send_batch`] is given at once.
+    pub fn batch(&self) -> usize {
+        self.batch
     }
 
     pub fn url(&self) -> &str {
@@ -105,14 +133,46 @@ impl GraphqlClient {
 
     /// Sends one event (its stored JSON) and returns the target's answer.
     pub async fn send(&self, event_id: &str, payload: &str) -> Result<Answer, TransportError> {
+        let body =
+            json!({ "query": self.document, "variables": { "input": self.enriched(payload)? } });
+        self.post(body, Some(event_id)).await
+    }
+
+    /// Sends events (id, stored JSON) in one request: one alone as [`Self::send`] does, more as
+    /// aliased mutations `e0: createEvent(input: $e0) { id } e1: …`. Each event's id, its
+    /// idempotency key, is in its input; `extensions.idempotencyKeys` maps alias to id, since
+    /// one `Idempotency-Key` header cannot name them all.
+    pub async fn send_batch(&self, events: &[(&str, &str)]) -> Result<Answer, TransportError> {
+        if let [(id, payload)] = events {
+            return self.send(id, payload).await;
+        }
+        let mut variables = Map::new();
+        let mut keys = Map::new();
+        for (i, (id, payload)) in events.iter().enumerate() {
+            variables.insert(alias(i), self.enriched(payload)?);
+            keys.insert(alias(i), Value::String((*id).to_owned()));
+        }
+        let body = json!({
+            "query": batch_document(events.len()),
+            "variables": variables,
+            "extensions": { "idempotencyKeys": keys },
+        });
+        self.post(body, None).await
+    }
+
+    fn enriched(&self, payload: &str) -> Result<Value, TransportError> {
         let payload: Map<String, Value> = serde_json::from_str(payload).map_err(|e| {
             TransportError::Other(format!("stored payload is not a JSON object: {e}"))
         })?;
-        let body = json!({ "query": self.document, "variables": { "input": enrich(&payload, &self.brand) } });
-        let response = self
-            .http
-            .post(self.url.clone())
-            .header("Idempotency-Key", event_id)
+        Ok(enrich(&payload, &self.brand))
+    }
+
+    async fn post(&self, body: Value, key: Option<&str>) -> Result<Answer, TransportError> {
+        let mut request = self.http.post(self.url.clone());
+        if let Some(key) = key {
+            request = request.header("Idempotency-Key", key);
+        }
+        let response = request
             .timeout(self.timeout)
             .json(&body)
             .send()
@@ -153,6 +213,21 @@ impl GraphqlClient {
     }
 }
 
+/// The document of a batch of `n` events: the default mutation, aliased once per event.
+pub fn batch_document(n: usize) -> String {
+    let variables: Vec<String> = (0..n)
+        .map(|i| format!("${}: EventInput!", alias(i)))
+        .collect();
+    let fields: Vec<String> = (0..n)
+        .map(|i| format!("{0}: createEvent(input: ${0}) {{ id }}", alias(i)))
+        .collect();
+    format!(
+        "mutation CreateEvents({}) {{ {} }}",
+        variables.join(", "),
+        fields.join(" ")
+    )
+}
+
 /// reqwest's top-level message hides the cause ("error sending request"); show the chain.
 fn source_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
@@ -177,6 +252,38 @@ mod tests {
         );
         assert!(parse_header("no colon").is_err());
         assert!(parse_header("bad name: v").is_err());
+    }
+
+    #[test]
+    fn a_batch_document_aliases_the_default_mutation() {
+        assert_eq!(
+            batch_document(2),
+            "mutation CreateEvents($e0: EventInput!, $e1: EventInput!) { \
+             e0: createEvent(input: $e0) { id } e1: createEvent(input: $e1) { id } }"
+        );
+    }
+
+    #[test]
+    fn a_custom_document_is_refused_with_batches_and_sizes_are_bounded() {
+        let custom = |batch| TargetConfig {
+            document: "mutation M($input: EventInput!) { record(event: $input) { ok } }".into(),
+            batch,
+            ..TargetConfig::new("http://127.0.0.1:1/graphql")
+        };
+        assert!(GraphqlClient::new(&custom(1)).is_ok());
+        let refused = GraphqlClient::new(&custom(10)).unwrap_err();
+        assert!(matches!(refused, ClientError::BatchDocument(10)));
+        assert!(refused.to_string().contains("--batch 1"), "{refused}");
+        for batch in [0, MAX_BATCH + 1] {
+            let config = TargetConfig {
+                batch,
+                ..TargetConfig::new("http://127.0.0.1:1/graphql")
+            };
+            assert!(matches!(
+                GraphqlClient::new(&config),
+                Err(ClientError::BatchSize(_))
+            ));
+        }
     }
 
     #[test]

@@ -1,9 +1,10 @@
 //! The dispatcher: drains the work queue into the target as fast as the target allows.
 //!
-//! The loop only claims work, waits for a rate token and a concurrency slot, and hands each
-//! claim to [`deliver`]. That function asks the [`GraphqlClient`], classifies the answer
-//! (`relay_core::classify`), tells the rate controller, decides the delivery's fate
-//! (`relay_core::decide`) and settles it in the store, which records the attempt.
+//! The loop only claims work, waits for a rate token and a concurrency slot, and hands up to a
+//! batch of claims (one request, one token) to [`deliver`]. That function asks the
+//! [`GraphqlClient`], classifies the answer for each event (`relay_core::classify_batch`), tells
+//! the rate controller, decides each delivery's fate (`relay_core::decide`) and settles it in
+//! the store, which records the attempt.
 
 mod client;
 mod metrics;
@@ -15,14 +16,17 @@ use std::time::{Duration, Instant};
 
 use relay_core::rate::{RateConfig, RateController, Ticket};
 use relay_core::{
-    AttemptRecord, Claim, DeliveryPolicy, Outcome, Settlement, WorkQueue, classify, decide,
-    now_millis,
+    AttemptRecord, BatchOutcome, Claim, DeliveryPolicy, Outcome, Settlement, WorkQueue,
+    classify_batch, decide, now_millis,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-pub use client::{ClientError, DEFAULT_DOCUMENT, GraphqlClient, TargetConfig, parse_header};
+pub use client::{
+    ClientError, DEFAULT_DOCUMENT, GraphqlClient, MAX_BATCH, TargetConfig, batch_document,
+    parse_header,
+};
 pub use metrics::{Metrics, MetricsSnapshot};
 
 #[derive(Debug, Clone)]
@@ -138,16 +142,19 @@ impl<Q: WorkQueue> Dispatcher<Q> {
         let mut buffer: VecDeque<Claim> = VecDeque::new();
         let mut in_flight = JoinSet::new();
         tokio::pin!(shutdown);
+        let per_request = client.batch();
         tracing::info!(
             target = client.url(),
             max_in_flight = config.max_in_flight,
+            batch = per_request,
             "dispatcher started"
         );
 
         'run: loop {
             while in_flight.try_join_next().is_some() {}
             if buffer.is_empty() {
-                let want = batch_size(lock(&handle.rate).rate(), config.max_in_flight)
+                let want = (batch_size(lock(&handle.rate).rate(), config.max_in_flight)
+                    * per_request)
                     .max(config.claim_at_least);
                 match queue.claim(want, config.lease).await {
                     Ok(claims) => buffer.extend(claims),
@@ -182,15 +189,19 @@ impl<Q: WorkQueue> Dispatcher<Q> {
                 slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
                 () = &mut shutdown => break 'run,
             };
-            let Some(claim) = buffer.pop_front() else {
-                continue;
+            // What is claimed already, up to a batch: never waiting for more.
+            let claims: Vec<Claim> = buffer.drain(..per_request.min(buffer.len())).collect();
+            let span = match claims.as_slice() {
+                [claim] => {
+                    tracing::info_span!("deliver", event_id = %claim.event_id, attempt = claim.tries + 1)
+                }
+                _ => tracing::info_span!("deliver", events = claims.len()),
             };
-            let span = tracing::info_span!("deliver", event_id = %claim.event_id, attempt = claim.tries + 1);
             let (queue, client, handle, policy) =
                 (queue.clone(), client.clone(), handle.clone(), config.policy);
             in_flight.spawn(
                 async move {
-                    deliver(&queue, &client, &handle, &policy, claim, ticket).await;
+                    deliver(&queue, &client, &handle, &policy, claims, ticket).await;
                     drop(slot);
                 }
                 .instrument(span),
@@ -222,22 +233,71 @@ fn batch_size(rate: f64, max_in_flight: usize) -> usize {
     ((rate / 4.0).ceil() as usize).clamp(1, max_in_flight.max(1))
 }
 
-/// One attempt at one claim, from request to settled state.
+/// One request for the claims (one event, or a batch), from request to settled states. A batch
+/// the target refuses as a whole, in a way that may be one event's fault, is sent again one
+/// event per request (each with its own rate token), so only that event is dead-lettered.
 async fn deliver<Q: WorkQueue>(
     queue: &Q,
     client: &GraphqlClient,
     handle: &DispatcherHandle,
     policy: &DeliveryPolicy,
-    claim: Claim,
+    claims: Vec<Claim>,
     ticket: Ticket,
 ) {
+    if claims.is_empty() {
+        return;
+    }
+    let Some(refused) = attempt(queue, client, handle, policy, claims, ticket).await else {
+        return;
+    };
+    tracing::warn!(
+        events = refused.len(),
+        "the target refused a batch as a whole; sending its events one by one"
+    );
+    for claim in refused {
+        let ticket = loop {
+            let now = tokio::time::Instant::now();
+            let acquired = lock(&handle.rate).try_acquire(now);
+            match acquired {
+                Ok(ticket) => break ticket,
+                Err(at) => tokio::time::sleep_until(at).await,
+            }
+        };
+        attempt(queue, client, handle, policy, vec![claim], ticket).await;
+    }
+}
+
+/// Sends the claims in one request and settles each; gives them back unsettled if the target
+/// refused the batch as a whole ([`BatchOutcome::Refused`], never for one event).
+async fn attempt<Q: WorkQueue>(
+    queue: &Q,
+    client: &GraphqlClient,
+    handle: &DispatcherHandle,
+    policy: &DeliveryPolicy,
+    claims: Vec<Claim>,
+    ticket: Ticket,
+) -> Option<Vec<Claim>> {
     let metrics = &handle.metrics;
-    metrics.started();
+    let n = claims.len();
+    for _ in &claims {
+        metrics.started();
+    }
     let started_at = now_millis();
     let clock = Instant::now();
-    let result = client.send(&claim.event_id, &claim.payload).await;
+    let events: Vec<(&str, &str)> = claims
+        .iter()
+        .map(|c| (c.event_id.as_str(), c.payload.as_str()))
+        .collect();
+    let result = client.send_batch(&events).await;
     let duration = clock.elapsed();
-    let outcome = classify(&result);
+    let outcomes = match classify_batch(&result, n) {
+        BatchOutcome::Each(outcomes) => outcomes,
+        BatchOutcome::Refused(outcome) => {
+            tracing::debug!(reason = outcome.reason(), "batch refused");
+            metrics.gave_back(n);
+            return Some(claims);
+        }
+    };
     let budget = result.as_ref().ok().and_then(|answer| {
         relay_core::budget::announced(
             &answer.budget_headers,
@@ -246,50 +306,65 @@ async fn deliver<Q: WorkQueue>(
         )
     });
     {
+        // One request, one signal: slow down if any of it was refused for the rate.
         let mut rate = lock(&handle.rate);
         let now = tokio::time::Instant::now();
         if let Some(budget) = budget {
             rate.on_budget(now, ticket, budget);
         }
-        match &outcome {
-            Outcome::Delivered => rate.on_delivered(now, ticket),
-            Outcome::RateLimited { retry_after, .. } => {
-                rate.on_rate_limited(now, ticket, *retry_after)
+        let limited = outcomes.iter().find_map(|o| match o {
+            Outcome::RateLimited { retry_after, .. } => Some(*retry_after),
+            _ => None,
+        });
+        match limited {
+            Some(retry_after) => rate.on_rate_limited(now, ticket, retry_after),
+            None if outcomes.contains(&Outcome::Delivered) => rate.on_delivered(now, ticket),
+            None => {}
+        }
+    }
+    let settles = claims.iter().zip(outcomes).map(|(claim, outcome)| {
+        let settlement = decide(&outcome, claim, policy, now_millis(), fastrand::f64());
+        let (http_status, mut detail) = match &result {
+            Ok(answer) if outcome == Outcome::Delivered => (
+                Some(answer.status),
+                relay_core::classify::excerpt(&answer.body),
+            ),
+            Ok(answer) => (Some(answer.status), outcome.reason().to_owned()),
+            Err(_) => (None, outcome.reason().to_owned()),
+        };
+        if n > 1 {
+            detail = match outcome {
+                Outcome::Delivered => format!("delivered in a batch of {n}"),
+                _ => format!("in a batch of {n}: {detail}"),
+            };
+        }
+        let attempt = AttemptRecord {
+            started_at,
+            duration_ms: duration.as_millis() as u64,
+            outcome: outcome.kind(),
+            http_status,
+            detail,
+            trigger: claim.trigger,
+        };
+        let _span =
+            (n > 1).then(|| tracing::info_span!("event", event_id = %claim.event_id).entered());
+        match &settlement {
+            Settlement::Delivered => tracing::debug!(ms = attempt.duration_ms, "delivered"),
+            Settlement::Retry { at, .. } => {
+                tracing::debug!(
+                    outcome = outcome.kind(),
+                    reason = outcome.reason(),
+                    in_ms = at - now_millis(),
+                    "will retry"
+                )
             }
-            Outcome::Transient { .. } | Outcome::Permanent { .. } => {}
+            Settlement::Dead { reason } => tracing::warn!(%reason, "dead-lettered"),
         }
-    }
-    let settlement = decide(&outcome, &claim, policy, now_millis(), fastrand::f64());
-    let (http_status, detail) = match &result {
-        Ok(answer) if outcome == Outcome::Delivered => (
-            Some(answer.status),
-            relay_core::classify::excerpt(&answer.body),
-        ),
-        Ok(answer) => (Some(answer.status), outcome.reason().to_owned()),
-        Err(_) => (None, outcome.reason().to_owned()),
-    };
-    let attempt = AttemptRecord {
-        started_at,
-        duration_ms: duration.as_millis() as u64,
-        outcome: outcome.kind(),
-        http_status,
-        detail,
-        trigger: claim.trigger,
-    };
-    match &settlement {
-        Settlement::Delivered => tracing::debug!(ms = attempt.duration_ms, "delivered"),
-        Settlement::Retry { at, .. } => {
-            tracing::debug!(
-                outcome = outcome.kind(),
-                reason = outcome.reason(),
-                in_ms = at - now_millis(),
-                "will retry"
-            )
-        }
-        Settlement::Dead { reason } => tracing::warn!(%reason, "dead-lettered"),
-    }
-    metrics.finished(&outcome, &settlement);
-    settle(queue, &claim, attempt, settlement).await;
+        metrics.finished(&outcome, &settlement);
+        settle(queue, claim, attempt, settlement)
+    });
+    futures_util::future::join_all(settles).await;
+    None
 }
 
 /// Settles, retrying briefly if the store is busy. If it never succeeds the lease stays, and the

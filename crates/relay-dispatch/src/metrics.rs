@@ -40,6 +40,12 @@ impl Metrics {
         self.in_flight.fetch_add(1, Relaxed);
     }
 
+    /// Requests started but given back unanswered (a batch refused whole, sent again alone).
+    pub(crate) fn gave_back(&self, n: usize) {
+        self.attempts.fetch_sub(n as u64, Relaxed);
+        self.in_flight.fetch_sub(n as u64, Relaxed);
+    }
+
     pub(crate) fn finished(&self, outcome: &Outcome, settlement: &Settlement) {
         self.in_flight.fetch_sub(1, Relaxed);
         // Answers by kind; `dead` counts dead-lettered deliveries, whatever the last answer was.

@@ -43,6 +43,16 @@ async fn run(
     client_timeout: Duration,
     events: &[Value],
 ) -> Run {
+    run_batched(target, config, client_timeout, 1, events).await
+}
+
+async fn run_batched(
+    target: target_sim::TargetConfig,
+    config: DispatchConfig,
+    client_timeout: Duration,
+    batch: usize,
+    events: &[Value],
+) -> Run {
     let target = target_sim::start("127.0.0.1:0".parse().unwrap(), target)
         .await
         .unwrap();
@@ -56,6 +66,7 @@ async fn run(
     }
     let client = GraphqlClient::new(&TargetConfig {
         timeout: client_timeout,
+        batch,
         ..TargetConfig::new(target.url())
     })
     .unwrap();
@@ -329,6 +340,96 @@ async fn permanent_errors_go_to_the_dlq_at_once_with_the_reason() {
         dl.reason
     );
     r.assert_delivered_once(&evs[..20]);
+    r.stop().await;
+}
+
+/// A target whose limit counts requests: batches of 10 under a limit of 20 requests/s.
+fn per_request_limit(faults: Faults) -> target_sim::TargetConfig {
+    target_sim::TargetConfig {
+        rate: 20.0,
+        burst: Some(20.0),
+        faults,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn batches_deliver_every_event_once_and_a_poison_event_dies_alone() {
+    let mut evs = events(300);
+    evs[150] = event(150, "poison");
+    let faults = Faults {
+        reject_names: vec!["poison".into()],
+        ..Default::default()
+    };
+    let config = DispatchConfig {
+        policy: fast_policy(10),
+        ..Default::default()
+    };
+    let r = run_batched(
+        per_request_limit(faults),
+        config,
+        Duration::from_secs(5),
+        10,
+        &evs,
+    )
+    .await;
+    let counts = r.settled(300).await;
+    assert_eq!((counts.delivered, counts.dead), (299, 1));
+    let mut delivered = evs.clone();
+    delivered.remove(150);
+    r.assert_delivered_once(&delivered);
+    let reader = Reader::open(r.dir.path()).unwrap();
+    let dl = reader.dead_letter("e0150").unwrap().unwrap();
+    assert_eq!(dl.attempts, 1, "its own error, at once");
+    assert!(dl.reason.contains("BAD_USER_INPUT"), "{}", dl.reason);
+    let attempt = &reader.attempts("e0151").unwrap()[0];
+    assert!(
+        attempt.detail.starts_with("delivered in a batch of"),
+        "{}",
+        attempt.detail
+    );
+    let stats = r.target.stats();
+    // 300 events in batches of (mostly) 10, and the few rate-limited requests of discovery.
+    assert!(stats.requests < 100, "{stats:?}");
+    r.stop().await;
+}
+
+#[tokio::test]
+async fn a_batch_refused_whole_is_sent_again_one_event_per_request() {
+    let mut evs = events(40);
+    evs[7] = event(7, "strict");
+    let faults = Faults {
+        refuse_requests_with: vec!["strict".into()],
+        ..Default::default()
+    };
+    let r = run_batched(
+        per_request_limit(faults),
+        DispatchConfig {
+            policy: fast_policy(10),
+            ..Default::default()
+        },
+        Duration::from_secs(5),
+        10,
+        &evs,
+    )
+    .await;
+    let counts = r.settled(40).await;
+    assert_eq!((counts.delivered, counts.dead), (39, 1));
+    let mut delivered = evs.clone();
+    delivered.remove(7);
+    r.assert_delivered_once(&delivered);
+    let reader = Reader::open(r.dir.path()).unwrap();
+    let dl = reader.dead_letter("e0007").unwrap().unwrap();
+    assert_eq!(dl.attempts, 1);
+    assert!(dl.reason.contains("got an invalid value"), "{}", dl.reason);
+    // Its batch-mates went alone, and nothing was recorded for the refused batch itself.
+    let mut alone = 0;
+    for e in &delivered {
+        let attempts = reader.attempts(e["id"].as_str().unwrap()).unwrap();
+        assert_eq!(attempts.len(), 1, "{e}");
+        alone += usize::from(attempts[0].detail.contains("createEvent"));
+    }
+    assert!(alone >= 1, "the refused batch's other events were each sent alone");
     r.stop().await;
 }
 

@@ -89,8 +89,13 @@ pub struct Faults {
     pub fail_rate: f64,
     /// Delay before every answer.
     pub latency_ms: u64,
-    /// Events with these names get a permanent GraphQL error (`BAD_USER_INPUT`).
+    /// Events with these names get a permanent GraphQL error (`BAD_USER_INPUT`) on their own
+    /// field.
     pub reject_names: Vec<String>,
+    /// A request holding an event with one of these names is refused whole, before anything
+    /// runs, with a GraphQL error that names no field: as a server that checks variables
+    /// against a strict input type does.
+    pub refuse_requests_with: Vec<String>,
     /// Misbehaviour for proving verifiers can fail: acknowledge every Nth new event but do not
     /// store it, as a target that loses data would.
     pub drop_every: Option<u64>,
@@ -688,18 +693,48 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
                 .into_response();
         }
     };
-    let key = headers
+    if let Some(name) = refused_variable(&request, &faults.refuse_requests_with) {
+        shared.count(|s| s.rejected += 1);
+        let message =
+            format!("Variable \"${name}\" got an invalid value: events of this name are refused");
+        return Json(
+            json!({"errors": [{"message": message, "extensions": {"code": "BAD_USER_INPUT"}}]}),
+        )
+        .into_response();
+    }
+    let header = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    let by_alias = request
+        .extensions
+        .get("idempotencyKeys")
+        .and_then(|v| v.clone().into_json().ok())
+        .and_then(|v| match v {
+            Value::Object(map) => Some(map),
+            _ => None,
+        })
+        .unwrap_or_default();
     let mut response = state
         .schema
-        .execute(request.data(schema::IdempotencyKey(key)))
+        .execute(request.data(schema::IdempotencyKey { header, by_alias }))
         .await;
     if let Some(cost) = cost.and_then(|c| async_graphql::Value::from_json(c).ok()) {
         response.extensions.insert("cost".into(), cost);
     }
     with_budget(Json(response).into_response())
+}
+
+/// The first variable holding an event whose name is in `names`.
+fn refused_variable(request: &async_graphql::Request, names: &[String]) -> Option<String> {
+    if names.is_empty() {
+        return None;
+    }
+    let variables = request.variables.clone().into_value().into_json().ok()?;
+    variables.as_object()?.iter().find_map(|(variable, value)| {
+        let name = value.get("name")?.as_str()?;
+        names.iter().any(|n| n == name).then(|| variable.clone())
+    })
 }
 
 #[cfg(test)]

@@ -18,9 +18,23 @@ pub(crate) fn build(shared: Arc<Shared>) -> TargetSchema {
         .finish()
 }
 
-/// The `Idempotency-Key` header of the request being executed.
+/// The idempotency keys of the request being executed: its `Idempotency-Key` header, and for a
+/// batch of aliased mutations the request's `extensions.idempotencyKeys` (alias → key).
 #[derive(Debug)]
-pub(crate) struct IdempotencyKey(pub(crate) Option<String>);
+pub(crate) struct IdempotencyKey {
+    pub(crate) header: Option<String>,
+    pub(crate) by_alias: Map<String, Value>,
+}
+
+impl IdempotencyKey {
+    /// The key for the field at `alias`: the batch's own if it names one, else the header.
+    fn of(&self, alias: Option<&str>) -> Option<&str> {
+        alias
+            .and_then(|a| self.by_alias.get(a))
+            .and_then(Value::as_str)
+            .or(self.header.as_deref())
+    }
+}
 
 /// The event as relay sends it. A scalar rather than an input object on purpose: relay forwards
 /// fields it does not know, and a strict input type would refuse them. The resolver checks the
@@ -106,11 +120,13 @@ pub struct Mutation;
 
 #[Object]
 impl Mutation {
+    /// Nullable, as mutations usually are, so that in a batch of aliased calls one refused
+    /// event nulls only its own field, not the whole answer.
     async fn create_event(
         &self,
         ctx: &Context<'_>,
         input: EventInput,
-    ) -> async_graphql::Result<CreatedEvent> {
+    ) -> async_graphql::Result<Option<CreatedEvent>> {
         let shared = ctx.data_unchecked::<Arc<Shared>>();
         let field = |name: &str| input.0.get(name).and_then(Value::as_str).map(str::to_owned);
         let Some(id) = field("id").filter(|id| !id.is_empty()) else {
@@ -127,13 +143,15 @@ impl Mutation {
                     .extend_with(|_, e| e.set("code", "BAD_USER_INPUT")),
             );
         }
-        let key = ctx
-            .data_opt::<IdempotencyKey>()
-            .and_then(|k| k.0.as_deref());
+        let alias = ctx.path_node.and_then(|node| match node.segment {
+            async_graphql::QueryPathSegment::Name(name) => Some(name),
+            async_graphql::QueryPathSegment::Index(_) => None,
+        });
+        let key = ctx.data_opt::<IdempotencyKey>().and_then(|k| k.of(alias));
         if key != Some(id.as_str()) {
             shared.count(|s| s.bad_idempotency_keys += 1);
         }
         shared.store(&id, input.0);
-        Ok(CreatedEvent { id })
+        Ok(Some(CreatedEvent { id }))
     }
 }

@@ -75,6 +75,65 @@ async fn stores_events_once_and_counts_duplicates() {
 }
 
 #[tokio::test]
+async fn a_batch_of_aliased_mutations_takes_one_token_and_answers_per_alias() {
+    let t = target(TargetConfig {
+        rate: 1.0,
+        burst: Some(1.0),
+        faults: Faults {
+            reject_names: vec!["poison".into()],
+            ..Faults::default()
+        },
+        ..Default::default()
+    })
+    .await;
+    let query = "mutation B($e0: EventInput!, $e1: EventInput!, $e2: EventInput!) { \
+        e0: createEvent(input: $e0) { id } e1: createEvent(input: $e1) { id } \
+        e2: createEvent(input: $e2) { id } }";
+    let batch = json!({
+        "query": query,
+        "variables": {"e0": input("a", "n"), "e1": input("p", "poison"), "e2": input("c", "n")},
+        "extensions": {"idempotencyKeys": {"e0": "a", "e1": "p", "e2": "wrong"}},
+    });
+    let client = reqwest::Client::new();
+    let answer: Value = client
+        .post(t.url())
+        .json(&batch)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // async-graphql leaves a failed nullable field out of `data` rather than null: either way,
+    // only its error says what became of it.
+    assert_eq!(
+        (
+            &answer["data"]["e0"],
+            &answer["data"]["e1"],
+            &answer["data"]["e2"]
+        ),
+        (&json!({"id": "a"}), &Value::Null, &json!({"id": "c"}))
+    );
+    assert_eq!(answer["errors"][0]["path"], json!(["e1"]));
+    assert_eq!(answer["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
+    // The bucket held one token: the batch took it whole, the next request is refused.
+    let again = client.post(t.url()).json(&batch).send().await.unwrap();
+    assert_eq!(again.status().as_u16(), 429);
+    let stats = t.stats();
+    assert_eq!(
+        (
+            stats.requests,
+            stats.events,
+            stats.rejected,
+            stats.rate_limited,
+            stats.bad_idempotency_keys
+        ),
+        (2, 2, 1, 1, 1),
+        "one key named another event"
+    );
+}
+
+#[tokio::test]
 async fn http429_mode_answers_429_with_retry_after() {
     let t = target(TargetConfig {
         rate: 1.0,
