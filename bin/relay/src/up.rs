@@ -66,8 +66,15 @@ pub(crate) struct UpArgs {
     brand: String,
 
     /// GraphQL document sent for each event (the event is `$input`), or @FILE to read it.
+    /// Only with --batch 1: batches are relay's own aliased mutations.
     #[arg(long, env = "RELAY_DOCUMENT", default_value = DEFAULT_DOCUMENT)]
     document: String,
+
+    /// Up to this many events in one request, as aliased mutations (`e0: createEvent(input:
+    /// $e0) { id } e1: …`), for one rate token: for targets whose limit counts requests. Each
+    /// event's answer is its own: a refused event is dead-lettered alone.
+    #[arg(long, env = "RELAY_BATCH", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=500))]
+    batch: u16,
 
     /// Extra header on every request to the target, as 'Name: value'; repeatable.
     /// Example: --header 'Authorization: Bearer abc'. In the environment, one header per line.
@@ -169,6 +176,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             show(args.store_timeout)
         ));
     }
+    if args.batch > 1 && args.document != DEFAULT_DOCUMENT {
+        conflict(format!(
+            "--document cannot be combined with --batch {}: a batch is relay's own aliased \
+             `createEvent` mutations. Use --batch 1 to send your document, one event per request.",
+            args.batch
+        ));
+    }
     let document = match args.document.strip_prefix('@') {
         Some(path) => std::fs::read_to_string(path)
             .with_context(|| format!("cannot read --document file {path}"))?,
@@ -190,6 +204,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         brand: args.brand.clone(),
         headers,
         timeout: args.target_timeout,
+        batch: args.batch.into(),
     })?;
     let dispatch = DispatchConfig {
         rate: RateConfig {

@@ -142,8 +142,24 @@ async fn the_forwarder_queues_new_events_only() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
+    let target = dispatch_the_fixture_batch(1).await;
+    assert_eq!(target.stats().requests, 3, "one request per event");
+}
+
+/// `RELAY_BATCH`: the same SQS batch in one request of aliased mutations, each event's fate its
+/// own (the poison one dead-lettered, the others delivered), one segment per event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dispatcher_sends_an_sqs_batch_as_one_request_of_aliased_mutations() {
+    let target = dispatch_the_fixture_batch(10).await;
+    assert_eq!(target.stats().requests, 1, "one request for the whole batch");
+    assert_eq!(target.stats().bad_idempotency_keys, 0);
+}
+
+/// The fixture's SQS batch (d-1, d-2 delivered; d-3 refused) through the dispatcher handler,
+/// with `batch` events per request, and everything it must leave behind checked.
+async fn dispatch_the_fixture_batch(batch: usize) -> target_sim::TargetHandle {
     let moto = MotoServer::start();
-    let aws = moto.stack("dispatcher").await;
+    let aws = moto.stack(&format!("dispatcher{batch}")).await;
     let queue = SqsQueue::new(aws.clone(), Duration::from_secs(60))
         .await
         .unwrap();
@@ -190,7 +206,11 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
         .collect();
     let event: SqsEvent = serde_json::from_value(json!({"Records": records})).unwrap();
 
-    let client = GraphqlClient::new(&TargetConfig::new(target.url())).unwrap();
+    let client = GraphqlClient::new(&TargetConfig {
+        batch,
+        ..TargetConfig::new(target.url())
+    })
+    .unwrap();
     let dispatcher = BatchDispatcher::new(queue.clone(), client, DispatchConfig::default());
     let (response, emf) = dispatcher
         .dispatch_measured(event, Duration::from_secs(20))
@@ -286,6 +306,7 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
             ("d-3".to_owned(), json!("dead"), json!(true)),
         ]
     );
+    target
 }
 
 /// In Lambda, segments go to the X-Ray daemon over UDP. The receiver stores the event with API

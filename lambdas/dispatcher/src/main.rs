@@ -1,7 +1,8 @@
 //! The dispatcher Lambda: SQS batches into the same delivery logic as `relay up`, answering
 //! with a partial batch response. The target is `RELAY_TARGET_URL`, its credentials the headers
 //! in `RELAY_HEADER_SECRET` (`secretsmanager:NAME` or `ssm:/NAME`); `RELAY_TARGET_RATE` caps
-//! the fleet's rate; `RELAY_RETENTION` (default 7d) is how long delivered events' items stay.
+//! the fleet's rate; `RELAY_BATCH` (default 1) is how many events of an SQS batch go in one
+//! request; `RELAY_RETENTION` (default 7d) is how long delivered events' items stay.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,7 @@ async fn main() -> Result<(), Error> {
     let queue = relay_aws::SqsQueue::new(aws.clone(), retention).await?;
     let mut target = TargetConfig::new(std::env::var("RELAY_TARGET_URL")?);
     target.brand = env_or("RELAY_BRAND", "testBrand");
+    target.batch = env_or("RELAY_BATCH", "1").parse()?;
     target.headers = list_from_env("RELAY_HEADERS")
         .unwrap_or_default()
         .iter()

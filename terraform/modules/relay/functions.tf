@@ -152,6 +152,7 @@ locals {
         RELAY_TARGET_URL    = var.target_url
         RELAY_HEADER_SECRET = "secretsmanager:${aws_secretsmanager_secret.target_headers.name}"
         RELAY_BRAND         = var.brand
+        RELAY_BATCH         = tostring(var.events_per_request)
         RELAY_RETENTION     = var.retention
         RUST_LOG            = "info"
       },
@@ -244,7 +245,7 @@ resource "aws_lambda_event_source_mapping" "outbox" {
 resource "aws_lambda_event_source_mapping" "work" {
   event_source_arn                   = aws_sqs_queue.work.arn
   function_name                      = aws_lambda_alias.live["dispatcher"].arn
-  batch_size                         = var.dispatcher_batch_size
+  batch_size                         = max(var.dispatcher_batch_size, var.events_per_request)
   maximum_batching_window_in_seconds = 1
   function_response_types            = ["ReportBatchItemFailures"]
 

@@ -42,9 +42,20 @@ variable "dispatcher_max_concurrency" {
 }
 
 variable "dispatcher_batch_size" {
-  description = "Messages per dispatcher invocation."
+  description = "Messages per dispatcher invocation; at least `events_per_request`, so an invocation can fill a request."
   type        = number
   default     = 10
+}
+
+variable "events_per_request" {
+  description = "Events per GraphQL request (aliased mutations, one rate token each); 1 sends one event per request. For targets whose limit counts requests."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.events_per_request >= 1 && var.events_per_request <= 500
+    error_message = "events_per_request must be from 1 to 500."
+  }
 }
 
 variable "dispatcher_timeout" {
