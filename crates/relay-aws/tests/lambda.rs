@@ -151,7 +151,11 @@ async fn the_dispatcher_delivers_an_sqs_batch_with_a_partial_batch_response() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dispatcher_sends_an_sqs_batch_as_one_request_of_aliased_mutations() {
     let target = dispatch_the_fixture_batch(10).await;
-    assert_eq!(target.stats().requests, 1, "one request for the whole batch");
+    assert_eq!(
+        target.stats().requests,
+        1,
+        "one request for the whole batch"
+    );
     assert_eq!(target.stats().bad_idempotency_keys, 0);
 }
 

@@ -429,7 +429,10 @@ async fn a_batch_refused_whole_is_sent_again_one_event_per_request() {
         assert_eq!(attempts.len(), 1, "{e}");
         alone += usize::from(attempts[0].detail.contains("createEvent"));
     }
-    assert!(alone >= 1, "the refused batch's other events were each sent alone");
+    assert!(
+        alone >= 1,
+        "the refused batch's other events were each sent alone"
+    );
     r.stop().await;
 }
 

@@ -593,6 +593,8 @@ struct Journal {
 }
 
 type Reply = oneshot::Sender<Result<Vec<Logged>, StoreError>>;
+/// What is known of an id already: `Some((same payload?, its sequence number))`.
+type Known = Option<(bool, u64)>;
 
 impl Journal {
     fn run(mut self, mut rx: mpsc::Receiver<Accept>) {
@@ -629,7 +631,7 @@ impl Journal {
             Vec::with_capacity(batch.len());
         // Duplicates among events not yet indexed, then (without holding the map, which the
         // writer needs too) among indexed ones.
-        let seen: Vec<Vec<Option<(bool, u64)>>> = {
+        let seen: Vec<Vec<Known>> = {
             let pending = lock(&self.shared.pending);
             batch
                 .iter()
@@ -645,7 +647,7 @@ impl Journal {
                 })
                 .collect()
         };
-        let seen: Vec<Result<Vec<Option<(bool, u64)>>, StoreError>> = seen
+        let seen: Vec<Result<Vec<Known>, StoreError>> = seen
             .into_iter()
             .zip(batch.iter())
             .map(|(seen, a)| {
