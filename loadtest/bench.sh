@@ -17,6 +17,11 @@
 #   loadtest/bench.sh aws-ack    receiver ack p50/p99 of `relay up --backend aws` against moto, at
 #                                50/s for 20 s, with X-Ray segments on and off (informational:
 #                                moto is not DynamoDB)
+#   loadtest/bench.sh batching   a target limited to 10 requests/s: delivered events/s with
+#                                --batch 1, 10 and 50, from a backlog loaded by `relay import`
+#   loadtest/bench.sh batch-ingest  events/s through `relay import` (POST /events/batch) against
+#                                single posts at saturation, and the ack p99 of single posts at
+#                                2,000/s alone and while an import of 1,000,000 lines runs
 #   loadtest/bench.sh all
 #
 # RELAY=/path/to/relay runs `relay up` from another build (e.g. the previous commit's), with this
@@ -342,6 +347,77 @@ aws_ack() {
   stop "$T"; stop "$M"
 }
 
+# lines FILE N PREFIX: N valid events as JSON lines
+lines() {
+  python3 - "$@" <<'PY'
+import json, sys
+path, n, prefix = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+with open(path, "w") as f:
+    for i in range(n):
+        f.write(json.dumps({"id": f"{prefix}-{i}", "name": "order.created", "body": "x" * 64,
+                            "timestamp": 1763800000 + i}) + "\n")
+PY
+}
+
+batching() {
+  echo "## batching (target limit 10 requests/s, burst 10; a 30,000-event backlog; 30 s measured after 10 s)"
+  printf '| --batch | delivered events/s | requests/s | rate-limited requests | duplicates |\n|---|---|---|---|---|\n'
+  lines "$WORK/backlog.jsonl" 30000 backlog
+  for batch in 1 10 50; do
+    start target "$BIN/relay" target --listen 127.0.0.1:4320 --rate 10 --burst 10
+    T=$LAST_PID
+    start relay "$UP" up --listen 127.0.0.1:8320 --target-url http://127.0.0.1:4320/graphql \
+      --api-key bench --data-dir "$WORK/batching-$batch" --batch "$batch"
+    R=$LAST_PID
+    "$BIN/relay" import "$WORK/backlog.jsonl" --url http://127.0.0.1:8320 --api-key bench --json >/dev/null
+    sleep 10
+    s0=$(stats 127.0.0.1:4320); sleep 30; s1=$(stats 127.0.0.1:4320)
+    python3 - "$s0" "$s1" "$batch" <<'PY'
+import json, sys
+a, b = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+events = b["events"] - a["events"]; reqs = b["requests"] - a["requests"]; rl = b["rate_limited"] - a["rate_limited"]
+print(f"| {sys.argv[3]} | {events/30:.1f} | {reqs/30:.1f} | {rl} of {reqs} | {b['duplicates']} |")
+PY
+    stop "$R"; stop "$T"
+  done
+}
+
+batch_ingest() {
+  echo "## batch ingest ($(nproc) cores, sender on the same machine)"
+  start target "$BIN/relay" target --listen 127.0.0.1:4321 --rate 1
+  T=$LAST_PID
+  start relay "$UP" up --listen 127.0.0.1:8321 --target-url http://127.0.0.1:4321/graphql \
+    --api-key bench --data-dir "$WORK/batch-ingest" --target-rate 1
+  R=$LAST_PID
+  lines "$WORK/import-a.jsonl" 200000 a
+  lines "$WORK/import-b.jsonl" 1000000 b
+  sim 8321 --rps 500 --count 1000 >/dev/null
+  printf '| how | events | events/s | p99 ms (single posts) |\n|---|---|---|---|\n'
+  sim 8321 --rps 60000 --duration 10s --max-in-flight 256 >"$WORK/single.json"
+  f="$WORK/single.json"
+  printf '| single posts, saturation | %s | %s | %s |\n' "$(json "$f" "d['acked']")" \
+    "$(json "$f" "round(d['acked_per_s'])")" "$(json "$f" "d['latency_ms']['p99']")"
+  "$BIN/relay" import "$WORK/import-a.jsonl" --url http://127.0.0.1:8321 --api-key bench --json >"$WORK/import-a.json"
+  f="$WORK/import-a.json"
+  printf '| relay import, 500 per request, 4 in flight | %s | %s | |\n' "$(json "$f" "d['accepted']")" \
+    "$(json "$f" "round(d['events_per_s'])")"
+  echo
+  printf '| single posts at 2,000/s for 10 s | acked | p50 ms | p99 ms | p99.9 ms | max ms | import events/s meanwhile |\n|---|---|---|---|---|---|---|\n'
+  sim 8321 --rps 2000 --duration 10s >"$WORK/alone.json"
+  f="$WORK/alone.json"
+  printf '| alone | %s | %s | %s | %s | %s | |\n' "$(json "$f" "d['acked']")" "$(json "$f" "d['latency_ms']['p50']")" \
+    "$(json "$f" "d['latency_ms']['p99']")" "$(json "$f" "d['latency_ms']['p999']")" "$(json "$f" "d['latency_ms']['max']")"
+  "$BIN/relay" import "$WORK/import-b.jsonl" --url http://127.0.0.1:8321 --api-key bench --json >"$WORK/import-b.json" &
+  I=$!
+  sim 8321 --rps 2000 --duration 10s >"$WORK/during.json"
+  wait "$I" || true
+  f="$WORK/during.json"
+  printf '| during an import | %s | %s | %s | %s | %s | %s (%s s for 1,000,000) |\n' "$(json "$f" "d['acked']")" "$(json "$f" "d['latency_ms']['p50']")" \
+    "$(json "$f" "d['latency_ms']['p99']")" "$(json "$f" "d['latency_ms']['p999']")" "$(json "$f" "d['latency_ms']['max']")" \
+    "$(json "$WORK/import-b.json" "round(d['events_per_s'])")" "$(json "$WORK/import-b.json" "round(d['elapsed_s'], 1)")"
+  stop "$R"; stop "$T"
+}
+
 case "${1:-all}" in
   ingest) ingest ;;
   dispatch) dispatch ;;
@@ -354,6 +430,8 @@ case "${1:-all}" in
   fleet) fleet ;;
   lambda) lambda ;;
   aws-ack) aws_ack ;;
-  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; fleet; lambda; aws_ack ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|fleet|lambda|aws-ack|all]" >&2; exit 2 ;;
+  batching) batching ;;
+  batch-ingest) batch_ingest ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; fleet; lambda; aws_ack; batching; batch_ingest ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|fleet|lambda|aws-ack|batching|batch-ingest|all]" >&2; exit 2 ;;
 esac

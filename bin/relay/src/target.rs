@@ -38,7 +38,8 @@ pub(crate) struct TargetArgs {
     /// Address to listen on.
     #[arg(long, env = "RELAY_TARGET_LISTEN", default_value = "127.0.0.1:4000")]
     listen: SocketAddr,
-    /// Sustained requests per second allowed.
+    /// Sustained requests per second allowed. The limit counts requests: a batch of aliased
+    /// `createEvent` calls (relay up --batch) takes one token, however many events it holds.
     #[arg(long, value_parser = args::positive_rate)]
     rate: f64,
     /// Requests allowed in a burst (bucket size); default one second's worth.
