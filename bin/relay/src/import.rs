@@ -51,7 +51,7 @@ pub(crate) struct ImportArgs {
     /// A request that fails in a way worth retrying (no answer, 429, 5xx) is tried this many times.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..))]
     attempts: u32,
-    /// Write every failed line here, as JSON lines (line, id, status, error, message).
+    /// Write every failed line here, as JSON lines (line, id, status, error, field, message).
     #[arg(long)]
     errors: Option<PathBuf>,
     /// Print the report as JSON.
@@ -69,6 +69,9 @@ struct Failure {
     status: String,
     error: String,
     message: String,
+    /// The event field at fault, when the relay named one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
 }
 
 /// Where an import stands; also what the state file holds.
@@ -193,6 +196,7 @@ impl Batcher {
             status: "invalid".into(),
             error: error.into(),
             message,
+            field: None,
         };
         if text.len() > MAX_BODY_BYTES {
             return Some(failure(
@@ -536,6 +540,7 @@ fn account(tally: &mut Tally, batch: Batch, results: &[Value]) {
                 status: status.unwrap_or("invalid").to_owned(),
                 error: text("error").unwrap_or_default(),
                 message: text("message").unwrap_or_default(),
+                field: text("field"),
             }),
         }
     }
@@ -576,13 +581,14 @@ fn print_summary(tally: &Tally, per_s: f64, elapsed: Duration, errors: Option<&P
     let mut f = Table::new();
     f.load_style(comfy_table::presets::UTF8_FULL_CONDENSED)
         .set_content_arrangement(comfy_table::ContentArrangement::Dynamic)
-        .set_header(["line", "id", "status", "error", "message"]);
+        .set_header(["line", "id", "status", "error", "field", "message"]);
     for failure in tally.failures.iter().take(SHOWN) {
         f.add_row([
             failure.line.to_string(),
             failure.id.clone().unwrap_or_default(),
             failure.status.clone(),
             failure.error.clone(),
+            failure.field.clone().unwrap_or_default(),
             failure.message.clone(),
         ]);
     }

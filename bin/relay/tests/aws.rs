@@ -41,6 +41,61 @@ async fn a_thousand_events_go_through_aws_once_enriched_and_unchanged() {
     assert!(archived.iter().all(|l| l["status"] == "delivered"));
 }
 
+/// Batches both ways on AWS: `relay import` through the receiver's `POST /events/batch` (a
+/// conditional put per event), and the dispatcher's requests of ten aliased events, into a
+/// target whose limit counts requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_goes_through_aws_and_reaches_the_target_in_batches() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(20.0, 20.0).await;
+    let relay = Relay::start_aws(
+        dir.path(),
+        &moto,
+        "batches",
+        &target.url(),
+        &["--batch", "10"],
+    );
+    let file = dir.path().join("backlog.jsonl");
+    let mut lines: Vec<String> = (0..600).map(|i| event(i).to_string()).collect();
+    lines[300] = r#"{"id": "no-name", "body": "b", "timestamp": 1}"#.into();
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let out = assert_cmd::Command::new(relay_bin())
+        .arg("import")
+        .arg(&file)
+        .args([
+            "--url",
+            &relay.url,
+            "--api-key",
+            KEY,
+            "--batch-size",
+            "100",
+            "--json",
+        ])
+        .timeout(std::time::Duration::from_secs(120))
+        .assert()
+        .code(1);
+    let report: Value = serde_json::from_slice(&out.get_output().stdout).unwrap();
+    assert_eq!(
+        (&report["accepted"], &report["invalid"]),
+        (&json!(599), &json!(1)),
+        "{report}"
+    );
+    assert_eq!(report["failures"][0]["line"], 301);
+    assert_eq!(report["failures"][0]["field"], "name");
+
+    eventually("all 599 delivered", 120, || target.stats().events == 599).await;
+    let stats = target.stats();
+    assert_eq!(
+        (stats.duplicates, stats.bad_idempotency_keys),
+        (0, 0),
+        "{stats:?}"
+    );
+    assert!(stats.requests < 300, "batched: {stats:?}");
+    assert!(!target.events().contains_key("no-name"));
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_the_drain_then_restart_loses_nothing() {
     let moto = MotoServer::start();

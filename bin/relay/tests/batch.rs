@@ -102,7 +102,10 @@ async fn import_of_ten_thousand_lines_with_three_bad_ones_delivers_the_rest_in_b
             (9_999, "invalid_json")
         ]
     );
-    assert_eq!(failed[1]["id"], "bad-ts-5000");
+    assert_eq!(
+        (&failed[1]["id"], &failed[1]["field"]),
+        (&json!("bad-ts-5000"), &json!("timestamp"))
+    );
     assert!(
         !file.with_extension("jsonl.relay-import").exists(),
         "a finished import leaves no state"
