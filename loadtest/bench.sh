@@ -407,14 +407,21 @@ batch_ingest() {
   f="$WORK/alone.json"
   printf '| alone | %s | %s | %s | %s | %s | |\n' "$(json "$f" "d['acked']")" "$(json "$f" "d['latency_ms']['p50']")" \
     "$(json "$f" "d['latency_ms']['p99']")" "$(json "$f" "d['latency_ms']['p999']")" "$(json "$f" "d['latency_ms']['max']")"
-  "$BIN/relay" import "$WORK/import-b.jsonl" --url http://127.0.0.1:8321 --api-key bench --json >"$WORK/import-b.json" &
-  I=$!
-  sim 8321 --rps 2000 --duration 10s >"$WORK/during.json"
-  wait "$I" || true
-  f="$WORK/during.json"
-  printf '| during an import | %s | %s | %s | %s | %s | %s (%s s for 1,000,000) |\n' "$(json "$f" "d['acked']")" "$(json "$f" "d['latency_ms']['p50']")" \
-    "$(json "$f" "d['latency_ms']['p99']")" "$(json "$f" "d['latency_ms']['p999']")" "$(json "$f" "d['latency_ms']['max']")" \
-    "$(json "$WORK/import-b.json" "round(d['events_per_s'])")" "$(json "$WORK/import-b.json" "round(d['elapsed_s'], 1)")"
+  for concurrency in 4 1; do
+    # A fresh copy of the ids each time, so every import stores 1,000,000 new events.
+    sed "s/\"b-/\"b$concurrency-/" "$WORK/import-b.jsonl" >"$WORK/import-b$concurrency.jsonl"
+    "$BIN/relay" import "$WORK/import-b$concurrency.jsonl" --url http://127.0.0.1:8321 --api-key bench \
+      --concurrency "$concurrency" --json >"$WORK/import-b$concurrency.json" &
+    I=$!
+    sim 8321 --rps 2000 --duration 10s >"$WORK/during.json"
+    wait "$I" || true
+    f="$WORK/during.json"; g="$WORK/import-b$concurrency.json"
+    printf '| during an import, --concurrency %s | %s | %s | %s | %s | %s | %s (%s s for 1,000,000) |\n' "$concurrency" \
+      "$(json "$f" "d['acked']")" "$(json "$f" "d['latency_ms']['p50']")" \
+      "$(json "$f" "d['latency_ms']['p99']")" "$(json "$f" "d['latency_ms']['p999']")" "$(json "$f" "d['latency_ms']['max']")" \
+      "$(json "$g" "round(d['events_per_s'])")" "$(json "$g" "round(d['elapsed_s'], 1)")"
+    rm -f "$WORK/import-b$concurrency.jsonl"
+  done
   stop "$R"; stop "$T"
 }
 

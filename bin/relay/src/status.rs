@@ -96,8 +96,11 @@ fn render(s: &StatusReport) -> String {
             let limit = d
                 .estimated_limit
                 .map_or("not yet known".into(), |l| format!("{l:.1}/s"));
+            let batches = d
+                .events_per_request
+                .map_or(String::new(), |n| format!(" (up to {n} events each)"));
             Cell::new(format!(
-                "running: pacing at ≤ {:.1}/s, target limit ≈ {limit}, {} in flight",
+                "running: pacing at ≤ {:.1} requests/s{batches}, target limit ≈ {limit}, {} in flight",
                 d.rate, d.in_flight
             ))
             .fg(Color::Green)

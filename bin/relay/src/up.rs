@@ -56,8 +56,9 @@ pub(crate) struct UpArgs {
     #[arg(long, env = "RELAY_CREATE_RESOURCES")]
     create_resources: bool,
 
-    /// Never send more than this many requests/s to the target. The relay still slows down
-    /// when the target asks. Without it, the relay discovers the limit.
+    /// Never send more than this many requests/s to the target (with --batch, each request
+    /// holds up to that many events). The relay still slows down when the target asks. Without
+    /// it, the relay discovers the limit.
     #[arg(long, env = "RELAY_TARGET_RATE", value_parser = args::positive_rate)]
     target_rate: Option<f64>,
 
@@ -269,6 +270,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     // another process; every 10 s they also go to the log.
     let reporter = {
         let (handle, store, mut rx) = (handle.clone(), store.clone(), stop_rx.clone());
+        let batch = u32::from(args.batch);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             for n in 0u64.. {
@@ -283,6 +285,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                     announced: m.announced,
                     in_flight: m.in_flight,
                     reported_at: relay_core::now_millis(),
+                    events_per_request: (batch > 1).then_some(batch),
                 };
                 if let Err(e) = store.publish_dispatcher(&report).await {
                     tracing::debug!(error = %e, "could not publish dispatcher figures");

@@ -141,6 +141,16 @@ async fn import_of_ten_thousand_lines_with_three_bad_ones_delivers_the_rest_in_b
         (counts.delivered, counts.queued, counts.leased) == (9_997, 0, 0)
     })
     .await;
+    let status = Command::new(relay_bin())
+        .args(["status", "--data-dir"])
+        .arg(&data)
+        .assert()
+        .success();
+    let status = String::from_utf8_lossy(&status.get_output().stdout).into_owned();
+    assert!(
+        status.contains("requests/s (up to 50 events each)"),
+        "{status}"
+    );
     assert_eq!(relay.terminate().code(), Some(0));
 }
 
@@ -154,7 +164,7 @@ async fn an_interrupted_import_resumes_after_the_last_answered_line() {
     write_lines(&file, 100_000, &[]);
 
     // One small batch at a time, stopped by the relay going away under it.
-    let mut first = std::process::Command::new(relay_bin())
+    let first = std::process::Command::new(relay_bin())
         .arg("import")
         .arg(&file)
         .args(["--url", &relay.url, "--api-key", KEY])

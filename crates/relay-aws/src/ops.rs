@@ -454,6 +454,7 @@ impl Operations for AwsOps {
                 announced: None,
                 in_flight: fleet.in_flight,
                 reported_at: at,
+                events_per_request: None,
             }),
         })
     }

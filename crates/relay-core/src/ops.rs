@@ -136,6 +136,9 @@ pub struct DispatcherReport {
     pub announced: Option<crate::budget::Budget>,
     pub in_flight: u64,
     pub reported_at: UnixMillis,
+    /// Most events in one request (`relay up --batch`), when more than one and known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events_per_request: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
