@@ -55,10 +55,12 @@ variable "alarm_email" {
 module "relay" {
   source = "../../modules/relay"
 
-  stack                      = var.stack
-  lambda_artifacts           = var.lambda_artifacts
-  target_url                 = var.target_url
-  target_rate                = 0
+  stack            = var.stack
+  lambda_artifacts = var.lambda_artifacts
+  target_url       = var.target_url
+  target_rate      = 0
+  # Events per GraphQL request; raise it (up to 500) for a target whose limit counts requests.
+  events_per_request         = 1
   dispatcher_max_concurrency = 8
   log_retention_days         = 365
   alarm_email                = var.alarm_email
