@@ -284,6 +284,7 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         ),
     };
     bar.set_position(tally.bytes);
+    bar.enable_steady_tick(Duration::from_millis(120));
 
     let (tx, mut batches) = mpsc::channel::<std::io::Result<Batch>>(args.concurrency * 2);
     let reader = {
@@ -311,7 +312,11 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
     let outcome: anyhow::Result<()> = 'import: loop {
         // Keep the pipeline full, then account for the oldest batch.
         while reading && in_flight.len() < args.concurrency {
-            let batch = match batches.recv().await {
+            let next = tokio::select! {
+                next = batches.recv() => next,
+                () = &mut stop => break 'import Err(anyhow::anyhow!("interrupted")),
+            };
+            let batch = match next {
                 Some(Ok(batch)) => batch,
                 Some(Err(e)) => {
                     break 'import Err(
@@ -363,10 +368,8 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         ));
     };
     bar.finish_and_clear();
+    // Not joined on failure: a reader blocked on stdin would hold the exit up.
     drop(batches);
-    let read = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))?;
     if let Err(e) = outcome {
         let resume = match &state_path {
             Some(_) if from_stdin => " (rerun with --resume, sending the same input)",
@@ -378,7 +381,10 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             tally.lines
         );
     }
-    read.with_context(|| format!("cannot read {}", args.input))?;
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))?
+        .with_context(|| format!("cannot read {}", args.input))?;
 
     let elapsed = started.elapsed();
     if let Some(path) = &state_path {
