@@ -117,6 +117,11 @@ pub(crate) struct UpArgs {
     #[arg(long, env = "RELAY_STORE_TIMEOUT", default_value = "400ms", value_parser = args::duration)]
     store_timeout: Duration,
 
+    /// The same for POST /events/batch (up to 500 events; senders of backlogs, such as relay
+    /// import, have no 500 ms budget). Never shorter than --store-timeout.
+    #[arg(long, env = "RELAY_BATCH_TIMEOUT", default_value = "5s", value_parser = args::duration)]
+    batch_timeout: Duration,
+
     /// When a 2xx may be sent relative to the flush (fsync) that makes the event survive a
     /// power cut. Either way it is sent only once the event is written, so it survives the
     /// process being killed.
@@ -226,6 +231,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let ingest = IngestConfig {
         api_keys: args.api_keys.clone(),
         store_timeout: args.store_timeout,
+        batch_timeout: args.batch_timeout,
     };
     if args.backend == Backend::Aws {
         // A claim is a message's visibility: after a crash, that is how long its events wait.

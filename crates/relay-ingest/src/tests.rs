@@ -30,6 +30,7 @@ fn harness_with(store_timeout: Duration, options: StoreOptions) -> Harness {
     let config = IngestConfig {
         api_keys: vec![KEY.into(), "next-key".into()],
         store_timeout,
+        batch_timeout: store_timeout,
     };
     Harness {
         app: router(store.clone(), config),

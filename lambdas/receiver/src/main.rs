@@ -23,6 +23,7 @@ async fn main() -> Result<(), lambda_http::Error> {
     let config = IngestConfig {
         api_keys,
         store_timeout: Duration::from_millis(400),
+        ..IngestConfig::default()
     };
     let tracer = aws.tracer.clone();
     let app = relay_ingest::router(relay_aws::DynamoIngest::new(aws), config);
