@@ -15,7 +15,7 @@ use source_sim::SourceConfig;
 use target_sim::{Faults, LimitMode, TargetConfig, TargetHandle};
 
 use crate::aws::AwsArgs;
-use crate::harness::{RelayProcess, Verdict, drained, post};
+use crate::harness::{RelayProcess, Verdict, drained, post, post_batch};
 use crate::ops::table;
 
 const BRAND: &str = "testBrand";
@@ -39,6 +39,10 @@ enum Scenario {
     DlqRedrive,
     /// `relay up` is killed with SIGKILL mid-stream and restarted.
     Sigkill,
+    /// A backlog through `POST /events/batch` beside live traffic, delivered ten events per
+    /// request (`--batch 10`) to a target whose limit counts requests; one refused event in it
+    /// is dead-lettered alone.
+    Batches,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -445,6 +449,66 @@ async fn run_scenario(
             ));
             (target, relay, report.acked_events.clone(), report)
         }
+        Scenario::Batches => {
+            let target = start_target(
+                TargetConfig {
+                    rate: 20.0,
+                    burst: Some(20.0),
+                    faults: Faults {
+                        reject_names: vec!["poison".into()],
+                        ..Faults::default()
+                    },
+                    ..TargetConfig::default()
+                },
+                inject,
+            )
+            .await?;
+            let relay = setup
+                .start(scenario, &data, &target.url(), &["--batch", "10"])
+                .await?;
+            let live = tokio::spawn({
+                let (url, key) = (relay.events_url(), relay.api_key.clone());
+                async move {
+                    let mut config = SourceConfig::new(url, key, 100.0, 200);
+                    config.keep_ids = true;
+                    source_sim::run(config, Arc::default()).await
+                }
+            });
+            let mut backlog: Vec<Value> = (0..400)
+                .map(|i| json!({"id": format!("backlog-{i:03}"), "name": "order.imported", "body": format!("line {i}"), "timestamp": 1_763_800_000 + i, "batch": {"part": i / 200}}))
+                .collect();
+            backlog[123]["name"] = json!("poison");
+            let mut stored = Vec::new();
+            for part in backlog.chunks(200) {
+                stored.extend(post_batch(&relay, part).await?);
+            }
+            if stored.len() != backlog.len() {
+                failures.push(format!(
+                    "{} of {} batch items accepted",
+                    stored.len(),
+                    backlog.len()
+                ));
+            }
+            let report = live.await??;
+            let ops = setup.ops(scenario, &data).await?;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+            let dead = loop {
+                let dead = ops.dead_letters(&DlqFilter::default()).await?;
+                if !dead.is_empty() || tokio::time::Instant::now() > deadline {
+                    break dead;
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            };
+            let dead_ids: Vec<&str> = dead.iter().map(|d| d.event_id.as_str()).collect();
+            if dead_ids != ["backlog-123"] {
+                failures.push(format!(
+                    "expected backlog-123 alone in the DLQ, found {dead_ids:?}"
+                ));
+            }
+            let mut sent = report.acked_events.clone();
+            sent.extend(stored.into_iter().filter(|e| e["name"] != "poison"));
+            (target, relay, sent, report)
+        }
     };
 
     let complete = drained(&sent, &target, &data, DRAIN_TIMEOUT).await;
@@ -464,6 +528,16 @@ async fn run_scenario(
             "the storm never happened ({} rate-limited answers)",
             stats.rate_limited
         ));
+    }
+    if scenario == Scenario::Batches {
+        let per_request = stats.events as f64 / stats.requests.max(1) as f64;
+        notes.push(format!(
+            "{} events in {} requests ({per_request:.1} per request)",
+            stats.events, stats.requests
+        ));
+        if per_request < 2.0 {
+            failures.push("the events were not batched".into());
+        }
     }
     if scenario == Scenario::Sigkill && !verdict.duplicated.is_empty() {
         notes.push(format!(

@@ -248,6 +248,38 @@ pub(crate) async fn drained(
 
 /// Posts events directly (not open-loop), for scenarios that need particular payloads;
 /// returns the ones answered 202.
+/// Posts `events` in one `POST /events/batch`; returns those answered `accepted`.
+pub(crate) async fn post_batch(
+    relay: &RelayProcess,
+    events: &[Value],
+) -> anyhow::Result<Vec<Value>> {
+    let response = reqwest::Client::new()
+        .post(format!("{}/batch", relay.events_url()))
+        .header("x-api-key", &relay.api_key)
+        .json(events)
+        .send()
+        .await?;
+    let status = response.status();
+    let answer: Value = response.json().await?;
+    anyhow::ensure!(
+        status.as_u16() == 200,
+        "the batch was answered {status}: {answer}"
+    );
+    let results = answer["results"].as_array().cloned().unwrap_or_default();
+    anyhow::ensure!(
+        results.len() == events.len(),
+        "{} results for {} events",
+        results.len(),
+        events.len()
+    );
+    Ok(events
+        .iter()
+        .zip(results)
+        .filter(|(_, r)| r["status"] == "accepted")
+        .map(|(e, _)| e.clone())
+        .collect())
+}
+
 pub(crate) async fn post(relay: &RelayProcess, events: &[Value]) -> anyhow::Result<Vec<Value>> {
     let client = reqwest::Client::new();
     let mut accepted = Vec::new();

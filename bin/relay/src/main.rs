@@ -94,7 +94,8 @@ enum Command {
     /// Run scripted end-to-end scenarios and verify every event at the target.
     ///
     /// Scenarios: steady load, a target outage and recovery, a 429 storm, GraphQL-signalled
-    /// limits, permanent rejections to the DLQ then redrive, SIGKILL and restart of the relay.
+    /// limits, permanent rejections to the DLQ then redrive, SIGKILL and restart of the relay,
+    /// and batches both ways (POST /events/batch, --batch 10, one refused event in a batch).
     /// Each is checked by event id at the mock target: every acknowledged event delivered once,
     /// enriched with brand, fields unchanged, acknowledged within 500 ms. Exits 1 on any failure.
     ///

@@ -54,7 +54,8 @@ fn every_scenario_passes_on_aws() {
             "storm429",
             "graphql-limits",
             "dlq-redrive",
-            "sigkill"
+            "sigkill",
+            "batches"
         ]
     );
     for s in report["scenarios"].as_array().unwrap() {
@@ -96,7 +97,8 @@ fn every_scenario_passes_against_the_relay() {
             "storm429",
             "graphql-limits",
             "dlq-redrive",
-            "sigkill"
+            "sigkill",
+            "batches"
         ]
     );
     for s in report["scenarios"].as_array().unwrap() {
@@ -108,6 +110,12 @@ fn every_scenario_passes_against_the_relay() {
             .as_u64()
             .unwrap()
             >= 5
+    );
+    assert!(
+        scenario(&report, "batches")["notes"]
+            .to_string()
+            .contains("per request"),
+        "{report:#}"
     );
 }
 
