@@ -322,47 +322,65 @@ async fn attempt<Q: WorkQueue>(
             None => {}
         }
     }
-    let settles = claims.iter().zip(outcomes).map(|(claim, outcome)| {
-        let settlement = decide(&outcome, claim, policy, now_millis(), fastrand::f64());
-        let (http_status, mut detail) = match &result {
-            Ok(answer) if outcome == Outcome::Delivered => (
-                Some(answer.status),
-                relay_core::classify::excerpt(&answer.body),
-            ),
-            Ok(answer) => (Some(answer.status), outcome.reason().to_owned()),
-            Err(_) => (None, outcome.reason().to_owned()),
-        };
-        if n > 1 {
-            detail = match outcome {
-                Outcome::Delivered => format!("delivered in a batch of {n}"),
-                _ => format!("in a batch of {n}: {detail}"),
+    // A batch's answer, once, for each delivered alias's own result in its attempt's detail.
+    let data = match &result {
+        Ok(answer) if n > 1 => serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|mut v| v.get_mut("data").map(serde_json::Value::take)),
+        _ => None,
+    };
+    let settles = claims
+        .iter()
+        .zip(outcomes)
+        .enumerate()
+        .map(|(i, (claim, outcome))| {
+            let settlement = decide(&outcome, claim, policy, now_millis(), fastrand::f64());
+            let (http_status, mut detail) = match &result {
+                Ok(answer) if outcome == Outcome::Delivered => (
+                    Some(answer.status),
+                    relay_core::classify::excerpt(&answer.body),
+                ),
+                Ok(answer) => (Some(answer.status), outcome.reason().to_owned()),
+                Err(_) => (None, outcome.reason().to_owned()),
             };
-        }
-        let attempt = AttemptRecord {
-            started_at,
-            duration_ms: duration.as_millis() as u64,
-            outcome: outcome.kind(),
-            http_status,
-            detail,
-            trigger: claim.trigger,
-        };
-        let _span =
-            (n > 1).then(|| tracing::info_span!("event", event_id = %claim.event_id).entered());
-        match &settlement {
-            Settlement::Delivered => tracing::debug!(ms = attempt.duration_ms, "delivered"),
-            Settlement::Retry { at, .. } => {
-                tracing::debug!(
-                    outcome = outcome.kind(),
-                    reason = outcome.reason(),
-                    in_ms = at - now_millis(),
-                    "will retry"
-                )
+            if n > 1 {
+                let alias = relay_core::classify::alias(i);
+                detail = match outcome {
+                    Outcome::Delivered => {
+                        let own = data
+                            .as_ref()
+                            .and_then(|d| d.get(&alias))
+                            .map_or(String::new(), |r| format!(": {r}"));
+                        format!("delivered in a batch of {n} as {alias}{own}")
+                    }
+                    _ => format!("in a batch of {n} as {alias}: {detail}"),
+                };
             }
-            Settlement::Dead { reason } => tracing::warn!(%reason, "dead-lettered"),
-        }
-        metrics.finished(&outcome, &settlement);
-        settle(queue, claim, attempt, settlement)
-    });
+            let attempt = AttemptRecord {
+                started_at,
+                duration_ms: duration.as_millis() as u64,
+                outcome: outcome.kind(),
+                http_status,
+                detail,
+                trigger: claim.trigger,
+            };
+            let _span =
+                (n > 1).then(|| tracing::info_span!("event", event_id = %claim.event_id).entered());
+            match &settlement {
+                Settlement::Delivered => tracing::debug!(ms = attempt.duration_ms, "delivered"),
+                Settlement::Retry { at, .. } => {
+                    tracing::debug!(
+                        outcome = outcome.kind(),
+                        reason = outcome.reason(),
+                        in_ms = at - now_millis(),
+                        "will retry"
+                    )
+                }
+                Settlement::Dead { reason } => tracing::warn!(%reason, "dead-lettered"),
+            }
+            metrics.finished(&outcome, &settlement);
+            settle(queue, claim, attempt, settlement)
+        });
     futures_util::future::join_all(settles).await;
     None
 }

@@ -384,8 +384,9 @@ async fn batches_deliver_every_event_once_and_a_poison_event_dies_alone() {
     assert!(dl.reason.contains("BAD_USER_INPUT"), "{}", dl.reason);
     let attempt = &reader.attempts("e0151").unwrap()[0];
     assert!(
-        attempt.detail.starts_with("delivered in a batch of"),
-        "{}",
+        attempt.detail.starts_with("delivered in a batch of")
+            && attempt.detail.ends_with(r#"{"id":"e0151"}"#),
+        "its own alias's result: {}",
         attempt.detail
     );
     let stats = r.target.stats();
