@@ -302,40 +302,25 @@ async fn sigkill_during_batch_ingest_keeps_each_batch_whole_or_not_at_all() {
 #[test]
 fn a_custom_document_with_batches_is_a_usage_error() {
     let dir = tempfile::tempdir().unwrap();
-    Command::new(relay_bin())
-        .args([
-            "up",
-            "--target-url",
-            "http://127.0.0.1:9/graphql",
-            "--api-key",
-            "k",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .args([
-            "--batch",
-            "10",
-            "--document",
-            "mutation M($input: EventInput!) { m(input: $input) }",
-        ])
-        .timeout(Duration::from_secs(20))
-        .assert()
-        .code(2)
-        .stderr(predicates::str::contains("--batch 1"));
-    Command::new(relay_bin())
-        .args([
-            "up",
-            "--target-url",
-            "http://127.0.0.1:9/graphql",
-            "--api-key",
-            "k",
-            "--batch",
-            "501",
-        ])
-        .arg("--data-dir")
-        .arg(dir.path())
-        .assert()
-        .code(2);
+    let up = |extra: &[&str]| {
+        Command::new(relay_bin())
+            .args([
+                "up",
+                "--target-url",
+                "http://127.0.0.1:9/graphql",
+                "--api-key",
+                "k",
+            ])
+            .arg("--data-dir")
+            .arg(dir.path())
+            .args(extra)
+            .timeout(Duration::from_secs(20))
+            .assert()
+            .code(2)
+    };
+    let document = "mutation M($input: EventInput!) { m(input: $input) }";
+    up(&["--batch", "10", "--document", document]).stderr(predicates::str::contains("--batch 1"));
+    up(&["--batch", "501"]).stderr(predicates::str::contains("501"));
 }
 
 #[test]

@@ -24,6 +24,17 @@ fn e2e(args: &[&str]) -> (Option<i32>, Value) {
     (output.status.code(), json)
 }
 
+/// Every scenario, in the order `relay e2e` runs them.
+const SCENARIOS: [&str; 7] = [
+    "steady",
+    "outage",
+    "storm429",
+    "graphql-limits",
+    "dlq-redrive",
+    "sigkill",
+    "batches",
+];
+
 fn scenario<'a>(report: &'a Value, name: &str) -> &'a Value {
     report["scenarios"]
         .as_array()
@@ -46,18 +57,7 @@ fn every_scenario_passes_on_aws() {
         .iter()
         .map(|s| s["scenario"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "steady",
-            "outage",
-            "storm429",
-            "graphql-limits",
-            "dlq-redrive",
-            "sigkill",
-            "batches"
-        ]
-    );
+    assert_eq!(names, SCENARIOS);
     for s in report["scenarios"].as_array().unwrap() {
         assert!(s["acked"].as_u64().unwrap() > 0, "{s}");
         assert_eq!(s["acked"], s["delivered"], "{s}");
@@ -89,18 +89,7 @@ fn every_scenario_passes_against_the_relay() {
         .iter()
         .map(|s| s["scenario"].as_str().unwrap())
         .collect();
-    assert_eq!(
-        names,
-        [
-            "steady",
-            "outage",
-            "storm429",
-            "graphql-limits",
-            "dlq-redrive",
-            "sigkill",
-            "batches"
-        ]
-    );
+    assert_eq!(names, SCENARIOS);
     for s in report["scenarios"].as_array().unwrap() {
         assert!(s["acked"].as_u64().unwrap() > 0, "{s}");
         assert_eq!(s["acked"], s["delivered"], "{s}");

@@ -260,17 +260,21 @@ async fn other_content_types_get_415() {
     }
 }
 
-#[tokio::test]
-async fn a_stuck_store_gets_503_inside_the_budget() {
-    // Every flush takes 2 s, and the store may not answer before its flush.
-    let h = harness_with(
+/// Every flush takes 2 s, and the store may not answer before its flush; ingest waits 200 ms.
+fn stuck() -> Harness {
+    harness_with(
         Duration::from_millis(200),
         StoreOptions {
             durability: Durability::Flush,
             flush_stall: Duration::from_secs(2),
             ..StoreOptions::default()
         },
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_stuck_store_gets_503_inside_the_budget() {
+    let h = stuck();
     let answered =
         tokio::time::timeout(Duration::from_secs(1), h.post(event("a").to_string())).await;
     let (status, answer) = answered.expect("ingest must answer while the store is stuck");
@@ -459,14 +463,7 @@ async fn a_batch_item_over_256_kib_is_invalid_alone() {
 
 #[tokio::test]
 async fn a_stuck_store_fails_the_whole_batch_with_503_inside_the_budget() {
-    let h = harness_with(
-        Duration::from_millis(200),
-        StoreOptions {
-            durability: Durability::Flush,
-            flush_stall: Duration::from_secs(2),
-            ..StoreOptions::default()
-        },
-    );
+    let h = stuck();
     let answered = tokio::time::timeout(
         Duration::from_secs(1),
         h.post_batch(&json!([event("a"), event("b")])),
