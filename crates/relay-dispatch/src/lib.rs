@@ -153,7 +153,7 @@ impl<Q: WorkQueue> Dispatcher<Q> {
         'run: loop {
             while in_flight.try_join_next().is_some() {}
             if buffer.is_empty() {
-                let want = (batch_size(lock(&handle.rate).rate(), config.max_in_flight)
+                let want = (claim_size(lock(&handle.rate).rate(), config.max_in_flight)
                     * per_request)
                     .max(config.claim_at_least);
                 match queue.claim(want, config.lease).await {
@@ -174,16 +174,9 @@ impl<Q: WorkQueue> Dispatcher<Q> {
                     continue;
                 }
             }
-            let ticket = loop {
-                let now = tokio::time::Instant::now();
-                let at = match lock(&handle.rate).try_acquire(now) {
-                    Ok(ticket) => break ticket,
-                    Err(at) => at,
-                };
-                tokio::select! {
-                    () = tokio::time::sleep_until(at) => {}
-                    () = &mut shutdown => break 'run,
-                }
+            let ticket = tokio::select! {
+                ticket = next_ticket(&handle) => ticket,
+                () = &mut shutdown => break 'run,
             };
             let slot = tokio::select! {
                 slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
@@ -228,8 +221,9 @@ impl<Q: WorkQueue> Dispatcher<Q> {
     }
 }
 
-/// How much to claim at once: about a quarter second of sending, so claimed work never waits long.
-fn batch_size(rate: f64, max_in_flight: usize) -> usize {
+/// How many requests' worth to claim at once: about a quarter second of sending, so claimed work
+/// never waits long.
+fn claim_size(rate: f64, max_in_flight: usize) -> usize {
     ((rate / 4.0).ceil() as usize).clamp(1, max_in_flight.max(1))
 }
 
@@ -255,15 +249,19 @@ async fn deliver<Q: WorkQueue>(
         "the target refused a batch as a whole; sending its events one by one"
     );
     for claim in refused {
-        let ticket = loop {
-            let now = tokio::time::Instant::now();
-            let acquired = lock(&handle.rate).try_acquire(now);
-            match acquired {
-                Ok(ticket) => break ticket,
-                Err(at) => tokio::time::sleep_until(at).await,
-            }
-        };
+        let ticket = next_ticket(handle).await;
         attempt(queue, client, handle, policy, vec![claim], ticket).await;
+    }
+}
+
+/// Waits for the rate controller's next token.
+async fn next_ticket(handle: &DispatcherHandle) -> Ticket {
+    loop {
+        let acquired = lock(&handle.rate).try_acquire(tokio::time::Instant::now());
+        match acquired {
+            Ok(ticket) => return ticket,
+            Err(at) => tokio::time::sleep_until(at).await,
+        }
     }
 }
 
@@ -415,10 +413,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_are_a_quarter_second_of_sending_within_bounds() {
-        assert_eq!(batch_size(0.5, 256), 1);
-        assert_eq!(batch_size(50.0, 256), 13);
-        assert_eq!(batch_size(10_000.0, 256), 256);
-        assert_eq!(batch_size(10.0, 0), 1);
+    fn claims_are_a_quarter_second_of_sending_within_bounds() {
+        assert_eq!(claim_size(0.5, 256), 1);
+        assert_eq!(claim_size(50.0, 256), 13);
+        assert_eq!(claim_size(10_000.0, 256), 256);
+        assert_eq!(claim_size(10.0, 0), 1);
     }
 }
