@@ -353,14 +353,10 @@ fn per_request_limit(faults: Faults) -> target_sim::TargetConfig {
     }
 }
 
-#[tokio::test]
-async fn batches_deliver_every_event_once_and_a_poison_event_dies_alone() {
-    let mut evs = events(300);
-    evs[150] = event(150, "poison");
-    let faults = Faults {
-        reject_names: vec!["poison".into()],
-        ..Default::default()
-    };
+/// `evs` in batches of 10 into a target limited to 20 requests/s with `faults`: the event at
+/// `bad` must end alone in the DLQ after one attempt, every other event delivered once. Returns
+/// the run, and the dead letter's reason.
+async fn one_dead_in_batches(evs: &[Value], bad: usize, faults: Faults) -> (Run, String) {
     let config = DispatchConfig {
         policy: fast_policy(10),
         ..Default::default()
@@ -370,18 +366,34 @@ async fn batches_deliver_every_event_once_and_a_poison_event_dies_alone() {
         config,
         Duration::from_secs(5),
         10,
-        &evs,
+        evs,
     )
     .await;
-    let counts = r.settled(300).await;
-    assert_eq!((counts.delivered, counts.dead), (299, 1));
-    let mut delivered = evs.clone();
-    delivered.remove(150);
+    let counts = r.settled(evs.len() as u64).await;
+    assert_eq!((counts.delivered, counts.dead), (evs.len() as u64 - 1, 1));
+    let mut delivered = evs.to_vec();
+    let bad = delivered.remove(bad);
     r.assert_delivered_once(&delivered);
-    let reader = Reader::open(r.dir.path()).unwrap();
-    let dl = reader.dead_letter("e0150").unwrap().unwrap();
+    let dl = Reader::open(r.dir.path())
+        .unwrap()
+        .dead_letter(bad["id"].as_str().unwrap())
+        .unwrap()
+        .unwrap();
     assert_eq!(dl.attempts, 1, "its own error, at once");
-    assert!(dl.reason.contains("BAD_USER_INPUT"), "{}", dl.reason);
+    (r, dl.reason)
+}
+
+#[tokio::test]
+async fn batches_deliver_every_event_once_and_a_poison_event_dies_alone() {
+    let mut evs = events(300);
+    evs[150] = event(150, "poison");
+    let faults = Faults {
+        reject_names: vec!["poison".into()],
+        ..Default::default()
+    };
+    let (r, reason) = one_dead_in_batches(&evs, 150, faults).await;
+    assert!(reason.contains("BAD_USER_INPUT"), "{reason}");
+    let reader = Reader::open(r.dir.path()).unwrap();
     let attempt = &reader.attempts("e0151").unwrap()[0];
     assert!(
         attempt.detail.starts_with("delivered in a batch of")
@@ -403,29 +415,12 @@ async fn a_batch_refused_whole_is_sent_again_one_event_per_request() {
         refuse_requests_with: vec!["strict".into()],
         ..Default::default()
     };
-    let r = run_batched(
-        per_request_limit(faults),
-        DispatchConfig {
-            policy: fast_policy(10),
-            ..Default::default()
-        },
-        Duration::from_secs(5),
-        10,
-        &evs,
-    )
-    .await;
-    let counts = r.settled(40).await;
-    assert_eq!((counts.delivered, counts.dead), (39, 1));
-    let mut delivered = evs.clone();
-    delivered.remove(7);
-    r.assert_delivered_once(&delivered);
-    let reader = Reader::open(r.dir.path()).unwrap();
-    let dl = reader.dead_letter("e0007").unwrap().unwrap();
-    assert_eq!(dl.attempts, 1);
-    assert!(dl.reason.contains("got an invalid value"), "{}", dl.reason);
+    let (r, reason) = one_dead_in_batches(&evs, 7, faults).await;
+    assert!(reason.contains("got an invalid value"), "{reason}");
     // Its batch-mates went alone, and nothing was recorded for the refused batch itself.
+    let reader = Reader::open(r.dir.path()).unwrap();
     let mut alone = 0;
-    for e in &delivered {
+    for e in evs.iter().filter(|e| e["name"] != "strict") {
         let attempts = reader.attempts(e["id"].as_str().unwrap()).unwrap();
         assert_eq!(attempts.len(), 1, "{e}");
         alone += usize::from(attempts[0].detail.contains("createEvent"));
