@@ -2,8 +2,9 @@
 //! event's `STATE` item, which every claim and settlement updates conditionally.
 //!
 //! - **Claim**: receive messages, then `UpdateItem STATE` to `leased` if it is new, queued, or
-//!   its lease ran out. A refused claim is a copy of a message whose event another dispatcher
-//!   holds or has settled: deleted.
+//!   its lease ran out. A message whose claim is refused is deleted if the event is settled.
+//!   If another dispatcher's lease still runs, it is sent again to come back after that lease:
+//!   the holder may have been killed, and this may be the event's only message.
 //! - **Retry**: a re-send of `{"id"}` with `DelaySeconds` (at most 900: a longer wait takes more
 //!   hops, each checked against `STATE.due_at`), then the delete. A backoff by visibility would
 //!   spend the message's receive count, and rate limits would push it into the DLQ.
@@ -158,14 +159,14 @@ impl SqsQueue {
                     e.as_service_error()
                 {
                     let old = c.item().cloned().unwrap_or_default();
-                    let state = State::read(id, &old);
-                    if state.status == DeliveryStatus::Queued
-                        && let Some(due) = state.due_at.filter(|due| *due > now)
-                    {
-                        // Not due yet: it came back after the longest delay SQS allows.
-                        let mut event = NewEvent::from(id);
-                        event.trace = trace.cloned();
-                        self.send(&event, due - now).await.map_err(Self::failed)?;
+                    if let Some(back_at) = comes_back_at(&State::read(id, &old), now) {
+                        // Not settled: this copy goes back to wait rather than be dropped.
+                        let event = NewEvent {
+                            id: id.to_owned(),
+                            carried,
+                            trace: trace.cloned(),
+                        };
+                        self.send(&event, back_at - now).await.map_err(Self::failed)?;
                     }
                     return Ok(None);
                 }
@@ -376,6 +377,28 @@ impl SqsQueue {
     }
 }
 
+/// When a message whose claim `state` refused at `now` must be seen again, or `None` if the
+/// event is settled and the message is spent.
+///
+/// - Queued but not due: it came back after the longest delay SQS allows.
+/// - Leased and the lease still running: another dispatcher holds the event. If that one was
+///   killed, this message may be the event's only one (a visibility timeout counts from the
+///   receive, the lease from the claim after it), so it must outlive the lease.
+fn comes_back_at(state: &State, now: i64) -> Option<i64> {
+    match state.status {
+        DeliveryStatus::Queued => state.due_at.filter(|due| *due > now),
+        DeliveryStatus::Leased => state
+            .lease_until
+            .filter(|until| *until >= now)
+            .map(|until| until + LEASE_MARGIN_MS),
+        DeliveryStatus::Delivered | DeliveryStatus::Dead => None,
+    }
+}
+
+/// A message held back for another dispatcher's lease returns this long after it ends, so the
+/// lease has run out by the time it is claimed (SQS delays are whole seconds).
+const LEASE_MARGIN_MS: i64 = 1000;
+
 /// Queues `event` on `queue_url`, to be received after `delay_ms` (as much of it as SQS
 /// allows), with its trace header.
 pub(crate) async fn send_event(
@@ -472,7 +495,9 @@ impl WorkQueue for SqsQueue {
             .receive_message()
             .queue_url(&self.inner.queue_url)
             .max_number_of_messages(max.clamp(1, 10) as i32)
-            .visibility_timeout(lease.as_secs().clamp(1, 43_200) as i32)
+            // Hidden until just past the lease that the claim starts a moment later: a
+            // dispatcher that dies holding it leaves a message the next one can claim.
+            .visibility_timeout((lease.as_millis().div_ceil(1000) + 1).clamp(1, 43_200) as i32)
             .wait_time_seconds(self.inner.wait.as_secs() as i32)
             .message_system_attribute_names(MessageSystemAttributeName::All)
             .send()
@@ -677,5 +702,33 @@ impl WorkQueue for SqsQueue {
 
     async fn wait_for_work(&self, _at_most: Duration) {
         // A receive long-polls by itself: the next claim is the wait.
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::items::Item;
+
+    fn state(status: &str, due_at: i64, lease_until: i64) -> State {
+        let item: Item = HashMap::from([
+            ("status".to_owned(), s(status)),
+            ("due_at".to_owned(), n(due_at)),
+            ("lease_until".to_owned(), n(lease_until)),
+        ]);
+        State::read("e", &item)
+    }
+
+    #[test]
+    fn a_refused_message_is_dropped_only_once_its_event_is_settled() {
+        let now = 10_000;
+        assert_eq!(comes_back_at(&state("queued", 15_000, 0), now), Some(15_000));
+        assert_eq!(
+            comes_back_at(&state("leased", 0, 12_000), now),
+            Some(12_000 + LEASE_MARGIN_MS),
+            "held by a dispatcher that may be dead"
+        );
+        assert_eq!(comes_back_at(&state("delivered", 0, 12_000), now), None);
+        assert_eq!(comes_back_at(&state("dead", 0, 12_000), now), None);
     }
 }

@@ -109,6 +109,76 @@ async fn an_event_stored_but_not_yet_queued_is_still_delivered() {
     assert_eq!(claims[0].event_id, "x");
 }
 
+/// A dispatcher is SIGKILLed holding an event, and its message becomes visible again before
+/// the event's lease ends (the visibility timeout counts from the receive, the lease from the
+/// claim just after it; on Lambda the two are configured apart). The next dispatcher's claim
+/// is refused while the dead one's lease lasts; the message must not be dropped for that, or
+/// the acknowledged event is never delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_back_before_a_dead_dispatchers_lease_ends_is_not_dropped() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("killed").await;
+    let event = parse_event(br#"{"id":"k","name":"n","body":"b","timestamp":1}"#).unwrap();
+    assert_eq!(
+        DynamoIngest::new(aws.clone()).accept(event).await,
+        Ok(AcceptOutcome::Accepted)
+    );
+    let dead = SqsQueue::new(aws.clone(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let url = dead.queue_url().to_owned();
+    assert_eq!(
+        StreamPoller::new(aws.clone(), url.clone()).poll_once().await.ok(),
+        Some(1)
+    );
+
+    // The first dispatcher receives the message (visible again in 1 s), claims the event for
+    // 4 s, and dies without settling it.
+    let message = aws
+        .sqs
+        .receive_message()
+        .queue_url(&url)
+        .visibility_timeout(1)
+        .wait_time_seconds(1)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default()
+        .pop()
+        .expect("the forwarded message");
+    let received = relay_aws::Received {
+        message_id: message.message_id.unwrap_or_default(),
+        receipt: message.receipt_handle.unwrap_or_default(),
+        body: message.body.unwrap_or_default(),
+        trace: None,
+    };
+    let (claims, failed) = dead
+        .claim_messages(vec![received], Duration::from_secs(4))
+        .await;
+    assert_eq!((claims.len(), failed.len()), (1, 0));
+    drop(dead);
+
+    // The next dispatcher sees the message again while the lease holds, and gets the event
+    // once it has run out.
+    let next = SqsQueue::new(aws.clone(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let claims = relay_core::contract::claim_until(
+        &next,
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(20),
+    )
+    .await;
+    assert_eq!(
+        claims.iter().map(|c| c.event_id.as_str()).collect::<Vec<_>>(),
+        ["k"],
+        "the event must be claimed again after the dead dispatcher's lease"
+    );
+    assert_eq!(claims[0].tries, 0, "it was never attempted");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_missing_stack_or_endpoint_is_a_clear_error() {
     let moto = MotoServer::start();
