@@ -166,7 +166,9 @@ impl SqsQueue {
                             carried,
                             trace: trace.cloned(),
                         };
-                        self.send(&event, back_at - now).await.map_err(Self::failed)?;
+                        self.send(&event, back_at - now)
+                            .await
+                            .map_err(Self::failed)?;
                     }
                     return Ok(None);
                 }
@@ -722,7 +724,10 @@ mod tests {
     #[test]
     fn a_refused_message_is_dropped_only_once_its_event_is_settled() {
         let now = 10_000;
-        assert_eq!(comes_back_at(&state("queued", 15_000, 0), now), Some(15_000));
+        assert_eq!(
+            comes_back_at(&state("queued", 15_000, 0), now),
+            Some(15_000)
+        );
         assert_eq!(
             comes_back_at(&state("leased", 0, 12_000), now),
             Some(12_000 + LEASE_MARGIN_MS),

@@ -128,7 +128,10 @@ async fn a_message_back_before_a_dead_dispatchers_lease_ends_is_not_dropped() {
         .unwrap();
     let url = dead.queue_url().to_owned();
     assert_eq!(
-        StreamPoller::new(aws.clone(), url.clone()).poll_once().await.ok(),
+        StreamPoller::new(aws.clone(), url.clone())
+            .poll_once()
+            .await
+            .ok(),
         Some(1)
     );
 
@@ -172,7 +175,10 @@ async fn a_message_back_before_a_dead_dispatchers_lease_ends_is_not_dropped() {
     )
     .await;
     assert_eq!(
-        claims.iter().map(|c| c.event_id.as_str()).collect::<Vec<_>>(),
+        claims
+            .iter()
+            .map(|c| c.event_id.as_str())
+            .collect::<Vec<_>>(),
         ["k"],
         "the event must be claimed again after the dead dispatcher's lease"
     );
