@@ -387,14 +387,20 @@ impl SqsQueue {
 ///   killed, this message may be the event's only one (a visibility timeout counts from the
 ///   receive, the lease from the claim after it), so it must outlive the lease.
 fn comes_back_at(state: &State, now: i64) -> Option<i64> {
-    match state.status {
-        DeliveryStatus::Queued => state.due_at.filter(|due| *due > now),
-        DeliveryStatus::Leased => state
-            .lease_until
-            .filter(|until| *until >= now)
-            .map(|until| until + LEASE_MARGIN_MS),
-        DeliveryStatus::Delivered | DeliveryStatus::Dead => None,
+    if matches!(
+        state.status,
+        DeliveryStatus::Delivered | DeliveryStatus::Dead
+    ) {
+        return None;
     }
+    let due = state.due_at.filter(|due| *due > now);
+    let lease_end = (state.status == DeliveryStatus::Leased)
+        .then_some(state.lease_until)
+        .flatten()
+        .filter(|until| *until >= now)
+        .map(|until| until + LEASE_MARGIN_MS);
+    // An unsettled event's message is never dropped: whichever comes later (`None` is least).
+    due.max(lease_end)
 }
 
 /// A message held back for another dispatcher's lease returns this long after it ends, so the
@@ -732,6 +738,11 @@ mod tests {
             comes_back_at(&state("leased", 0, 12_000), now),
             Some(12_000 + LEASE_MARGIN_MS),
             "held by a dispatcher that may be dead"
+        );
+        assert_eq!(
+            comes_back_at(&state("leased", 15_000, 3_000), now),
+            Some(15_000),
+            "whatever refused it, an unsettled event's message is kept"
         );
         assert_eq!(comes_back_at(&state("delivered", 0, 12_000), now), None);
         assert_eq!(comes_back_at(&state("dead", 0, 12_000), now), None);
