@@ -120,6 +120,18 @@ async fn sigkill_during_the_drain_then_restart_loses_nothing() {
     assert_eq!(relay.terminate().code(), Some(0));
 }
 
+/// Every id the receiver accepts reaches the target byte for byte through DynamoDB, the stream
+/// and SQS; the others are refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_id_reaches_the_target_unchanged_through_aws() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(500.0, 50.0).await;
+    let relay = Relay::start_aws(dir.path(), &moto, "ids", &target.url(), &[]);
+    edge_ids_reach_the_target_unchanged(&relay.events_url(), &target).await;
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_through_api_gateway_gets_the_contract_answers_and_changes_nothing() {
     let moto = MotoServer::start();

@@ -46,6 +46,16 @@ async fn a_thousand_events_reach_a_rate_limited_target_once_enriched_and_unchang
     assert_eq!(relay.terminate().code(), Some(0));
 }
 
+/// Every id ingest accepts reaches the target byte for byte; the others are refused at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_accepted_id_reaches_the_target_unchanged_and_the_rest_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(500.0, 50.0).await;
+    let relay = Relay::start(&dir.path().join("data"), &target.url(), &[]);
+    edge_ids_reach_the_target_unchanged(&relay.events_url(), &target).await;
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_ingest_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use serde_json::{Map, Value};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-/// Longest accepted event id, in characters.
+/// Longest accepted event id, in characters (printable ASCII: one byte each).
 pub const MAX_ID_CHARS: usize = 256;
 
 /// A validated source event. `payload` is the object exactly as received (key order kept),
@@ -71,13 +71,10 @@ pub fn event_from_value(value: Value) -> Result<Event, Rejection> {
         Some(Value::String(s)) if s.is_empty() => {
             return Err(Rejection::field("id", "field `id` must not be empty"));
         }
-        Some(Value::String(s)) if s.chars().count() > MAX_ID_CHARS => {
-            return Err(Rejection::field(
-                "id",
-                format!("field `id` must be at most {MAX_ID_CHARS} characters"),
-            ));
+        Some(Value::String(s)) => {
+            check_id(s)?;
+            s.clone()
         }
-        Some(Value::String(s)) => s.clone(),
         Some(other) => {
             return Err(Rejection::field(
                 "id",
@@ -104,6 +101,45 @@ pub fn event_from_value(value: Value) -> Result<Event, Rejection> {
     }
     check_timestamp(payload.get("timestamp"))?;
     Ok(Event { id, payload })
+}
+
+/// The rules an id must follow to reach the target byte for byte: it is the `Idempotency-Key`
+/// HTTP header of every request, and a header value carries only printable ASCII, with no
+/// space at either end (a receiver trims them). See [`check_id`].
+pub const ID_RULES: &str = "1 to 256 printable ASCII characters (U+0021 to U+007E, and spaces \
+     between them)";
+
+/// Whether an id can be delivered exactly as given. The first offending character is named, so
+/// a source can fix its ids.
+pub fn check_id(id: &str) -> Result<(), Rejection> {
+    let refuse = |why: String| {
+        Rejection::field(
+            "id",
+            format!(
+                "field `id` {why}: an id must be {ID_RULES}, because the target receives it as \
+                 the `Idempotency-Key` header"
+            ),
+        )
+    };
+    if id.is_empty() {
+        return Err(Rejection::field("id", "field `id` must not be empty"));
+    }
+    if id.len() > MAX_ID_CHARS {
+        return Err(refuse(format!(
+            "is {} characters long, more than {MAX_ID_CHARS}",
+            id.chars().count()
+        )));
+    }
+    if let Some((at, c)) = id.char_indices().find(|(_, c)| !matches!(c, ' '..='~')) {
+        return Err(refuse(format!(
+            "holds {c:?} (U+{:04X}) at byte {at}",
+            u32::from(c)
+        )));
+    }
+    if id.starts_with(' ') || id.ends_with(' ') {
+        return Err(refuse("starts or ends with a space".into()));
+    }
+    Ok(())
 }
 
 fn check_timestamp(value: Option<&Value>) -> Result<(), Rejection> {
@@ -264,10 +300,37 @@ mod tests {
     }
 
     #[test]
-    fn id_limit_counts_characters_not_bytes() {
-        let mut body = valid();
-        body["id"] = json!("é".repeat(256));
-        assert!(parse_event(body.to_string().as_bytes()).is_ok());
+    fn ids_the_idempotency_header_cannot_carry_are_refused_with_the_reason() {
+        let printable: String = (' '..='~').filter(|c| *c != ' ').collect();
+        for ok in ["e-1", "order 42", "a", printable.as_str(), &"x".repeat(256)] {
+            let mut body = valid();
+            body["id"] = json!(ok);
+            assert!(parse_event(body.to_string().as_bytes()).is_ok(), "{ok:?}");
+        }
+        for (bad, why) in [
+            ("ünï", "'ü' (U+00FC) at byte 0"),
+            ("é".repeat(128).as_str(), "'é' (U+00E9)"),
+            ("a\u{0}b", "'\\0' (U+0000) at byte 1"),
+            ("tab\there", "U+0009"),
+            ("line\nfeed", "U+000A"),
+            ("del\u{7f}", "U+007F"),
+            (" lead", "starts or ends with a space"),
+            ("trail ", "starts or ends with a space"),
+            ("x".repeat(257).as_str(), "more than 256"),
+        ] {
+            let mut body = valid();
+            body["id"] = json!(bad);
+            match parse_event(body.to_string().as_bytes()) {
+                Err(Rejection::Invalid {
+                    field: Some("id"),
+                    message,
+                }) => {
+                    assert!(message.contains(why), "{bad:?}: {message}");
+                    assert!(message.contains("Idempotency-Key"), "{message}");
+                }
+                other => panic!("{bad:?} must be refused, got {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -289,7 +352,7 @@ mod tests {
         }
 
         #[test]
-        fn any_valid_event_round_trips_through_its_stored_form(id in "[^\\x00]{1,64}", name in ".*", body in ".*", ts in 0u64..=4_102_444_800_000) {
+        fn any_valid_event_round_trips_through_its_stored_form(id in "[!-~][ -~]{0,62}[!-~]", name in ".*", body in ".*", ts in 0u64..=4_102_444_800_000) {
             let raw = json!({"id": id, "name": name, "body": body, "timestamp": ts}).to_string();
             let event = parse_event(raw.as_bytes()).unwrap();
             let again = parse_event(event.payload_json().as_bytes()).unwrap();

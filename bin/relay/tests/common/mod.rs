@@ -252,3 +252,92 @@ pub fn outcomes(trace: &Value) -> Vec<(String, String)> {
 pub fn named(id: &str, name: &str) -> Value {
     json!({"id": id, "name": name, "body": "b", "timestamp": 1_763_800_000})
 }
+
+/// Ids at the edge of what ingest accepts: every printable ASCII character, spaces inside,
+/// the longest id; and ids it must refuse (with 422 naming `id`), because the target's
+/// `Idempotency-Key` header could not carry them unchanged.
+pub fn edge_ids() -> (Vec<String>, Vec<String>) {
+    let printable: Vec<char> = ('!'..='~').collect();
+    let mut accepted: Vec<String> = printable.chunks(16).map(|c| c.iter().collect()).collect();
+    accepted.extend([
+        "with inner  spaces".to_owned(),
+        r#"quote"back\slash"#.to_owned(),
+        "%41%00 not decoded".to_owned(),
+        "z".repeat(256),
+    ]);
+    let refused = [
+        "évènement",
+        "emoji-✓",
+        "tab\there",
+        "nul\u{0}",
+        " leading",
+        "trailing ",
+        "del\u{7f}",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    (accepted, refused)
+}
+
+/// Posts [`edge_ids`] to `events_url` and checks every accepted one reaches `target` byte for
+/// byte (input.id and the Idempotency-Key header), and no refused one is stored.
+pub async fn edge_ids_reach_the_target_unchanged(
+    events_url: &str,
+    target: &target_sim::TargetHandle,
+) {
+    let (accepted, refused) = edge_ids();
+    let client = reqwest::Client::new();
+    for id in &accepted {
+        let response = client
+            .post(events_url)
+            .header("x-api-key", KEY)
+            .json(&named(id, "edge"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status().as_u16(),
+            202,
+            "{id:?}: {:?}",
+            response.text().await
+        );
+    }
+    for id in &refused {
+        let response = client
+            .post(events_url)
+            .header("x-api-key", KEY)
+            .json(&named(id, "edge"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), 422, "{id:?} must be refused");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["field"], "id", "{body}");
+        assert!(
+            body["message"]
+                .as_str()
+                .unwrap()
+                .contains("Idempotency-Key"),
+            "the reason is given: {body}"
+        );
+    }
+    eventually("every accepted id delivered", 60, || {
+        target.stats().events as usize >= accepted.len()
+    })
+    .await;
+    let received = target.events();
+    let mut got: Vec<&String> = received.keys().collect();
+    got.sort();
+    let mut want: Vec<&String> = accepted.iter().collect();
+    want.sort();
+    assert_eq!(got, want, "exactly the accepted ids, unchanged");
+    for id in &accepted {
+        assert_eq!(received[id].input["id"], json!(id));
+    }
+    assert_eq!(
+        target.stats().bad_idempotency_keys,
+        0,
+        "every header carried its id"
+    );
+    assert_eq!(target.stats().duplicates, 0);
+}
