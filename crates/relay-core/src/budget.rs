@@ -51,18 +51,56 @@ impl Budget {
     }
 }
 
+/// Bounds on what a target can announce. A value past them is read as the bound (and the
+/// attempt says what the target said); a value that is not a number, or negative, is ignored.
+pub mod bounds {
+    /// Longest reset: a later one is read as this, and the next answer says more.
+    pub const MAX_RESET_SECS: f64 = 3600.0;
+    /// Shortest and longest window a policy can give (`w=`); a shorter one is ignored.
+    pub const MIN_WINDOW_SECS: f64 = 0.001;
+    pub const MAX_WINDOW_SECS: f64 = 86_400.0;
+    /// Most requests (remaining, limit, available, refilled per second) a budget can hold.
+    pub const MAX_REQUESTS: f64 = 1_000_000.0;
+}
+
+/// What an answer announces: the budget, within [`bounds`], and a note for each value that
+/// was out of range, with what the target said.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Reading {
+    pub budget: Option<Budget>,
+    pub notes: Vec<String>,
+}
+
+impl Reading {
+    /// The notes as one clause for an attempt's detail, empty when there are none.
+    pub fn said(&self) -> String {
+        if self.notes.is_empty() {
+            return String::new();
+        }
+        format!(" (the target announced {})", self.notes.join("; "))
+    }
+}
+
 /// The budget an answer announces, if any. `headers` are (name, value) pairs; names compare
 /// case-insensitively. `now` reads Unix-time resets.
 pub fn announced(headers: &[(String, String)], body: &[u8], now: SystemTime) -> Option<Budget> {
+    read(headers, body, now).budget
+}
+
+/// [`announced`], with notes on the values read out of range.
+pub fn read(headers: &[(String, String)], body: &[u8], now: SystemTime) -> Reading {
     let header = |name: &str| {
         headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.trim())
     };
-    structured(header("ratelimit"), header("ratelimit-policy"))
+    let mut r = Reader::default();
+    let budget = r
+        .structured(header("ratelimit"), header("ratelimit-policy"))
         .or_else(|| {
-            split(
+            r.split(
+                "RateLimit",
                 header("ratelimit-remaining"),
                 header("ratelimit-reset"),
                 header("ratelimit-limit"),
@@ -70,16 +108,26 @@ pub fn announced(headers: &[(String, String)], body: &[u8], now: SystemTime) -> 
             )
         })
         .or_else(|| {
-            split(
+            r.split(
+                "X-RateLimit",
                 header("x-ratelimit-remaining"),
                 header("x-ratelimit-reset"),
                 header("x-ratelimit-limit"),
                 now,
             )
         })
-        .or_else(|| graphql_cost(body))
+        .or_else(|| r.graphql_cost(body));
+    Reading {
+        budget,
+        notes: if budget.is_some() {
+            r.notes
+        } else {
+            Vec::new()
+        },
+    }
 }
 
+/// A non-negative finite number, or nothing.
 fn number(raw: &str) -> Option<f64> {
     raw.trim()
         .trim_matches('"')
@@ -88,126 +136,200 @@ fn number(raw: &str) -> Option<f64> {
         .filter(|n| n.is_finite() && *n >= 0.0)
 }
 
-/// Separate headers (draft 6, `X-RateLimit-*`).
-fn split(
-    remaining: Option<&str>,
-    reset: Option<&str>,
-    limit: Option<&str>,
-    now: SystemTime,
-) -> Option<Budget> {
-    // Some servers list several windows ("10, 10;w=1, 1000;w=3600"): the first is the one in
-    // force.
-    let first = |raw: &str| {
-        raw.split(',')
-            .next()
-            .and_then(|v| number(v.split(';').next()?))
-    };
-    let remaining = first(remaining?)?;
-    let reset = reset_from(first(reset?)?, now);
-    let limit_raw = limit.unwrap_or("");
-    let limit = first(limit_raw);
-    // The window: the first item's own `w`, or that of the listed policy with the same quota
-    // (`10, 10;w=1, 1000;w=3600`: 10 per second).
-    let window = limit_raw
-        .split(',')
-        .filter(|item| number(item.split(';').next().unwrap_or("")) == limit)
-        .find_map(|item| param(item, "w"))
-        .map(Duration::from_secs_f64);
-    Some(Budget::Window {
-        remaining,
-        reset,
-        limit,
-        window,
-    })
-}
-
-/// A reset given as seconds from now, or as a Unix time in seconds or milliseconds.
-fn reset_from(value: f64, now: SystemTime) -> Duration {
-    let now = now
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_secs_f64();
-    let secs = if value > 1e12 {
-        value / 1000.0 - now
-    } else if value > 1e9 {
-        value - now
-    } else {
-        value
-    };
-    Duration::from_secs_f64(secs.clamp(0.0, 86_400.0))
-}
-
-fn param(item: &str, key: &str) -> Option<f64> {
+fn param_raw<'a>(item: &'a str, key: &str) -> Option<&'a str> {
     item.split(';').skip(1).find_map(|p| {
         let (k, v) = p.split_once('=')?;
-        (k.trim() == key).then(|| number(v))?
+        (k.trim() == key).then_some(v)
     })
 }
 
-/// The combined `RateLimit` field (draft 7 dictionary, or draft 8+ list of policies).
-fn structured(ratelimit: Option<&str>, policy: Option<&str>) -> Option<Budget> {
-    let ratelimit = ratelimit?;
-    // Draft 7: `limit=100, remaining=50, reset=5`.
-    let member = |key: &str| {
-        ratelimit.split(',').find_map(|m| {
-            let (k, v) = m.split_once('=')?;
-            (k.trim() == key).then(|| number(v.split(';').next()?))?
-        })
-    };
-    if let (Some(remaining), Some(reset)) = (member("remaining"), member("reset")) {
-        let policy = policy.and_then(|p| p.split(',').next());
-        return Some(Budget::Window {
+/// Reads values within [`bounds`], noting what it had to change.
+#[derive(Debug, Default)]
+struct Reader {
+    notes: Vec<String>,
+}
+
+impl Reader {
+    /// `raw` as a number within `[min, max]`: above is read as `max`, below `min` or not a
+    /// number at all is ignored. Either way a note says what was said.
+    fn bounded(&mut self, name: &str, raw: &str, min: f64, max: f64) -> Option<f64> {
+        let trimmed = raw.trim().trim_matches('"');
+        let value = trimmed.parse::<f64>().ok().filter(|v| !v.is_nan());
+        let shown: String = trimmed.chars().take(40).collect();
+        match value {
+            Some(v) if (min..=max).contains(&v) => Some(v),
+            Some(v) if v > max => {
+                self.notes.push(format!("{name} {shown:?}, read as {max}"));
+                Some(max)
+            }
+            _ => {
+                self.notes.push(format!("{name} {shown:?}, ignored"));
+                None
+            }
+        }
+    }
+
+    fn requests(&mut self, name: &str, raw: &str) -> Option<f64> {
+        self.bounded(name, raw, 0.0, bounds::MAX_REQUESTS)
+    }
+
+    fn window(&mut self, name: &str, item: &str, key: &str) -> Option<Duration> {
+        let raw = param_raw(item, key)?;
+        self.bounded(name, raw, bounds::MIN_WINDOW_SECS, bounds::MAX_WINDOW_SECS)
+            .map(Duration::from_secs_f64)
+    }
+
+    /// Separate headers (draft 6, `X-RateLimit-*`).
+    fn split(
+        &mut self,
+        prefix: &str,
+        remaining: Option<&str>,
+        reset: Option<&str>,
+        limit: Option<&str>,
+        now: SystemTime,
+    ) -> Option<Budget> {
+        // Some servers list several windows ("10, 10;w=1, 1000;w=3600"): the first is the one
+        // in force.
+        fn first(raw: &str) -> Option<&str> {
+            raw.split(',').next().and_then(|v| v.split(';').next())
+        }
+        let remaining = self.requests(&format!("{prefix}-Remaining"), first(remaining?)?)?;
+        let reset = self.reset(&format!("{prefix}-Reset"), first(reset?)?, now)?;
+        let limit_raw = limit.unwrap_or("");
+        let limit = first(limit_raw)
+            .filter(|l| !l.trim().is_empty())
+            .and_then(|l| self.requests(&format!("{prefix}-Limit"), l));
+        // The window: the first item's own `w`, or that of the listed policy with the same
+        // quota (`10, 10;w=1, 1000;w=3600`: 10 per second).
+        let window = limit_raw
+            .split(',')
+            .find(|item| {
+                let quota = number(item.split(';').next().unwrap_or(""))
+                    .map(|q| q.min(bounds::MAX_REQUESTS));
+                quota.is_some() && quota == limit && param_raw(item, "w").is_some()
+            })
+            .and_then(|item| self.window(&format!("{prefix}-Limit w"), item, "w"));
+        Some(Budget::Window {
             remaining,
-            reset: Duration::from_secs_f64(reset.min(86_400.0)),
-            limit: member("limit").or_else(|| policy.and_then(|p| number(p.split(';').next()?))),
-            window: policy
-                .and_then(|p| param(p, "w"))
-                .map(Duration::from_secs_f64),
-        });
-    }
-    // Drafts 8+: `"name";r=50;t=30`, one item per policy; the tightest pace wins.
-    let policies: Vec<(&str, f64, f64)> = ratelimit
-        .split(',')
-        .filter_map(|item| {
-            let name = item.split(';').next()?.trim();
-            Some((name, param(item, "r")?, param(item, "t").unwrap_or(1.0)))
+            reset,
+            limit,
+            window,
         })
-        .collect();
-    let (name, remaining, reset) = policies
-        .into_iter()
-        .min_by(|a, b| (a.1 / a.2.max(0.001)).total_cmp(&(b.1 / b.2.max(0.001))))?;
-    let quota = policy.and_then(|p| {
-        p.split(',')
-            .find(|item| item.split(';').next().map(str::trim) == Some(name))
-    });
-    Some(Budget::Window {
-        remaining,
-        reset: Duration::from_secs_f64(reset.min(86_400.0)),
-        limit: quota.and_then(|q| param(q, "q")),
-        window: quota
-            .and_then(|q| param(q, "w"))
-            .map(Duration::from_secs_f64),
-    })
-}
-
-/// GraphQL cost extensions (Shopify's shape): points, turned into requests of this cost.
-fn graphql_cost(body: &[u8]) -> Option<Budget> {
-    if !body.windows(14).any(|w| w == b"throttleStatus") {
-        return None;
     }
-    let value: Value = serde_json::from_slice(body).ok()?;
-    let cost = value.pointer("/extensions/cost")?;
-    let status = cost.get("throttleStatus")?;
-    let get = |v: &Value, k: &str| v.get(k).and_then(Value::as_f64);
-    let per_request = get(cost, "actualQueryCost")
-        .or_else(|| get(cost, "requestedQueryCost"))
-        .filter(|c| *c > 0.0)
-        .unwrap_or(1.0);
-    Some(Budget::Bucket {
-        available: get(status, "currentlyAvailable")? / per_request,
-        refill: get(status, "restoreRate")? / per_request,
-        max: get(status, "maximumAvailable")? / per_request,
-    })
+
+    /// A reset given as seconds from now, or as a Unix time in seconds or milliseconds, within
+    /// `[0, MAX_RESET_SECS]` (a past time is now).
+    fn reset(&mut self, name: &str, raw: &str, now: SystemTime) -> Option<Duration> {
+        let value = self.bounded(name, raw, 0.0, f64::MAX)?;
+        let now = now
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs_f64();
+        let secs = if value > 1e12 {
+            value / 1000.0 - now
+        } else if value > 1e9 {
+            value - now
+        } else {
+            value
+        };
+        if secs > bounds::MAX_RESET_SECS {
+            let shown: String = raw.trim().chars().take(40).collect();
+            self.notes.push(format!(
+                "{name} {shown:?}, read as {} s from now",
+                bounds::MAX_RESET_SECS
+            ));
+        }
+        Some(Duration::from_secs_f64(
+            secs.clamp(0.0, bounds::MAX_RESET_SECS),
+        ))
+    }
+
+    /// The combined `RateLimit` field (draft 7 dictionary, or draft 8+ list of policies).
+    fn structured(&mut self, ratelimit: Option<&str>, policy: Option<&str>) -> Option<Budget> {
+        let ratelimit = ratelimit?;
+        // Draft 7: `limit=100, remaining=50, reset=5`.
+        let member = |key: &str| {
+            ratelimit.split(',').find_map(|m| {
+                let (k, v) = m.split_once('=')?;
+                (k.trim() == key).then(|| v.split(';').next())?
+            })
+        };
+        if let (Some(remaining), Some(reset)) = (member("remaining"), member("reset")) {
+            let remaining = self.requests("RateLimit remaining", remaining)?;
+            let reset = self.bounded("RateLimit reset", reset, 0.0, bounds::MAX_RESET_SECS)?;
+            let policy = policy.and_then(|p| p.split(',').next());
+            let limit = match member("limit") {
+                Some(limit) => self.requests("RateLimit limit", limit),
+                None => policy
+                    .and_then(|p| p.split(';').next())
+                    .and_then(|q| self.requests("RateLimit-Policy", q)),
+            };
+            return Some(Budget::Window {
+                remaining,
+                reset: Duration::from_secs_f64(reset),
+                limit,
+                window: policy.and_then(|p| self.window("RateLimit-Policy w", p, "w")),
+            });
+        }
+        // Drafts 8+: `"name";r=50;t=30`, one item per policy; the tightest pace wins.
+        let mut policies: Vec<(&str, f64, f64)> = Vec::new();
+        for item in ratelimit.split(',') {
+            let Some(name) = item.split(';').next().map(str::trim) else {
+                continue;
+            };
+            let Some(remaining) =
+                param_raw(item, "r").and_then(|r| self.requests("RateLimit r", r))
+            else {
+                continue;
+            };
+            let reset = param_raw(item, "t")
+                .and_then(|t| self.bounded("RateLimit t", t, 0.0, bounds::MAX_RESET_SECS))
+                .unwrap_or(1.0);
+            policies.push((name, remaining, reset));
+        }
+        let (name, remaining, reset) = policies
+            .into_iter()
+            .min_by(|a, b| (a.1 / a.2.max(0.001)).total_cmp(&(b.1 / b.2.max(0.001))))?;
+        let quota = policy.and_then(|p| {
+            p.split(',')
+                .find(|item| item.split(';').next().map(str::trim) == Some(name))
+        });
+        Some(Budget::Window {
+            remaining,
+            reset: Duration::from_secs_f64(reset),
+            limit: quota
+                .and_then(|q| param_raw(q, "q"))
+                .and_then(|q| self.requests("RateLimit-Policy q", q)),
+            window: quota.and_then(|q| self.window("RateLimit-Policy w", q, "w")),
+        })
+    }
+
+    /// GraphQL cost extensions (Shopify's shape): points, turned into requests of this cost.
+    fn graphql_cost(&mut self, body: &[u8]) -> Option<Budget> {
+        if !body.windows(14).any(|w| w == b"throttleStatus") {
+            return None;
+        }
+        let value: Value = serde_json::from_slice(body).ok()?;
+        let cost = value.pointer("/extensions/cost")?;
+        let status = cost.get("throttleStatus")?;
+        let mut points = |v: &Value, k: &str| -> Option<f64> {
+            let raw = v.get(k)?;
+            self.bounded(&format!("cost {k}"), &raw.to_string(), 0.0, 1e12)
+        };
+        let per_request = points(cost, "actualQueryCost")
+            .or_else(|| points(cost, "requestedQueryCost"))
+            .filter(|c| *c > 0.0)
+            .unwrap_or(1.0);
+        let available = points(status, "currentlyAvailable")?;
+        let refill = points(status, "restoreRate")?;
+        let max = points(status, "maximumAvailable")?;
+        let requests = |p: f64| (p / per_request).min(bounds::MAX_REQUESTS);
+        Some(Budget::Bucket {
+            available: requests(available),
+            refill: requests(refill),
+            max: requests(max),
+        })
+    }
 }
 
 mod secs {
@@ -218,7 +340,7 @@ mod secs {
     }
     pub fn deserialize<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let secs: f64 = serde::Deserialize::deserialize(d)?;
-        Ok(Duration::from_secs_f64(secs.max(0.0)))
+        Ok(Duration::from_secs_f64(secs.clamp(0.0, 1e9)))
     }
 }
 
@@ -235,7 +357,7 @@ mod opt_secs {
         d: D,
     ) -> Result<Option<Duration>, D::Error> {
         let secs: Option<f64> = serde::Deserialize::deserialize(d)?;
-        Ok(secs.map(|s| Duration::from_secs_f64(s.max(0.0))))
+        Ok(secs.map(|s| Duration::from_secs_f64(s.clamp(0.0, 1e9))))
     }
 }
 

@@ -11,6 +11,16 @@ pub const RATE_LIMIT_CODES: [&str; 2] = ["RATE_LIMITED", "THROTTLED"];
 /// How much of an answer's body is kept for the attempt history and the DLQ.
 pub const EXCERPT_BYTES: usize = 1024;
 
+/// Longest wait a target can ask for, by `Retry-After` or `extensions.retryAfter`: a longer
+/// one (or a date further ahead) is read as this, so that no answer parks an event, or the
+/// whole dispatcher, for longer. Past dates are read as no wait; negative, `NaN` or unreadable
+/// values are ignored. The attempt's reason keeps what the target said.
+pub const MAX_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// Largest answer body read from the target. Past it the attempt fails as "answer too large",
+/// which is retried: a target's answer to `createEvent` is a few hundred bytes.
+pub const MAX_ANSWER_BYTES: usize = 1 << 20;
+
 /// An HTTP answer from the target, reduced to what classification needs.
 #[derive(Debug, Clone)]
 pub struct Answer {
@@ -40,6 +50,12 @@ pub enum TransportError {
     Connect(String),
     #[error("request to the target failed: {0}")]
     Other(String),
+    /// The answer's body was larger than [`MAX_ANSWER_BYTES`]; the rest was not read.
+    #[error("answer too large: the target sent more than {} KiB", MAX_ANSWER_BYTES / 1024)]
+    TooLarge,
+    /// The request cannot be built from this event, however often it is tried.
+    #[error("the event cannot be sent: {0}")]
+    Unsendable(String),
 }
 
 /// What an answer means for the event that caused it.
@@ -87,6 +103,11 @@ impl Outcome {
 pub fn classify(result: &Result<Answer, TransportError>) -> Outcome {
     let answer = match result {
         Ok(answer) => answer,
+        Err(e @ TransportError::Unsendable(_)) => {
+            return Outcome::Permanent {
+                reason: e.to_string(),
+            };
+        }
         Err(e) => {
             return Outcome::Transient {
                 retry_after: None,
@@ -95,7 +116,16 @@ pub fn classify(result: &Result<Answer, TransportError>) -> Outcome {
         }
     };
     let status = answer.status;
-    let header_wait = answer.retry_after.as_deref().and_then(parse_retry_after);
+    let header_wait = answer
+        .retry_after
+        .as_deref()
+        .and_then(|raw| parse_retry_after(raw, SystemTime::now()));
+    // What the target asked for, as it said it: part of every reason that honours it.
+    let said = answer
+        .retry_after
+        .as_deref()
+        .map(|raw| what_was_said("Retry-After", raw, header_wait))
+        .unwrap_or_default();
     let graphql: Option<Value> = serde_json::from_slice(&answer.body).ok();
     let errors = graphql
         .as_ref()
@@ -106,7 +136,7 @@ pub fn classify(result: &Result<Answer, TransportError>) -> Outcome {
     if status == 429 {
         return Outcome::RateLimited {
             retry_after: header_wait,
-            reason: format!("HTTP 429{}", first_message(errors)),
+            reason: format!("HTTP 429{}{said}", first_message(errors)),
         };
     }
     if let Some(errors) = errors
@@ -114,15 +144,15 @@ pub fn classify(result: &Result<Answer, TransportError>) -> Outcome {
             .iter()
             .find(|e| RATE_LIMIT_CODES.contains(&error_code(e)))
     {
-        let body_wait = limited
-            .pointer("/extensions/retryAfter")
-            .and_then(Value::as_f64)
-            .filter(|s| s.is_finite() && *s >= 0.0)
-            .map(Duration::from_secs_f64);
+        let raw_body_wait = limited.pointer("/extensions/retryAfter");
+        let body_wait = raw_body_wait.and_then(Value::as_f64).and_then(bounded_wait);
+        let body_said = raw_body_wait
+            .map(|raw| what_was_said("extensions.retryAfter", &raw.to_string(), body_wait))
+            .unwrap_or_default();
         return Outcome::RateLimited {
             retry_after: header_wait.max(body_wait),
             reason: format!(
-                "GraphQL {}: {}",
+                "GraphQL {}: {}{said}{body_said}",
                 error_code(limited),
                 limited.get("message").and_then(Value::as_str).unwrap_or("")
             ),
@@ -131,7 +161,7 @@ pub fn classify(result: &Result<Answer, TransportError>) -> Outcome {
     match status {
         408 | 500..=599 => Outcome::Transient {
             retry_after: header_wait,
-            reason: format!("HTTP {status}: {}", excerpt(&answer.body)),
+            reason: format!("HTTP {status}{said}: {}", excerpt(&answer.body)),
         },
         200..=299 => match (errors, graphql.as_ref().and_then(|v| v.get("data"))) {
             (Some(errors), _) => Outcome::Permanent {
@@ -263,22 +293,52 @@ pub fn excerpt(body: &[u8]) -> String {
     String::from_utf8_lossy(cut).into_owned()
 }
 
-/// `Retry-After` is either delay-seconds or an HTTP date (RFC 9110 §10.2.3).
-pub fn parse_retry_after(value: &str) -> Option<Duration> {
+/// `Retry-After` is either delay-seconds or an HTTP date (RFC 9110 §10.2.3), read within
+/// [`MAX_RETRY_AFTER`]: a fraction of a second is kept, a date in the past is no wait, and a
+/// negative, `NaN` or unreadable value is no answer at all.
+pub fn parse_retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
-    if let Ok(secs) = value.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+    if let Ok(secs) = value.parse::<f64>() {
+        return bounded_wait(secs);
     }
     let at = httpdate::parse_http_date(value).ok()?;
     Some(
-        at.duration_since(SystemTime::now())
-            .unwrap_or(Duration::ZERO),
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
     )
+}
+
+/// A wait the target gave in seconds, within `[0, MAX_RETRY_AFTER]`; `None` if it is not a
+/// wait at all (negative, `NaN`).
+fn bounded_wait(secs: f64) -> Option<Duration> {
+    (secs >= 0.0).then(|| Duration::from_secs_f64(secs.clamp(0.0, MAX_RETRY_AFTER.as_secs_f64())))
+}
+
+/// ` (Retry-After: "99999", read as 3600 s)`: what the target said and how it was read, when
+/// it was not taken as given (out of bounds, or not a wait at all); empty otherwise.
+fn what_was_said(name: &str, raw: &str, read: Option<Duration>) -> String {
+    let raw: String = raw.chars().take(64).collect();
+    let trimmed = raw.trim();
+    let exact = trimmed.parse::<f64>().ok();
+    let is_date = httpdate::parse_http_date(trimmed).is_ok();
+    match read {
+        None => format!(" ({name}: {raw:?}, ignored)"),
+        Some(wait)
+            if wait < MAX_RETRY_AFTER
+                && (is_date || exact.is_some_and(|e| e == wait.as_secs_f64())) =>
+        {
+            String::new()
+        }
+        Some(wait) if is_date && wait.is_zero() => String::new(),
+        Some(wait) => format!(" ({name}: {raw:?}, read as {:.0} s)", wait.as_secs_f64()),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::{Just, Strategy};
     use serde_json::json;
 
     fn answer(
@@ -453,15 +513,83 @@ mod tests {
 
     #[test]
     fn retry_after_accepts_seconds_and_http_dates() {
-        assert_eq!(parse_retry_after(" 12 "), Some(Duration::from_secs(12)));
-        assert_eq!(parse_retry_after("soon"), None);
-        let future = SystemTime::now() + Duration::from_secs(30);
-        let wait = parse_retry_after(&httpdate::fmt_http_date(future)).unwrap();
+        let now = SystemTime::now();
+        assert_eq!(
+            parse_retry_after(" 12 ", now),
+            Some(Duration::from_secs(12))
+        );
+        assert_eq!(parse_retry_after("soon", now), None);
+        let future = now + Duration::from_secs(30);
+        let wait = parse_retry_after(&httpdate::fmt_http_date(future), now).unwrap();
         assert!(
             wait > Duration::from_secs(25) && wait <= Duration::from_secs(30),
             "{wait:?}"
         );
-        let past = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(30));
-        assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
+        let past = httpdate::fmt_http_date(now - Duration::from_secs(30));
+        assert_eq!(parse_retry_after(&past, now), Some(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_target_cannot_ask_for_waits_out_of_range() {
+        let now = SystemTime::now();
+        let hour = Some(MAX_RETRY_AFTER);
+        for (raw, read) in [
+            ("1.5", Some(Duration::from_millis(1500))),
+            ("18446744073709551615", hour),
+            ("1e300", hour),
+            ("inf", hour),
+            ("-5", None),
+            ("NaN", None),
+            ("", None),
+            ("Fri, 31 Dec 9999 23:59:59 GMT", hour),
+            ("Thu, 01 Jan 1970 00:00:00 GMT", Some(Duration::ZERO)),
+        ] {
+            assert_eq!(parse_retry_after(raw, now), read, "{raw:?}");
+        }
+        // The body's own wait is bounded the same way, and the reason keeps what was said.
+        let body = json!({"errors": [{"message": "slow", "extensions": {"code": "THROTTLED", "retryAfter": 1e300}}]});
+        match classify(&answer(200, Some("99999999"), body)) {
+            Outcome::RateLimited {
+                retry_after,
+                reason,
+            } => {
+                assert_eq!(retry_after, hour);
+                assert!(
+                    reason.contains(r#"(Retry-After: "99999999", read as 3600 s)"#)
+                        && reason.contains(r#"(extensions.retryAfter: "1e+300", read as 3600 s)"#),
+                    "{reason}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_event_that_cannot_be_sent_is_permanent_and_a_huge_answer_is_retried() {
+        let unsendable = Err(TransportError::Unsendable("bad header".into()));
+        assert_eq!(kind_and_wait(unsendable).0, "permanent");
+        assert_eq!(kind_and_wait(Err(TransportError::TooLarge)).0, "transient");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_retry_after_or_retry_after_in_a_body_panics_or_exceeds_the_bound(
+            header in proptest::option::of(proptest::prop_oneof![
+                "[0-9]{1,30}",
+                "-?[0-9]{1,5}\\.[0-9]{1,5}",
+                "[ -~]{0,40}",
+                proptest::num::f64::ANY.prop_map(|f| f.to_string()),
+            ]),
+            body_wait in proptest::num::f64::ANY,
+            status in proptest::prop_oneof![Just(429u16), Just(200u16), 500u16..=599],
+        ) {
+            let body = json!({"errors": [{"message": "m", "extensions": {"code": "RATE_LIMITED", "retryAfter": body_wait}}]});
+            match classify(&answer(status, header.as_deref(), body)) {
+                Outcome::RateLimited { retry_after, .. } | Outcome::Transient { retry_after, .. } => {
+                    proptest::prop_assert!(retry_after.is_none_or(|w| w <= MAX_RETRY_AFTER));
+                }
+                other => proptest::prop_assert!(false, "{other:?}"),
+            }
+        }
     }
 }

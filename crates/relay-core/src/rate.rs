@@ -362,10 +362,10 @@ impl RateController {
                     match *renew {
                         // A new window of the announced size; the next answer corrects it.
                         Some((limit, window)) if !window.is_zero() => {
-                            while *until <= now {
-                                *until += window;
-                            }
-                            *allowance = limit;
+                            *until = first_boundary_after(*until, window, now);
+                            // A share of less than one request per window adds up over
+                            // windows instead of never reaching one.
+                            *allowance = (allowance.max(0.0) + limit).min(limit.max(1.0));
                         }
                         // Nothing more known: back to finding the limit.
                         _ => {
@@ -375,10 +375,11 @@ impl RateController {
                     }
                 }
                 if *allowance < 1.0 {
-                    return Err(*until);
+                    // Asked again within the hour, whatever the window: a new answer may come.
+                    return Err((*until).min(now + MAX_BUDGET_WAIT));
                 }
                 if now < *next {
-                    return Err(*next);
+                    return Err((*next).min(now + MAX_BUDGET_WAIT));
                 }
                 let spacing = until.saturating_duration_since(now).as_secs_f64() / *allowance;
                 *allowance -= 1.0;
@@ -435,11 +436,7 @@ impl RateController {
                 let until = match (window_began, window.filter(|w| !w.is_zero())) {
                     // The next boundary of the learned phase, if it is no later than announced.
                     (Some(began), Some(window)) => {
-                        let mut until = began + window;
-                        while until <= now {
-                            until += window;
-                        }
-                        until.min(now + reset)
+                        first_boundary_after(began + window, window, now).min(now + reset)
                     }
                     _ => now + reset,
                 };
@@ -450,7 +447,8 @@ impl RateController {
                         Pacer::Window { next, .. } => next,
                         Pacer::Bucket { .. } => now,
                     }),
-                    renew: limit.map(|l| l * share).zip(window),
+                    // A limit under one request per window is no budget to renew.
+                    renew: limit.filter(|l| *l >= 1.0).map(|l| l * share).zip(window),
                 }
             }
             Budget::Bucket {
@@ -622,3 +620,17 @@ impl RateController {
 
 #[cfg(test)]
 mod tests;
+
+/// Longest the budget pacer waits before looking again.
+const MAX_BUDGET_WAIT: Duration = Duration::from_secs(3600);
+
+/// The first of `first`, `first + window`, `first + 2 × window`, … after `now`: computed, not
+/// stepped to, since a target may announce a window of a millisecond and go quiet for hours.
+fn first_boundary_after(first: Instant, window: Duration, now: Instant) -> Instant {
+    if first > now {
+        return first;
+    }
+    let behind = now.duration_since(first).as_secs_f64();
+    let steps = (behind / window.as_secs_f64()).floor() + 1.0;
+    first + window.mul_f64(steps)
+}

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use relay_core::classify::alias;
+use relay_core::classify::{MAX_ANSWER_BYTES, alias};
 use relay_core::{Answer, TransportError, enrich};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
@@ -162,7 +162,7 @@ impl GraphqlClient {
 
     fn enriched(&self, payload: &str) -> Result<Value, TransportError> {
         let payload: Map<String, Value> = serde_json::from_str(payload).map_err(|e| {
-            TransportError::Other(format!("stored payload is not a JSON object: {e}"))
+            TransportError::Unsendable(format!("its stored payload is not a JSON object: {e}"))
         })?;
         Ok(enrich(&payload, &self.brand))
     }
@@ -170,7 +170,14 @@ impl GraphqlClient {
     async fn post(&self, body: Value, key: Option<&str>) -> Result<Answer, TransportError> {
         let mut request = self.http.post(self.url.clone());
         if let Some(key) = key {
-            request = request.header("Idempotency-Key", key);
+            // Ingest refuses such ids; one stored by an older relay fails here, once.
+            let value = HeaderValue::from_str(key).map_err(|_| {
+                TransportError::Unsendable(format!(
+                    "its id {key:?} cannot be an Idempotency-Key header (ids must be {})",
+                    relay_core::event::ID_RULES
+                ))
+            })?;
+            request = request.header("Idempotency-Key", value);
         }
         let response = request
             .timeout(self.timeout)
@@ -190,16 +197,39 @@ impl GraphqlClient {
             .filter(|(name, _)| Answer::is_budget_header(name.as_str()))
             .filter_map(|(name, value)| Some((name.to_string(), value.to_str().ok()?.to_owned())))
             .collect();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        let body = self.read_bounded(response).await?;
         Ok(Answer {
             status,
             retry_after,
             budget_headers,
-            body: body.to_vec(),
+            body,
         })
+    }
+
+    /// The answer's body, up to [`MAX_ANSWER_BYTES`]: a target (or what stands in front of it)
+    /// must not make the relay buffer without end.
+    async fn read_bounded(
+        &self,
+        mut response: reqwest::Response,
+    ) -> Result<Vec<u8>, TransportError> {
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_ANSWER_BYTES as u64)
+        {
+            return Err(TransportError::TooLarge);
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(e))?
+        {
+            if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+                return Err(TransportError::TooLarge);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
     }
 
     fn transport_error(&self, e: reqwest::Error) -> TransportError {
@@ -283,6 +313,18 @@ mod tests {
                 GraphqlClient::new(&config),
                 Err(ClientError::BatchSize(_))
             ));
+        }
+    }
+
+    proptest::proptest! {
+        /// What ingest accepts, the header carries unchanged: the target reads the same id.
+        #[test]
+        fn every_id_ingest_accepts_is_its_own_idempotency_header(id in "\\PC{0,300}|[ -~]{1,300}") {
+            if relay_core::event::check_id(&id).is_ok() {
+                let value = HeaderValue::from_str(&id).expect("a valid header value");
+                proptest::prop_assert_eq!(value.to_str().ok(), Some(id.as_str()));
+                proptest::prop_assert_eq!(id.trim(), id.as_str());
+            }
         }
     }
 

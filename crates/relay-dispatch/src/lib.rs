@@ -296,13 +296,19 @@ async fn attempt<Q: WorkQueue>(
             return Some(claims);
         }
     };
-    let budget = result.as_ref().ok().and_then(|answer| {
-        relay_core::budget::announced(
-            &answer.budget_headers,
-            &answer.body,
-            std::time::SystemTime::now(),
-        )
-    });
+    let reading = result
+        .as_ref()
+        .map(|answer| {
+            relay_core::budget::read(
+                &answer.budget_headers,
+                &answer.body,
+                std::time::SystemTime::now(),
+            )
+        })
+        .unwrap_or_default();
+    // Values out of bounds are read within them; the attempt keeps what the target said.
+    let said = reading.said();
+    let budget = reading.budget;
     {
         // One request, one signal: slow down if any of it was refused for the rate.
         let mut rate = lock(&handle.rate);
@@ -341,6 +347,7 @@ async fn attempt<Q: WorkQueue>(
                 Ok(answer) => (Some(answer.status), outcome.reason().to_owned()),
                 Err(_) => (None, outcome.reason().to_owned()),
             };
+            detail.push_str(&said);
             if n > 1 {
                 let alias = relay_core::classify::alias(i);
                 detail = match outcome {

@@ -545,3 +545,139 @@ async fn an_announced_budget_is_kept_in_every_syntax() {
         r.stop().await;
     }
 }
+
+/// A one-connection HTTP server that answers every request with `status`, `headers` and
+/// `body_len` bytes of body, chunked when `chunked`: a target (or a proxy before it) that says
+/// too much.
+async fn answering(status: u16, headers: &'static str, body_len: usize, chunked: bool) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut seen = Vec::new();
+                let mut buf = [0u8; 4096];
+                // The request: headers, then its declared body.
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = socket.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let text = String::from_utf8_lossy(&seen).to_lowercase();
+                let head = text.find("\r\n\r\n").unwrap() + 4;
+                let declared: usize = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                let mut got = seen.len() - head;
+                while got < declared {
+                    got += socket.read(&mut buf).await.unwrap_or(0);
+                }
+                let body = vec![b' '; body_len];
+                let framing = if chunked {
+                    "transfer-encoding: chunked".to_owned()
+                } else {
+                    format!("content-length: {body_len}")
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\n{headers}{framing}\r\n\r\n"
+                );
+                let _ = socket.write_all(head.as_bytes()).await;
+                if chunked {
+                    for part in body.chunks(64 * 1024) {
+                        let _ = socket
+                            .write_all(format!("{:x}\r\n", part.len()).as_bytes())
+                            .await;
+                        let _ = socket.write_all(part).await;
+                        let _ = socket.write_all(b"\r\n").await;
+                    }
+                    let _ = socket.write_all(b"0\r\n\r\n").await;
+                } else {
+                    let _ = socket.write_all(&body).await;
+                }
+            });
+        }
+    });
+    format!("http://{addr}/graphql")
+}
+
+#[tokio::test]
+async fn an_answer_past_one_mebibyte_is_not_read_and_the_attempt_is_retried() {
+    let limit = relay_core::classify::MAX_ANSWER_BYTES;
+    for chunked in [false, true] {
+        let url = answering(200, "", limit + 1, chunked).await;
+        let client = GraphqlClient::new(&TargetConfig::new(url)).unwrap();
+        let answer = client.send("e-1", r#"{"id":"e-1"}"#).await;
+        assert_eq!(
+            answer.unwrap_err(),
+            relay_core::TransportError::TooLarge,
+            "chunked: {chunked}"
+        );
+        let outcome = relay_core::classify(&Err(relay_core::TransportError::TooLarge));
+        assert_eq!(outcome.kind(), "transient");
+        assert!(
+            outcome.reason().contains("answer too large"),
+            "{}",
+            outcome.reason()
+        );
+
+        // At the limit, the answer is read whole (and, being blanks, is no GraphQL).
+        let url = answering(200, "", limit, chunked).await;
+        let client = GraphqlClient::new(&TargetConfig::new(url)).unwrap();
+        let answer = client.send("e-1", r#"{"id":"e-1"}"#).await.unwrap();
+        assert_eq!(answer.body.len(), limit);
+    }
+}
+
+#[tokio::test]
+async fn a_target_announcing_absurd_numbers_is_paced_within_bounds_and_the_attempt_says_so() {
+    // Every answer is a 429 with a wait of centuries and a budget to match.
+    let url = answering(
+        429,
+        "retry-after: 99999999999\r\nx-ratelimit-remaining: 1e300\r\nx-ratelimit-reset: 1e300\r\n",
+        2,
+        false,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    store
+        .accept(parse_event(event(1, "n").to_string().as_bytes()).unwrap())
+        .await
+        .unwrap();
+    let client = GraphqlClient::new(&TargetConfig::new(url)).unwrap();
+    let dispatcher = Dispatcher::new(store.clone(), client, DispatchConfig::default());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(dispatcher.run(async {
+        let _ = stopped.await;
+    }));
+    let reader = Reader::open(dir.path()).unwrap();
+    let attempt = loop {
+        store.indexed().await.unwrap();
+        if let Some(a) = reader.attempts("e0001").unwrap().into_iter().next() {
+            break a;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let _ = stop.send(());
+    task.await.unwrap();
+    assert_eq!(attempt.outcome, "rate_limited");
+    for said in [
+        r#"Retry-After: "99999999999", read as 3600 s"#,
+        r#"X-RateLimit-Remaining "1e300", read as 1000000"#,
+        r#"X-RateLimit-Reset "1e300", read as 3600 s from now"#,
+    ] {
+        assert!(
+            attempt.detail.contains(said),
+            "{said} in {}",
+            attempt.detail
+        );
+    }
+    // The event waits out the bounded hour, not the centuries asked for.
+    let due = reader.delivery("e0001").unwrap().unwrap().due_at;
+    let wait = due - attempt.started_at;
+    assert!((3_590_000..=3_610_000).contains(&wait), "due in {wait} ms");
+}

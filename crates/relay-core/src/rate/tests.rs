@@ -604,3 +604,108 @@ async fn an_adopted_cut_paces_like_ones_own_and_keeps_the_pause() {
     );
     assert_eq!(rc.fleet_rate(), 40.0 * BETA);
 }
+
+/// Whatever numbers a target announces, the controller neither panics nor spins, and never
+/// waits longer than the bounds allow (`budget::bounds`, `classify::MAX_RETRY_AFTER`).
+mod hostile_numbers {
+    use super::*;
+    use crate::budget;
+    use proptest::prelude::*;
+
+    fn number() -> impl Strategy<Value = String> {
+        prop_oneof![
+            any::<f64>().prop_map(|f| f.to_string()),
+            any::<i64>().prop_map(|i| i.to_string()),
+            any::<u64>().prop_map(|u| u.to_string()),
+            Just("1e-300".to_owned()),
+            Just("1e300".to_owned()),
+            Just("NaN".to_owned()),
+            Just("-inf".to_owned()),
+            Just("0".to_owned()),
+            Just("0.0001".to_owned()),
+            "[ -~]{0,12}",
+        ]
+    }
+
+    fn headers() -> impl Strategy<Value = Vec<(String, String)>> {
+        (number(), number(), number(), number(), 0..6usize).prop_map(|(a, b, c, w, kind)| {
+            let pairs: Vec<(&str, String)> = match kind {
+                0 => vec![
+                    ("RateLimit-Remaining", a),
+                    ("RateLimit-Reset", b),
+                    ("RateLimit-Limit", format!("{c}, {c};w={w}")),
+                ],
+                1 => vec![
+                    ("X-RateLimit-Remaining", a),
+                    ("X-RateLimit-Reset", b),
+                    ("X-RateLimit-Limit", c),
+                ],
+                2 => vec![
+                    ("RateLimit", format!("limit={c}, remaining={a}, reset={b}")),
+                    ("RateLimit-Policy", format!("{c};w={w}")),
+                ],
+                3 => vec![
+                    ("RateLimit", format!("\"p\";r={a};t={b}, \"q\";r={c};t={w}")),
+                    ("RateLimit-Policy", format!("\"p\";q={c};w={w}")),
+                ],
+                _ => vec![("RateLimit-Remaining", a), ("RateLimit-Reset", w)],
+            };
+            pairs.into_iter().map(|(n, v)| (n.to_owned(), v)).collect()
+        })
+    }
+
+    fn cost_body() -> impl Strategy<Value = String> {
+        (number(), number(), number(), number()).prop_map(|(cost, available, refill, max)| {
+            format!(
+                r#"{{"data":{{}},"extensions":{{"cost":{{"requestedQueryCost":{cost},"throttleStatus":{{"maximumAvailable":{max},"currentlyAvailable":{available},"restoreRate":{refill}}}}}}}}}"#
+            )
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+        #[test]
+        fn announced_budgets_stay_in_bounds_and_never_park_the_dispatcher(
+            headers in headers(),
+            body in cost_body(),
+            unix in 0u64..4_000_000_000,
+            gaps in proptest::collection::vec(0u64..5_000_000, 1..20),
+        ) {
+            let now = std::time::UNIX_EPOCH + Duration::from_secs(unix);
+            for (headers, body) in [(headers, String::new()), (Vec::new(), body)] {
+                let reading = budget::read(&headers, body.as_bytes(), now);
+                let Some(b) = reading.budget else { continue };
+                match b {
+                    Budget::Window { remaining, reset, limit, window } => {
+                        prop_assert!((0.0..=budget::bounds::MAX_REQUESTS).contains(&remaining));
+                        prop_assert!(reset.as_secs_f64() <= budget::bounds::MAX_RESET_SECS);
+                        prop_assert!(limit.is_none_or(|l| (0.0..=budget::bounds::MAX_REQUESTS).contains(&l)));
+                        prop_assert!(window.is_none_or(|w| w.as_secs_f64() >= budget::bounds::MIN_WINDOW_SECS
+                            && w.as_secs_f64() <= budget::bounds::MAX_WINDOW_SECS));
+                    }
+                    Budget::Bucket { available, refill, max } => {
+                        for v in [available, refill, max] {
+                            prop_assert!((0.0..=budget::bounds::MAX_REQUESTS).contains(&v));
+                        }
+                    }
+                }
+                // Driven by it, with gaps of up to ~80 minutes between asks.
+                let start = Instant::now();
+                let mut rc = RateController::new(RateConfig::default(), start);
+                let mut at = start;
+                let ticket = rc.try_acquire(at).unwrap_or(Ticket { at, seq: 0 });
+                rc.on_budget(at, ticket, b);
+                for gap in &gaps {
+                    at += Duration::from_millis(*gap);
+                    match rc.try_acquire(at) {
+                        Ok(ticket) => rc.on_budget(at, ticket, b),
+                        Err(wait) => prop_assert!(
+                            wait.saturating_duration_since(at) <= Duration::from_secs(3600),
+                            "parked for {:?}", wait.saturating_duration_since(at)
+                        ),
+                    }
+                }
+            }
+        }
+    }
+}
