@@ -91,6 +91,18 @@ fn render(s: &StatusReport) -> String {
     for (k, v) in rows {
         t.add_row(vec![Cell::new(k), v]);
     }
+    for f in &s.store_failing {
+        t.add_row(vec![
+            Cell::new("STORE FAILING").fg(Color::Red),
+            Cell::new(format!(
+                "{} since {}: {} — no event is acknowledged (ingest answers 503) until it recovers; see docs/runbook.md",
+                f.part,
+                relative(f.since, s.now),
+                f.reason
+            ))
+            .fg(Color::Red),
+        ]);
+    }
     let dispatcher = match &s.dispatcher {
         Some(d) if s.now - d.reported_at <= STALE_MS => {
             let limit = d

@@ -118,7 +118,7 @@ async fn with_flushes_stalled_every_event_is_acked_in_time_survives_sigkill_and_
     let data = dir.path().join("data");
     let target = target(1e6, 1e6).await;
     // Every flush of the journal takes 2 s, far past the source's 500 ms budget.
-    let stall = [("RELAY_FAULT_FLUSH_STALL", "2s")];
+    let stall = [("RELAY_FAULTS", "flush.journal=stall:2s")];
     let relay = Relay::start_env(&data, &target.url(), &[], &stall);
     let mut config = source_sim::SourceConfig::new(relay.events_url(), KEY, 200.0, 1000);
     config.keep_ids = true;
@@ -160,7 +160,7 @@ async fn the_flush_policy_refuses_rather_than_answer_before_a_stalled_flush() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let target = target(1e6, 1e6).await;
-    let stall = [("RELAY_FAULT_FLUSH_STALL", "2s")];
+    let stall = [("RELAY_FAULTS", "flush.journal=stall:2s")];
     let relay = Relay::start_env(&data, &target.url(), &["--durability", "flush"], &stall);
     let config = source_sim::SourceConfig::new(relay.events_url(), KEY, 50.0, 50);
     let report = source_sim::run(config, Arc::default()).await.unwrap();

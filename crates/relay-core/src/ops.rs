@@ -162,6 +162,18 @@ pub struct StatusReport {
     pub acked_before_flush: u64,
     /// `None` when no dispatcher has ever reported.
     pub dispatcher: Option<DispatcherReport>,
+    /// What is failing in the store, if anything (it acknowledges no event meanwhile).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub store_failing: Vec<StoreFailing>,
+}
+
+/// A part of the store that cannot keep the promise that a 2xx means durable, and since when.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoreFailing {
+    /// `journal`, `index` or `index checkpoint`.
+    pub part: String,
+    pub since: UnixMillis,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]

@@ -24,6 +24,10 @@ pub enum StoreError {
     /// The store could not answer in time or is overloaded; the caller may try again.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The store cannot keep its promise now (a flush or a write of its storage failed): no
+    /// event is acknowledged until it recovers. Worth trying again later.
+    #[error("store failing: {0}")]
+    Failing(String),
     /// The store answered with an error that trying again will not fix.
     #[error("store failure: {0}")]
     Failed(String),
@@ -34,7 +38,7 @@ pub enum StoreError {
 
 impl StoreError {
     pub fn is_retryable(&self) -> bool {
-        matches!(self, StoreError::Unavailable(_))
+        matches!(self, StoreError::Unavailable(_) | StoreError::Failing(_))
     }
 }
 
@@ -52,6 +56,11 @@ pub trait Ingest: Clone + Send + Sync + 'static {
         &self,
         events: Vec<Event>,
     ) -> impl Future<Output = Result<Vec<AcceptOutcome>, StoreError>> + Send;
+
+    /// `Err(reason)` while the store is failing and refuses events (`GET /health` says so).
+    fn health(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// The work queue the dispatcher drains.

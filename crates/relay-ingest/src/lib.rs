@@ -77,7 +77,7 @@ pub fn router<S: Ingest>(store: S, config: IngestConfig) -> Router {
     Router::new()
         .route("/events", post(post_event::<S>))
         .route("/events/batch", post(post_batch::<S>))
-        .route("/health", get(health))
+        .route("/health", get(health::<S>))
         .fallback(|| async {
             ApiError::new(
                 StatusCode::NOT_FOUND,
@@ -96,8 +96,40 @@ pub fn router<S: Ingest>(store: S, config: IngestConfig) -> Router {
         .with_state(state)
 }
 
-async fn health() -> Json<serde_json::Value> {
-    Json(json!({"status": "ok"}))
+/// `200 {"status": "ok"}`, or `503` while the store is failing (it refuses events then), so
+/// that a load balancer sends sources elsewhere. The reason stays in the relay's log and
+/// `relay status`: this route needs no key.
+async fn health<S: Ingest>(State(state): State<Arc<AppState<S>>>) -> Response {
+    match state.store.health() {
+        Ok(()) => Json(json!({"status": "ok"})).into_response(),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({
+                "status": "failing",
+                "error": "store_failing",
+                "message": "the store cannot make events durable now and refuses them; see `relay status` or the relay's log",
+            })),
+        )
+            .into_response(),
+    }
+}
+
+/// The 503 for a store that did not take the events, with why as far as a client may know.
+fn store_refused(e: &relay_core::StoreError, what: &str) -> ApiError {
+    match e {
+        relay_core::StoreError::Failing(_) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_failing",
+            format!(
+                "the store is failing (it cannot make events durable now), so {what} not acknowledged; try again later"
+            ),
+        ),
+        _ => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            format!("the store is unavailable, so {what} not acknowledged"),
+        ),
+    }
 }
 
 async fn post_event<S: Ingest>(
@@ -150,11 +182,7 @@ async fn accept_event<S: Ingest>(
         })?
         .map_err(|e| {
             tracing::error!(error = %e, event_id = %id, "store refused an event");
-            ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "store_unavailable",
-                "the store is unavailable; the event was not stored",
-            )
+            store_refused(&e, "the event was")
         })?;
     Ok(match outcome {
         AcceptOutcome::Accepted => (
@@ -250,11 +278,7 @@ async fn post_batch<S: Ingest>(
             })?
             .map_err(|e| {
                 tracing::error!(error = %e, events = count, "store refused a batch");
-                ApiError::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "store_unavailable",
-                    "the store is unavailable; no event of this batch was stored",
-                )
+                store_refused(&e, "no event of this batch was")
             })?
     };
     let mut stored = ids.into_iter().zip(outcomes).map(|(id, outcome)| match outcome {

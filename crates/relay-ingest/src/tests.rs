@@ -266,7 +266,9 @@ fn stuck() -> Harness {
         Duration::from_millis(200),
         StoreOptions {
             durability: Durability::Flush,
-            flush_stall: Duration::from_secs(2),
+            faults: Some(std::sync::Arc::new(
+                relay_store::Faults::parse("flush.journal=stall:2s", 1).unwrap(),
+            )),
             ..StoreOptions::default()
         },
     )
@@ -540,4 +542,41 @@ proptest! {
         }
         prop_assert_eq!(rt.block_on(h.stored()), accepted);
     }
+}
+
+/// Every journal flush fails, and so does writing it again elsewhere: the store is failing.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_store_answers_503_store_failing_and_health_says_so() {
+    let h = harness_with(
+        Duration::from_millis(400),
+        StoreOptions {
+            faults: Some(std::sync::Arc::new(
+                relay_store::Faults::parse("flush.journal=error", 1).unwrap(),
+            )),
+            ..StoreOptions::default()
+        },
+    );
+    let (status, body) = h.post(event("first").to_string()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"], "store_failing", "{body}");
+    // From now on, and bad input is still bad input.
+    let (status, body) = h.post(event("second").to_string()).await;
+    assert_eq!(
+        (status, body["error"].as_str()),
+        (StatusCode::SERVICE_UNAVAILABLE, Some("store_failing"))
+    );
+    let (status, _) = h.post("{").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, body) = h
+        .send(Request::get("/health").body(Body::empty()).unwrap())
+        .await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        (body["status"].as_str(), body["error"].as_str()),
+        (Some("failing"), Some("store_failing"))
+    );
+    assert!(
+        !body.to_string().contains("EIO"),
+        "no internals in a public answer: {body}"
+    );
 }

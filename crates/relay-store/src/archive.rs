@@ -26,6 +26,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::disk::Disk;
 use crate::writer::Job;
 use crate::{OpenError, open_connection};
 
@@ -58,6 +59,7 @@ pub struct ArchivedEvent {
 /// Writes events to a new archive file (flushed and renamed into place) and indexes them.
 /// Returns the file's path.
 pub(crate) fn write(
+    disk: &Disk,
     data_dir: &Path,
     kind: &str,
     events: &[ArchivedEvent],
@@ -83,21 +85,29 @@ pub(crate) fn write(
     );
     let path = dir.join(&name);
     let partial = dir.join(format!(".{name}.partial"));
-    let mut gz = GzEncoder::new(
-        io::BufWriter::new(File::create(&partial)?),
-        Compression::fast(),
-    );
-    for event in events {
-        serde_json::to_writer(&mut gz, event)?;
-        gz.write_all(b"\n")?;
+    // Left by a run that failed part-way: never renamed, so never indexed.
+    let _ = fs::remove_file(&partial);
+    let written = (|| {
+        let mut gz = GzEncoder::new(
+            io::BufWriter::new(disk.create_new(&partial)?),
+            Compression::fast(),
+        );
+        for event in events {
+            serde_json::to_writer(&mut gz, event)?;
+            gz.write_all(b"\n")?;
+        }
+        let file = gz
+            .finish()?
+            .into_inner()
+            .map_err(io::IntoInnerError::into_error)?;
+        file.sync_all()?;
+        disk.rename(&partial, &path)?;
+        disk.sync_dir(&dir)
+    })();
+    if let Err(e) = written {
+        let _ = fs::remove_file(&partial);
+        return Err(e);
     }
-    let file = gz
-        .finish()?
-        .into_inner()
-        .map_err(io::IntoInnerError::into_error)?;
-    file.sync_all()?;
-    fs::rename(&partial, &path)?;
-    File::open(&dir)?.sync_all()?;
 
     let relative = Path::new(&day).join(&name);
     index(data_dir, events, &relative, now).map_err(io::Error::other)?;
@@ -248,6 +258,7 @@ pub(crate) struct Archiver {
     clock: Arc<dyn Clock>,
     every: Duration,
     last: Option<Instant>,
+    disk: Disk,
 }
 
 impl Archiver {
@@ -255,6 +266,7 @@ impl Archiver {
         data_dir: &Path,
         retention: Duration,
         clock: Arc<dyn Clock>,
+        disk: Disk,
     ) -> Result<Self, OpenError> {
         let conn = open_connection(
             &data_dir.join(crate::DB_FILE),
@@ -268,6 +280,7 @@ impl Archiver {
             // A tenth of the retention: events leave at most 10 % later than due.
             every: (retention / 10).clamp(Duration::from_secs(1), Duration::from_secs(60)),
             last: None,
+            disk,
         })
     }
 
@@ -297,7 +310,7 @@ impl Archiver {
         }
         let events = load(&self.conn, &ids, "retention", now)
             .map_err(|e| format!("cannot read events to archive: {e}"))?;
-        let path = write(&self.data_dir, "delivered", &events, now)
+        let path = write(&self.disk, &self.data_dir, "delivered", &events, now)
             .map_err(|e| format!("cannot write the archive: {e}"))?;
         let mut removed = 0;
         for chunk in ids.chunks(CHUNK) {

@@ -11,33 +11,32 @@
 //! Segments are zero-filled to their full size and flushed before they are used, by a thread of
 //! their own, and records are then written in place: a flush only has data to write, never the
 //! file's size or block map, so it does not wait for the filesystem's own journal (and for
-//! whatever other files have queued there).
+//! whatever other files have queued there). The records' layout is in [`crate::record`].
 //!
-//! Record layout: `len: u32 LE`, `crc32: u32 LE` of the body, then the body of `len` bytes:
-//! `seq: u64 LE`, `received_at: i64 LE`, `id_len: u32 LE`, the id, the payload JSON. A zero
-//! `len` is the unwritten rest of a segment. Recovery reads a segment up to its first torn or
-//! corrupt record.
-//!
-//! The events of one batch request (`POST /events/batch`) are one *group* record, so that a
-//! crash keeps all of them or none: `id_len` is [`GROUP`], followed by `count: u32 LE` and, per
-//! event, `id_len: u32 LE`, `payload_len: u32 LE`, the id and the payload; `seq` is the first
-//! event's, the others follow it one by one.
+//! **A failed flush is never retried on trust.** After a failed `fdatasync` the kernel may have
+//! dropped the pages it could not write, so a later flush that succeeds proves nothing about
+//! them. The journal keeps a copy of everything written since the last good flush; when a
+//! flush fails it writes all of it again into a new segment and flushes that. Until that has
+//! worked the store is failing: no event is acknowledged, and nothing written since the last
+//! good flush is called durable.
 
 use std::collections::{HashMap, VecDeque};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::FileExt;
+use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use relay_core::ports::Clock;
-use relay_core::{AcceptOutcome, Event, StoreError, UnixMillis};
+use relay_core::{AcceptOutcome, Event, StoreError};
 use rusqlite::{Connection, OptionalExtension};
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use crate::disk::{Disk, DiskFile};
+use crate::health::Health;
+pub(crate) use crate::record::Entry;
+use crate::record::{encode_all, read_segment};
 use crate::writer::Job;
 
 /// The journal's directory inside the data directory.
@@ -55,24 +54,13 @@ const GATHER_MAX: Duration = Duration::from_micros(300);
 /// arrived in the last quarter millisecond, and a lone event (the last flush long past) never
 /// waits.
 const MIN_FLUSH_INTERVAL: Duration = Duration::from_micros(250);
+/// How often a journal that could not recover from a failed flush tries again.
+const RECOVERY_RETRY: Duration = Duration::from_millis(250);
 /// Most requests logged with one `write`.
 const MAX_BATCH: usize = 4096;
 /// Logged events SQLite has not caught up with yet, beyond which ingest answers 503: the
 /// writer is stuck, and memory must not grow without end.
 const MAX_PENDING: usize = 200_000;
-const HEADER: usize = 8;
-const FIXED: usize = 8 + 8 + 4;
-/// The `id_len` that marks a group record.
-const GROUP: u32 = u32::MAX;
-
-/// One event as the journal holds it and SQLite applies it.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Entry {
-    pub(crate) seq: u64,
-    pub(crate) id: String,
-    pub(crate) payload: String,
-    pub(crate) received_at: UnixMillis,
-}
 
 /// A request to log events, all of them or none: one event, or a batch request's.
 #[derive(Debug)]
@@ -83,13 +71,18 @@ pub(crate) struct Accept {
     pub(crate) reply: oneshot::Sender<Result<Vec<Logged>, StoreError>>,
 }
 
+/// Told once a flush covers a sequence number: `Ok` when it is durable, `Err` when the flush
+/// failed and the journal could not make it durable otherwise.
+pub(crate) type Flushed = Result<(), StoreError>;
+type Waiter = oneshot::Sender<Flushed>;
+
 /// What the journal answered: the outcome, the sequence number whose flush makes it durable,
 /// and a signal fired once that flush has landed (`None`: nothing to wait for).
 #[derive(Debug)]
 pub(crate) struct Logged {
     pub(crate) outcome: AcceptOutcome,
     pub(crate) seq: u64,
-    pub(crate) flushed: Option<oneshot::Receiver<()>>,
+    pub(crate) flushed: Option<oneshot::Receiver<Flushed>>,
 }
 
 /// An event logged but perhaps not yet in SQLite, kept for duplicate checks.
@@ -108,6 +101,12 @@ pub struct FlushStats {
     pub longest_flush_us: AtomicU64,
     /// Events answered 2xx before their flush completed (the `deadline` durability policy).
     pub acked_before_flush: AtomicU64,
+    /// Flushes that failed.
+    pub failed_flushes: AtomicU64,
+    /// Times the journal wrote what a failed flush covered again, into a new segment.
+    pub recoveries: AtomicU64,
+    /// Writes that failed (their events were refused).
+    pub failed_writes: AtomicU64,
 }
 
 /// What the journal thread, the flusher, the SQLite writer and the callers share.
@@ -121,17 +120,34 @@ pub(crate) struct Shared {
     checkpointed: AtomicU64,
     flush: Mutex<FlushRequest>,
     flush_wanted: Condvar,
+    /// The segment being written. The journal thread writes under it, and a recovery swaps it.
+    current: Mutex<Current>,
+    /// Every record written since the last good flush, in order (last sequence number, bytes):
+    /// what a failed flush may have lost, written again by [`recover_from_failed_flush`].
+    unflushed: Mutex<VecDeque<(u64, Vec<u8>)>>,
     segments: Mutex<VecDeque<Segment>>,
     /// A segment prepared ahead of need, for the next rotation.
     spare: Mutex<Spare>,
     spare_wanted: Condvar,
     next_segment: AtomicU64,
     pub(crate) stats: FlushStats,
+    pub(crate) health: Health,
+    clock: Arc<dyn Clock>,
+    /// The journal's writes and flushes; `segments` prepares them.
+    disk: Disk,
+    segment_disk: Disk,
+}
+
+#[derive(Debug)]
+struct Current {
+    file: Arc<DiskFile>,
+    /// Bytes in it.
+    written: u64,
 }
 
 #[derive(Debug, Default)]
 struct Spare {
-    ready: Option<(PathBuf, File)>,
+    ready: Option<(PathBuf, DiskFile)>,
     closed: bool,
 }
 
@@ -139,10 +155,10 @@ struct Spare {
 struct FlushRequest {
     upto: u64,
     /// Files written since their last flush.
-    files: Vec<Arc<File>>,
+    files: Vec<Arc<DiskFile>>,
     /// Answers waiting for a flush, each told once: one wake-up per request, not one per
     /// request per flush.
-    waiters: Vec<oneshot::Sender<()>>,
+    waiters: Vec<Waiter>,
     /// A segment was created: the directory entry must be flushed too.
     dir_changed: bool,
     /// The journal has more requests queued: another write follows at once.
@@ -193,8 +209,8 @@ impl Shared {
                 }
             };
             let Some(segment) = doomed else { break };
-            if let Err(e) = fs::remove_file(&segment.path) {
-                tracing::warn!(path = %segment.path.display(), error = %e, "cannot delete an applied journal segment");
+            if let Err(e) = self.disk.remove_file(&segment.path) {
+                tracing::warn!(path = %segment.path.display(), error = %e, "cannot delete an applied journal segment; the next start replays it again, which changes nothing");
             }
         }
     }
@@ -202,8 +218,8 @@ impl Shared {
     fn request_flush(
         &self,
         upto: u64,
-        file: &Arc<File>,
-        waiters: Vec<oneshot::Sender<()>>,
+        file: &Arc<DiskFile>,
+        waiters: Vec<Waiter>,
         more_coming: bool,
     ) {
         let mut request = lock(&self.flush);
@@ -217,6 +233,15 @@ impl Shared {
         self.flush_wanted.notify_one();
     }
 
+    /// Everything up to `seq` is on disk.
+    fn publish(&self, seq: u64) {
+        self.durable.send_if_modified(|durable| {
+            let raised = seq > *durable;
+            *durable = (*durable).max(seq);
+            raised
+        });
+    }
+
     fn close(&self) {
         lock(&self.flush).closed = true;
         self.flush_wanted.notify_one();
@@ -225,36 +250,35 @@ impl Shared {
     }
 
     /// A new segment: the prepared spare if there is one, else a plain file (its flushes then
-    /// also write its growing size, which is slower but just as safe).
-    fn new_segment(&self) -> io::Result<(PathBuf, File, bool)> {
+    /// also write its growing size, which is slower but just as safe). `true`: its directory
+    /// entry still needs a flush.
+    fn new_segment(&self) -> io::Result<(PathBuf, DiskFile, bool)> {
         let spare = lock(&self.spare).ready.take();
         self.spare_wanted.notify_one();
         if let Some((path, file)) = spare {
-            return Ok((path, file, false));
+            return Ok((path, file.handed_to(&self.disk), false));
         }
         let number = self.next_segment.fetch_add(1, Relaxed);
-        let path = self.dir.join(format!("{number:012}.log"));
-        let file = OpenOptions::new()
-            .create_new(true)
-            .write(true)
-            .open(&path)?;
+        let path = self.dir.join(segment_name(number));
+        let file = self.segment_disk.create_new(&path)?.handed_to(&self.disk);
         Ok((path, file, true))
     }
 }
 
+fn segment_name(number: u64) -> String {
+    format!("{number:012}.log")
+}
+
 /// Creates a segment zero-filled to [`SEGMENT_BYTES`] and flushes it, with its directory entry.
-fn prepare_segment(dir: &Path, number: u64) -> io::Result<(PathBuf, File)> {
-    let path = dir.join(format!("{number:012}.log"));
-    let mut file = OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .open(&path)?;
+fn prepare_segment(disk: &Disk, dir: &Path, number: u64) -> io::Result<(PathBuf, DiskFile)> {
+    let path = dir.join(segment_name(number));
+    let file = disk.create_new(&path)?;
     let zeros = vec![0u8; 1 << 20];
-    for _ in 0..SEGMENT_BYTES / zeros.len() as u64 {
-        file.write_all(&zeros)?;
+    for i in 0..SEGMENT_BYTES / zeros.len() as u64 {
+        file.write_all_at(&zeros, i * zeros.len() as u64)?;
     }
     file.sync_all()?;
-    File::open(dir)?.sync_all()?;
+    disk.sync_dir(dir)?;
     Ok((path, file))
 }
 
@@ -274,10 +298,12 @@ fn prepare_loop(shared: &Shared) {
             }
         }
         let number = shared.next_segment.fetch_add(1, Relaxed);
-        match prepare_segment(&shared.dir, number) {
+        match prepare_segment(&shared.segment_disk, &shared.dir, number) {
             Ok(ready) => lock(&shared.spare).ready = Some(ready),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot prepare a journal segment; retrying in 1 s");
+                // What it left is no segment: a later start must not read it as one.
+                let _ = std::fs::remove_file(shared.dir.join(segment_name(number)));
                 std::thread::sleep(Duration::from_secs(1));
             }
         }
@@ -294,8 +320,8 @@ pub(crate) struct Recovered {
 }
 
 /// The segments in `dir`, by number, oldest first.
-fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
-    let mut numbered: Vec<(u64, PathBuf)> = fs::read_dir(dir)?
+pub(crate) fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
+    let mut numbered: Vec<(u64, PathBuf)> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter_map(|p| {
             let n = p
@@ -314,7 +340,7 @@ fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// Lists the segments left by earlier runs; `read_segment` each, apply, then [`start`].
 pub(crate) fn recover(data_dir: &Path) -> io::Result<Recovered> {
     let dir = data_dir.join(DIR);
-    fs::create_dir_all(&dir)?;
+    std::fs::create_dir_all(&dir)?;
     let numbered = segments(&dir)?;
     let next_segment = numbered.last().map_or(1, |(n, _)| n + 1);
     Ok(Recovered {
@@ -334,7 +360,7 @@ pub(crate) fn find(data_dir: &Path, id: &str) -> io::Result<Option<Entry>> {
     }
     for (_, path) in segments(&dir)?.into_iter().rev() {
         // A segment deleted meanwhile (indexed and checkpointed) holds nothing to find.
-        let (entries, _) = match read_segment(&path) {
+        let (entries, _, _) = match read_segment(&path) {
             Ok(read) => read,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
             Err(e) => return Err(e),
@@ -355,161 +381,6 @@ impl Recovered {
     }
 }
 
-/// Reads every intact record of a segment. The second value says why reading stopped early
-/// (a torn or corrupt record: the tail of a write the process or machine died during).
-pub(crate) fn read_segment(path: &Path) -> io::Result<(Vec<Entry>, Option<String>)> {
-    let bytes = fs::read(path)?;
-    let mut entries = Vec::new();
-    let mut at = 0;
-    while at < bytes.len() {
-        match decode(&bytes[at..]) {
-            Ok(Some((decoded, used))) => {
-                entries.extend(decoded);
-                at += used;
-            }
-            // The zero-filled, never written rest of the segment.
-            Ok(None) => break,
-            Err(why) => {
-                return Ok((
-                    entries,
-                    Some(format!("{why} at byte {at} of {}", bytes.len())),
-                ));
-            }
-        }
-    }
-    Ok((entries, None))
-}
-
-#[cfg(test)]
-pub(crate) fn encode(
-    buf: &mut Vec<u8>,
-    seq: u64,
-    received_at: UnixMillis,
-    id: &str,
-    payload: &str,
-) {
-    encode_all(
-        buf,
-        &[Entry {
-            seq,
-            id: id.into(),
-            payload: payload.into(),
-            received_at,
-        }],
-    );
-}
-
-/// Appends one record holding `entries` (consecutive sequence numbers, one receipt time): a
-/// plain record for one, a group record for more.
-pub(crate) fn encode_all(buf: &mut Vec<u8>, entries: &[Entry]) {
-    let [first, ..] = entries else { return };
-    let len = match entries {
-        [one] => FIXED + one.id.len() + one.payload.len(),
-        _ => {
-            FIXED
-                + 4
-                + entries
-                    .iter()
-                    .map(|e| 8 + e.id.len() + e.payload.len())
-                    .sum::<usize>()
-        }
-    };
-    buf.reserve(HEADER + len);
-    buf.extend_from_slice(&(len as u32).to_le_bytes());
-    let crc_at = buf.len();
-    buf.extend_from_slice(&[0; 4]);
-    let body = buf.len();
-    buf.extend_from_slice(&first.seq.to_le_bytes());
-    buf.extend_from_slice(&first.received_at.to_le_bytes());
-    if let [one] = entries {
-        buf.extend_from_slice(&(one.id.len() as u32).to_le_bytes());
-        buf.extend_from_slice(one.id.as_bytes());
-        buf.extend_from_slice(one.payload.as_bytes());
-    } else {
-        buf.extend_from_slice(&GROUP.to_le_bytes());
-        buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-        for e in entries {
-            buf.extend_from_slice(&(e.id.len() as u32).to_le_bytes());
-            buf.extend_from_slice(&(e.payload.len() as u32).to_le_bytes());
-            buf.extend_from_slice(e.id.as_bytes());
-            buf.extend_from_slice(e.payload.as_bytes());
-        }
-    }
-    let crc = crc32fast::hash(&buf[body..]);
-    buf[crc_at..body].copy_from_slice(&crc.to_le_bytes());
-}
-
-/// One record's events and its size; `None` at the unwritten (zero) rest of a segment.
-fn decode(bytes: &[u8]) -> Result<Option<(Vec<Entry>, usize)>, &'static str> {
-    let word = |at: usize| -> Option<[u8; 4]> { bytes.get(at..at + 4)?.try_into().ok() };
-    let (Some(len), Some(crc)) = (word(0), word(4)) else {
-        return match bytes.iter().all(|b| *b == 0) {
-            true => Ok(None),
-            false => Err("torn record header"),
-        };
-    };
-    let len = u32::from_le_bytes(len) as usize;
-    if len == 0 {
-        return match bytes.iter().all(|b| *b == 0) {
-            true => Ok(None),
-            false => Err("corrupt record"),
-        };
-    }
-    let Some(body) = bytes.get(HEADER..HEADER + len) else {
-        return Err("torn record");
-    };
-    if len < FIXED || crc32fast::hash(body) != u32::from_le_bytes(crc) {
-        return Err("corrupt record");
-    }
-    let u64_at = |at: usize| u64::from_le_bytes(body[at..at + 8].try_into().unwrap_or_default());
-    let u32_at = |rest: &[u8], at: usize| -> Option<usize> {
-        Some(u32::from_le_bytes(rest.get(at..at + 4)?.try_into().ok()?) as usize)
-    };
-    let (seq, received_at) = (u64_at(0), u64_at(8) as i64);
-    let text = |bytes: &[u8]| std::str::from_utf8(bytes).map(str::to_owned);
-    let id_len = u32_at(body, 16).ok_or("corrupt record")?;
-    let mut rest = &body[FIXED..];
-    if id_len != GROUP as usize {
-        if id_len > rest.len() {
-            return Err("corrupt record");
-        }
-        let (id, payload) = rest.split_at(id_len);
-        let (Ok(id), Ok(payload)) = (text(id), text(payload)) else {
-            return Err("corrupt record");
-        };
-        let entry = Entry {
-            seq,
-            received_at,
-            id,
-            payload,
-        };
-        return Ok(Some((vec![entry], HEADER + len)));
-    }
-    let count = u32_at(rest, 0).ok_or("corrupt record")?;
-    rest = &rest[4..];
-    let mut entries = Vec::with_capacity(count.min(1024));
-    for k in 0..count {
-        let (Some(id_len), Some(payload_len)) = (u32_at(rest, 0), u32_at(rest, 4)) else {
-            return Err("corrupt record");
-        };
-        let Some(item) = rest.get(8..8 + id_len + payload_len) else {
-            return Err("corrupt record");
-        };
-        let (id, payload) = item.split_at(id_len);
-        let (Ok(id), Ok(payload)) = (text(id), text(payload)) else {
-            return Err("corrupt record");
-        };
-        entries.push(Entry {
-            seq: seq + k as u64,
-            received_at,
-            id,
-            payload,
-        });
-        rest = &rest[8 + id_len + payload_len..];
-    }
-    Ok(Some((entries, HEADER + len)))
-}
-
 /// The running journal: its thread's queue and what it shares.
 #[derive(Debug)]
 pub(crate) struct Handle {
@@ -524,8 +395,8 @@ pub(crate) struct Start {
     pub(crate) lookup: Connection,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) apply: mpsc::Sender<Job>,
-    /// Sleep before every flush: fault injection for tests of slow disks.
-    pub(crate) flush_stall: Duration,
+    pub(crate) disk: Disk,
+    pub(crate) segment_disk: Disk,
 }
 
 /// Starts the journal and flusher threads on a fresh segment, after recovery.
@@ -535,7 +406,8 @@ pub(crate) fn start(
     rx: mpsc::Receiver<Accept>,
 ) -> io::Result<Handle> {
     let dir = start.data_dir.join(DIR);
-    let (path, file) = prepare_segment(&dir, recovered.next_segment)?;
+    let (path, file) = prepare_segment(&start.segment_disk, &dir, recovered.next_segment)?;
+    let file = file.handed_to(&start.disk);
     let durable_seq = recovered.next_seq - 1;
     let shared = Arc::new(Shared {
         dir: dir.clone(),
@@ -544,27 +416,33 @@ pub(crate) fn start(
         checkpointed: AtomicU64::new(durable_seq),
         flush: Mutex::default(),
         flush_wanted: Condvar::new(),
+        current: Mutex::new(Current {
+            file: Arc::new(file),
+            written: 0,
+        }),
+        unflushed: Mutex::default(),
         segments: Mutex::new(VecDeque::from([Segment { path, last_seq: 0 }])),
         spare: Mutex::default(),
         spare_wanted: Condvar::new(),
         next_segment: AtomicU64::new(recovered.next_segment + 1),
         stats: FlushStats::default(),
+        health: Health::new(&start.data_dir),
+        clock: Arc::clone(&start.clock),
+        disk: start.disk,
+        segment_disk: start.segment_disk,
     });
     let journal = Journal {
         shared: Arc::clone(&shared),
         lookup: start.lookup,
         clock: start.clock,
         apply: start.apply,
-        file: Arc::new(file),
-        written: 0,
         next_seq: recovered.next_seq,
     };
     let flusher = {
         let shared = Arc::clone(&shared);
-        let stall = start.flush_stall;
         std::thread::Builder::new()
             .name("relay-store-flusher".into())
-            .spawn(move || flush_loop(&shared, stall))?
+            .spawn(move || flush_loop(&shared))?
     };
     let preparer = {
         let shared = Arc::clone(&shared);
@@ -586,15 +464,20 @@ struct Journal {
     lookup: Connection,
     clock: Arc<dyn Clock>,
     apply: mpsc::Sender<Job>,
-    file: Arc<File>,
-    /// Bytes in the current segment.
-    written: u64,
     next_seq: u64,
 }
 
 type Reply = oneshot::Sender<Result<Vec<Logged>, StoreError>>;
 /// What is known of an id already: `Some((same payload?, its sequence number))`.
 type Known = Option<(bool, u64)>;
+
+/// One request's answer as it is being built: the reply, the answer, and the sequence numbers
+/// of the new events it logged (which a failed write takes back).
+struct Answer {
+    reply: Reply,
+    answer: Result<Vec<Logged>, StoreError>,
+    new: Option<(u64, u64)>,
+}
 
 impl Journal {
     fn run(mut self, mut rx: mpsc::Receiver<Accept>) {
@@ -622,15 +505,49 @@ impl Journal {
     /// Logs one group of requests with one `write`, hands the new events to SQLite, and
     /// answers every request. A request's new events are one record: all of them or none.
     fn log(&mut self, batch: &mut Vec<Accept>, buf: &mut Vec<u8>, more_coming: bool) {
-        let now = self.clock.now();
+        if let Some(reason) = self.shared.health.refusing() {
+            for accept in batch.drain(..) {
+                let _ = accept.reply.send(Err(StoreError::Failing(reason.clone())));
+            }
+            return;
+        }
+        let known = self.known(batch);
         let mut entries = Vec::new();
         let mut waiters = Vec::new();
-        // Per request: its answers, and whether it logged anything new (which a failed write
-        // takes back).
-        let mut answers: Vec<(Reply, Result<Vec<Logged>, StoreError>, bool)> =
-            Vec::with_capacity(batch.len());
-        // Duplicates among events not yet indexed, then (without holding the map, which the
-        // writer needs too) among indexed ones.
+        let mut answers = Vec::with_capacity(batch.len());
+        {
+            let shared = Arc::clone(&self.shared);
+            let mut pending = lock(&shared.pending);
+            for (accept, known) in batch.drain(..).zip(known) {
+                answers.push(self.stage(
+                    accept,
+                    known,
+                    &mut pending,
+                    &mut entries,
+                    &mut waiters,
+                    buf,
+                ));
+            }
+        }
+        if !buf.is_empty() {
+            self.write(buf, entries, &mut waiters, &mut answers, more_coming);
+            buf.clear();
+        }
+        if !waiters.is_empty() {
+            // Only duplicates of events still waiting for their flush: the next flush covers them.
+            let current = Arc::clone(&lock(&self.shared.current).file);
+            self.shared
+                .request_flush(self.next_seq - 1, &current, waiters, more_coming);
+        }
+        for Answer { reply, answer, .. } in answers {
+            // A dropped receiver means the caller gave up; the events are logged all the same.
+            let _ = reply.send(answer);
+        }
+    }
+
+    /// What is known already of each event's id: among events not yet indexed, then (without
+    /// holding the map, which the writer needs too) among indexed ones.
+    fn known(&self, batch: &[Accept]) -> Vec<Result<Vec<Known>, StoreError>> {
         let seen: Vec<Vec<Known>> = {
             let pending = lock(&self.shared.pending);
             batch
@@ -647,8 +564,7 @@ impl Journal {
                 })
                 .collect()
         };
-        let seen: Vec<Result<Vec<Known>, StoreError>> = seen
-            .into_iter()
+        seen.into_iter()
             .zip(batch.iter())
             .map(|(seen, a)| {
                 seen.into_iter()
@@ -659,145 +575,178 @@ impl Journal {
                     })
                     .collect()
             })
-            .collect();
-        {
-            let mut pending = lock(&self.shared.pending);
-            for (Accept { events, reply }, known) in batch.drain(..).zip(seen) {
-                let known = match known {
-                    Ok(known) => known,
-                    Err(e) => {
-                        answers.push((reply, Err(e), false));
-                        continue;
-                    }
-                };
-                if pending.len() + events.len() > MAX_PENDING {
-                    let behind = StoreError::Unavailable(
-                        "the store is behind: too many events wait to be indexed".into(),
-                    );
-                    answers.push((reply, Err(behind), false));
-                    continue;
-                }
-                let mut logged = Vec::with_capacity(events.len());
-                let mut group = Vec::new();
-                for ((event, payload), known) in events.into_iter().zip(known) {
-                    // The same id earlier in this group or request: pending by now.
-                    let known = known.or_else(|| {
-                        pending
-                            .get(&event.id)
-                            .map(|p| (p.payload == event.payload, p.seq))
-                    });
-                    logged.push(match known {
-                        Some((true, seq)) => Logged {
-                            outcome: AcceptOutcome::Duplicate,
+            .collect()
+    }
+
+    /// One request's outcomes; its new events are encoded into `buf` as one record.
+    fn stage(
+        &mut self,
+        Accept { events, reply }: Accept,
+        known: Result<Vec<Known>, StoreError>,
+        pending: &mut HashMap<String, Pending>,
+        entries: &mut Vec<Entry>,
+        waiters: &mut Vec<Waiter>,
+        buf: &mut Vec<u8>,
+    ) -> Answer {
+        let refused = |reply, e| Answer {
+            reply,
+            answer: Err(e),
+            new: None,
+        };
+        let known = match known {
+            Ok(known) => known,
+            Err(e) => return refused(reply, e),
+        };
+        if pending.len() + events.len() > MAX_PENDING {
+            let behind = StoreError::Unavailable(
+                "the store is behind: too many events wait to be indexed".into(),
+            );
+            return refused(reply, behind);
+        }
+        let now = self.clock.now();
+        let durable = *self.shared.durable.borrow();
+        let first_new = self.next_seq;
+        let mut logged = Vec::with_capacity(events.len());
+        let mut group = Vec::new();
+        for ((event, payload), known) in events.into_iter().zip(known) {
+            // The same id earlier in this group or request: pending by now.
+            let known = known.or_else(|| {
+                pending
+                    .get(&event.id)
+                    .map(|p| (p.payload == event.payload, p.seq))
+            });
+            logged.push(match known {
+                // A duplicate is answered once its twin is durable, never before.
+                Some((true, seq)) => Logged {
+                    outcome: AcceptOutcome::Duplicate,
+                    seq,
+                    flushed: (seq > durable).then(|| watch_flush(waiters)),
+                },
+                Some((false, _)) => Logged {
+                    outcome: AcceptOutcome::Conflict,
+                    seq: 0,
+                    flushed: None,
+                },
+                None => {
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    pending.insert(
+                        event.id.clone(),
+                        Pending {
+                            payload: event.payload,
                             seq,
-                            flushed: (seq > *self.shared.durable.borrow())
-                                .then(|| watch_flush(&mut waiters)),
                         },
-                        Some((false, _)) => Logged {
-                            outcome: AcceptOutcome::Conflict,
-                            seq: 0,
-                            flushed: None,
-                        },
-                        None => {
-                            let seq = self.next_seq;
-                            self.next_seq += 1;
-                            pending.insert(
-                                event.id.clone(),
-                                Pending {
-                                    payload: event.payload,
-                                    seq,
-                                },
-                            );
-                            group.push(Entry {
-                                seq,
-                                id: event.id,
-                                payload,
-                                received_at: now,
-                            });
-                            Logged {
-                                outcome: AcceptOutcome::Accepted,
-                                seq,
-                                flushed: Some(watch_flush(&mut waiters)),
-                            }
-                        }
-                    });
-                }
-                encode_all(buf, &group);
-                let new = !group.is_empty();
-                entries.append(&mut group);
-                answers.push((reply, Ok(logged), new));
-            }
-        }
-        if !buf.is_empty() {
-            match self.file.write_all_at(buf, self.written) {
-                Ok(()) => {
-                    self.written += buf.len() as u64;
-                    let last = self.next_seq - 1;
-                    if let Some(segment) = lock(&self.shared.segments).back_mut() {
-                        segment.last_seq = last;
-                    }
-                    self.shared.request_flush(
-                        last,
-                        &self.file,
-                        std::mem::take(&mut waiters),
-                        more_coming,
                     );
-                    // Before any answer, so whatever a caller does next reaches the writer
-                    // after the event itself.
-                    if self.apply.blocking_send(Job::Apply(entries)).is_err() {
-                        tracing::error!(
-                            "the store writer has stopped; logged events are indexed at the next start"
-                        );
+                    group.push(Entry {
+                        seq,
+                        id: event.id,
+                        payload,
+                        received_at: now,
+                    });
+                    Logged {
+                        outcome: AcceptOutcome::Accepted,
+                        seq,
+                        flushed: Some(watch_flush(waiters)),
                     }
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot write the journal; refusing this group of events");
-                    self.shared.applied(&entries);
-                    let failed = StoreError::Unavailable(format!("cannot write the journal: {e}"));
-                    for (_, answer, new) in &mut answers {
-                        if *new {
-                            *answer = Err(failed.clone());
-                        }
-                    }
-                    // The waiters stay: duplicates of older events still wait for their flush
-                    // (the failed events' answers, and so their signals, are dropped).
-                    // The failed write may have left part of a record: continue in a new file.
-                    self.written = SEGMENT_BYTES;
-                }
-            }
-            buf.clear();
+            });
         }
-        if !waiters.is_empty() {
-            // Only duplicates of events still waiting for their flush: the next flush covers them.
-            self.shared
-                .request_flush(self.next_seq - 1, &self.file, waiters, more_coming);
-        }
-        if self.written + HEADROOM > SEGMENT_BYTES {
-            self.rotate();
-        }
-        for (reply, answer, _) in answers {
-            // A dropped receiver means the caller gave up; the events are logged all the same.
-            let _ = reply.send(answer);
+        encode_all(buf, &group);
+        let new = (!group.is_empty()).then(|| (first_new, self.next_seq - 1));
+        entries.append(&mut group);
+        Answer {
+            reply,
+            answer: Ok(logged),
+            new,
         }
     }
 
-    fn rotate(&mut self) {
-        match self.shared.new_segment() {
-            Ok((path, file, unprepared)) => {
-                self.file = Arc::new(file);
-                self.written = 0;
-                lock(&self.shared.segments).push_back(Segment { path, last_seq: 0 });
-                // A prepared segment's directory entry is flushed already.
-                lock(&self.shared.flush).dir_changed |= unprepared;
+    /// Writes the group's records with one `write`, keeps a copy until they are flushed, and
+    /// hands the events to SQLite. If the write fails, no event of it is stored: their
+    /// requests, and duplicates waiting on them, are refused.
+    fn write(
+        &mut self,
+        buf: &[u8],
+        entries: Vec<Entry>,
+        waiters: &mut Vec<Waiter>,
+        answers: &mut [Answer],
+        more_coming: bool,
+    ) {
+        let last = self.next_seq - 1;
+        let shared = Arc::clone(&self.shared);
+        let mut current = lock(&shared.current);
+        let offset = current.written;
+        match current.file.write_all_at(buf, offset) {
+            Ok(()) => {
+                current.written += buf.len() as u64;
+                if let Some(segment) = lock(&self.shared.segments).back_mut() {
+                    segment.last_seq = last;
+                }
+                lock(&self.shared.unflushed).push_back((last, buf.to_vec()));
+                self.shared.request_flush(
+                    last,
+                    &current.file,
+                    std::mem::take(waiters),
+                    more_coming,
+                );
+                if current.written + HEADROOM > SEGMENT_BYTES {
+                    rotate(&shared, &mut current);
+                }
+                drop(current);
+                // Before any answer, so whatever a caller does next reaches the writer after
+                // the event itself.
+                if self.apply.blocking_send(Job::Apply(entries)).is_err() {
+                    tracing::error!(
+                        "the store writer has stopped; logged events are indexed at the next start"
+                    );
+                }
             }
             Err(e) => {
-                tracing::error!(error = %e, "cannot start a new journal segment; continuing in the current one");
+                // What part of the group did land must not be read back as accepted.
+                let _ = current.file.write_all_at(&vec![0; buf.len()], offset);
+                // The failed write may have left part of a record: continue in a new file.
+                rotate(&shared, &mut current);
+                drop(current);
+                shared.applied(&entries);
+                shared.stats.failed_writes.fetch_add(1, Relaxed);
+                tracing::error!(error = %e, events = entries.len(), "cannot write the journal; refusing this group of events");
+                let failed = StoreError::Unavailable(format!("cannot write the journal: {e}"));
+                let ranges: Vec<(u64, u64)> = answers.iter().filter_map(|a| a.new).collect();
+                let lost = |seq: u64| ranges.iter().any(|(f, l)| (*f..=*l).contains(&seq));
+                for a in answers.iter_mut() {
+                    let twin_lost = a.answer.as_ref().is_ok_and(|logged| {
+                        logged
+                            .iter()
+                            .any(|l| l.outcome == AcceptOutcome::Duplicate && lost(l.seq))
+                    });
+                    if a.new.is_some() || twin_lost {
+                        a.answer = Err(failed.clone());
+                    }
+                }
+                // The waiters stay: duplicates of older events still wait for their flush
+                // (the failed events' answers, and so their signals, are dropped).
             }
         }
     }
 }
 
-fn watch_flush(waiters: &mut Vec<oneshot::Sender<()>>) -> oneshot::Receiver<()> {
+/// Continues the journal in a new segment.
+fn rotate(shared: &Shared, current: &mut Current) {
+    match shared.new_segment() {
+        Ok((path, file, unprepared)) => {
+            current.file = Arc::new(file);
+            current.written = 0;
+            lock(&shared.segments).push_back(Segment { path, last_seq: 0 });
+            // A prepared segment's directory entry is flushed already.
+            lock(&shared.flush).dir_changed |= unprepared;
+        }
+        Err(e) => {
+            tracing::error!(error = %e, "cannot start a new journal segment; continuing in the current one");
+        }
+    }
+}
+
+fn watch_flush(waiters: &mut Vec<Waiter>) -> oneshot::Receiver<Flushed> {
     let (tx, rx) = oneshot::channel();
     waiters.push(tx);
     rx
@@ -817,9 +766,36 @@ fn stored(lookup: &Connection, event: &Event) -> Result<Option<bool>, StoreError
 
 /// The flusher thread: flushes whatever was written since the last flush, then publishes the
 /// new durable sequence number. Flushes never overlap, and one covers every write before it.
-fn flush_loop(shared: &Shared, stall: Duration) {
+/// A failed flush hands over to [`recover_from_failed_flush`], and nothing more is flushed until it has worked.
+fn flush_loop(shared: &Shared) {
     let mut last_started = Instant::now();
     loop {
+        if shared.health.recovering() {
+            let (upto, waiters, closed) = {
+                let mut request = lock(&shared.flush);
+                // The old files are not flushed again: a success there would prove nothing.
+                request.files.clear();
+                (
+                    std::mem::take(&mut request.upto),
+                    std::mem::take(&mut request.waiters),
+                    request.closed,
+                )
+            };
+            if closed {
+                tracing::error!(
+                    "stopping before the journal recovered: events written since its last good flush may be lost to a power cut"
+                );
+                return;
+            }
+            if !recover_from_failed_flush(shared, waiters, upto) {
+                let request = lock(&shared.flush);
+                let _ = shared
+                    .flush_wanted
+                    .wait_timeout(request, RECOVERY_RETRY)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            continue;
+        }
         let (upto, files, dir_changed, waiters) = {
             let mut request = lock(&shared.flush);
             while request.files.is_empty() && !request.closed {
@@ -851,20 +827,17 @@ fn flush_loop(shared: &Shared, stall: Duration) {
                     .unwrap_or_else(|poisoned| poisoned.into_inner().0);
             }
             (
-                request.upto,
+                std::mem::take(&mut request.upto),
                 std::mem::take(&mut request.files),
                 std::mem::take(&mut request.dir_changed),
                 std::mem::take(&mut request.waiters),
             )
         };
-        if !stall.is_zero() {
-            std::thread::sleep(stall);
-        }
         let started = Instant::now();
         last_started = started;
         let mut result = files.iter().try_for_each(|f| f.sync_data());
         if result.is_ok() && dir_changed {
-            result = File::open(&shared.dir).and_then(|d| d.sync_all());
+            result = shared.disk.sync_dir(&shared.dir);
         }
         let took = started.elapsed();
         let stats = &shared.stats;
@@ -882,98 +855,101 @@ fn flush_loop(shared: &Shared, stall: Duration) {
         }
         match result {
             Ok(()) => {
-                shared.durable.send_if_modified(|durable| {
-                    let raised = upto > *durable;
-                    *durable = (*durable).max(upto);
-                    raised
-                });
+                lock(&shared.unflushed).retain(|(last, _)| *last > upto);
+                shared.publish(upto);
                 for waiter in waiters {
                     // A dropped receiver: that answer went out at its deadline already.
-                    let _ = waiter.send(());
+                    let _ = waiter.send(Ok(()));
                 }
             }
             Err(e) => {
-                // Try again with the next flush; the events stay acknowledged or waiting.
-                tracing::error!(error = %e, "cannot flush the journal; retrying");
-                let mut request = lock(&shared.flush);
-                request.files.extend(files);
-                request.dir_changed |= dir_changed;
-                request.waiters.extend(waiters);
-                drop(request);
-                std::thread::sleep(Duration::from_millis(100));
+                stats.failed_flushes.fetch_add(1, Relaxed);
+                shared.health.set_recovering(true);
+                shared.health.set(
+                    "journal",
+                    format!("a journal flush failed ({e}); writing what it covered again"),
+                    shared.clock.now(),
+                );
+                recover_from_failed_flush(shared, waiters, upto);
             }
         }
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn entry(seq: u64, id: &str) -> Entry {
-        Entry {
-            seq,
-            id: id.into(),
-            payload: format!(r#"{{"id":"{id}"}}"#),
-            received_at: 5,
+/// After a failed flush: writes everything since the last good flush into a new segment, and
+/// flushes that. On success the waiters are told their events are durable and the journal
+/// goes on in the new segment; otherwise they are told it failed (503), and the flusher tries
+/// again later. Says whether it worked.
+fn recover_from_failed_flush(shared: &Shared, waiters: Vec<Waiter>, upto: u64) -> bool {
+    // The journal thread writes under this lock: nothing is written while the copy is made.
+    let mut current = lock(&shared.current);
+    let chunks: Vec<(u64, Vec<u8>)> = lock(&shared.unflushed).iter().cloned().collect();
+    let rewritten = rewrite(shared, &chunks);
+    match rewritten {
+        Ok((path, file, bytes)) => {
+            let last = chunks.last().map_or(0, |(seq, _)| *seq);
+            current.file = Arc::new(file);
+            current.written = bytes;
+            lock(&shared.segments).push_back(Segment {
+                path: path.clone(),
+                last_seq: last,
+            });
+            lock(&shared.unflushed).clear();
+            let mut request = lock(&shared.flush);
+            request.files.retain(|f| Arc::ptr_eq(f, &current.file));
+            drop(request);
+            drop(current);
+            // Healthy again before anyone is told, so that what they do next is taken.
+            shared.stats.recoveries.fetch_add(1, Relaxed);
+            shared.health.set_recovering(false);
+            shared.health.clear("journal");
+            shared.publish(upto.max(last));
+            for waiter in waiters {
+                let _ = waiter.send(Ok(()));
+            }
+            tracing::warn!(
+                records = chunks.len(),
+                bytes,
+                segment = %path.display(),
+                "the journal recovered from a failed flush: what it covered is written again in a new segment, and flushed"
+            );
+            true
+        }
+        Err(e) => {
+            drop(current);
+            let reason = format!("cannot flush the journal, nor write it again elsewhere: {e}");
+            shared
+                .health
+                .set("journal", reason.clone(), shared.clock.now());
+            for waiter in waiters {
+                let _ = waiter.send(Err(StoreError::Failing(reason.clone())));
+            }
+            false
         }
     }
+}
 
-    #[test]
-    fn a_group_record_is_read_whole_or_not_at_all() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("000000000001.log");
-        let mut buf = Vec::new();
-        encode_all(&mut buf, &[entry(1, "solo")]);
-        let group: Vec<Entry> = (2..=4).map(|s| entry(s, &format!("g{s}"))).collect();
-        encode_all(&mut buf, &group);
-        encode_all(&mut buf, &[]);
-        fs::write(&path, &buf).unwrap();
-        let (entries, stopped) = read_segment(&path).unwrap();
-        assert_eq!(stopped, None);
-        assert_eq!(entries[0], entry(1, "solo"));
-        assert_eq!(entries[1..], group[..]);
-
-        // Cut anywhere inside the group: the group is gone, the record before it stays.
-        let solo_len = {
-            let mut one = Vec::new();
-            encode_all(&mut one, &[entry(1, "solo")]);
-            one.len()
-        };
-        for cut in [solo_len + 3, solo_len + 20, buf.len() - 1] {
-            fs::write(&path, &buf[..cut]).unwrap();
-            let (entries, stopped) = read_segment(&path).unwrap();
-            assert_eq!(entries, [entry(1, "solo")], "cut at {cut}");
-            assert!(stopped.is_some());
+/// `chunks` written into a new segment and flushed, with its directory entry. A segment that
+/// could not be made so is removed again (it holds nothing the journal does not still hold).
+fn rewrite(shared: &Shared, chunks: &[(u64, Vec<u8>)]) -> io::Result<(PathBuf, DiskFile, u64)> {
+    let (path, file, unprepared) = shared.new_segment()?;
+    let written = (|| {
+        let mut at = 0;
+        for (_, bytes) in chunks {
+            file.write_all_at(bytes, at)?;
+            at += bytes.len() as u64;
         }
-    }
-
-    #[test]
-    fn records_round_trip_and_a_torn_tail_is_cut_off() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("000000000001.log");
-        let mut buf = Vec::new();
-        encode(&mut buf, 7, 1_000, "a", r#"{"id":"a"}"#);
-        encode(&mut buf, 8, 1_001, "ünï", r#"{"id":"ünï","x":[1]}"#);
-        let whole = buf.len();
-        encode(&mut buf, 9, 1_002, "c", r#"{"id":"c"}"#);
-        fs::write(&path, &buf[..buf.len() - 3]).unwrap();
-        let (entries, stopped) = read_segment(&path).unwrap();
-        assert_eq!(entries.len(), 2);
-        assert_eq!(entries[1].id, "ünï");
-        assert_eq!(entries[1].seq, 8);
-        assert_eq!(entries[1].received_at, 1_001);
-        assert!(stopped.unwrap().starts_with("torn record at byte"));
-
-        buf.truncate(whole);
-        buf[whole - 1] ^= 0xff;
-        fs::write(&path, &buf).unwrap();
-        let (entries, stopped) = read_segment(&path).unwrap();
-        assert_eq!(
-            entries.len(),
-            1,
-            "a corrupt record and what follows it are dropped"
-        );
-        assert!(stopped.unwrap().starts_with("corrupt record"));
+        file.sync_data()?;
+        if unprepared {
+            shared.disk.sync_dir(&shared.dir)?;
+        }
+        Ok(at)
+    })();
+    match written {
+        Ok(at) => Ok((path, file, at)),
+        Err(e) => {
+            let _ = std::fs::remove_file(&path);
+            Err(e)
+        }
     }
 }

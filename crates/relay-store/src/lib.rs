@@ -11,8 +11,12 @@
 //! processes open it read-mostly ([`Reader`]) thanks to SQLite's WAL mode.
 
 mod archive;
+mod disk;
+mod health;
 mod journal;
 mod read;
+mod record;
+mod replay;
 mod writer;
 
 use std::fs::{File, OpenOptions};
@@ -31,8 +35,12 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use archive::{ARCHIVE_DIR, ArchivedEvent};
+pub use disk::Faults;
+use disk::{Disk, Part};
+pub use health::Failing;
 pub use journal::FlushStats;
 pub use read::{DeliveryView, Reader, StatusCounts};
+pub use replay::QUARANTINE_DIR;
 use writer::Job;
 
 /// `PRAGMA application_id` of a relay store ("rely"), so other files are recognised as such.
@@ -70,29 +78,31 @@ pub struct StoreOptions {
     /// Delivered events older than this (since delivery) move to `DATA_DIR/archive/`;
     /// `None` keeps them in the live store.
     pub retention: Option<Duration>,
-    /// Fault injection for tests: every journal flush first sleeps this long.
-    #[cfg(any(test, feature = "fault-injection"))]
-    pub flush_stall: Duration,
+    /// Fault injection for tests: a schedule of failing, short or stalled filesystem calls
+    /// ([`Faults`]). `None` in production.
+    pub faults: Option<Arc<Faults>>,
 }
 
 impl StoreOptions {
-    /// Applies fault-injection settings from the environment, for tests of the built binary:
-    /// `RELAY_FAULT_FLUSH_STALL=2s` stalls every journal flush that long. Does nothing unless
-    /// built with the `fault-injection` feature.
+    /// Applies a fault schedule from the environment, for tests of the built binary:
+    /// `RELAY_FAULTS` (see [`Faults::parse`]; `RELAY_FAULTS_SEED` seeds its chances). Does
+    /// nothing unless built with the `fault-injection` feature.
     #[must_use]
     pub fn with_faults_from_env(self) -> Self {
         #[cfg(feature = "fault-injection")]
         {
             let mut options = self;
-            if let Ok(raw) = std::env::var("RELAY_FAULT_FLUSH_STALL") {
-                match parse_millis(&raw) {
-                    Some(stall) => {
-                        tracing::warn!(?stall, "fault injection: every journal flush stalls");
-                        options.flush_stall = stall;
+            if let Ok(spec) = std::env::var("RELAY_FAULTS") {
+                let seed = std::env::var("RELAY_FAULTS_SEED")
+                    .ok()
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1);
+                match Faults::parse(&spec, seed) {
+                    Ok(faults) => {
+                        tracing::warn!(%spec, seed, "fault injection: the store's filesystem calls fail on schedule");
+                        options.faults = Some(Arc::new(faults));
                     }
-                    None => {
-                        tracing::warn!(%raw, "ignoring RELAY_FAULT_FLUSH_STALL: expected e.g. 2000ms")
-                    }
+                    Err(e) => tracing::error!(error = %e, "ignoring RELAY_FAULTS"),
                 }
             }
             options
@@ -102,19 +112,6 @@ impl StoreOptions {
     }
 }
 
-/// `250ms` or `2s`.
-#[cfg(feature = "fault-injection")]
-fn parse_millis(raw: &str) -> Option<Duration> {
-    let raw = raw.trim();
-    if let Some(ms) = raw.strip_suffix("ms") {
-        return ms.parse().ok().map(Duration::from_millis);
-    }
-    raw.strip_suffix('s')?
-        .parse()
-        .ok()
-        .map(Duration::from_secs_f64)
-}
-
 impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
@@ -122,8 +119,7 @@ impl Default for StoreOptions {
             durability: Durability::default(),
             flush_wait: Duration::from_millis(50),
             retention: None,
-            #[cfg(any(test, feature = "fault-injection"))]
-            flush_stall: Duration::ZERO,
+            faults: None,
         }
     }
 }
@@ -247,7 +243,8 @@ impl SqliteStore {
         if recovered > 0 {
             tracing::info!(recovered, "made leases of a previous run due again");
         }
-        let journal = replay_journal(dir, &conn, &path)?;
+        let disk = |part| Disk::new(part, options.faults.clone());
+        let journal = replay::replay(dir, &conn, &path, &disk(Part::Quarantine))?;
 
         let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (accepts, accept_rx) = mpsc::channel(QUEUE_CAPACITY);
@@ -267,10 +264,8 @@ impl SqliteStore {
                 lookup,
                 clock: Arc::clone(&options.clock),
                 apply: jobs.clone(),
-                #[cfg(any(test, feature = "fault-injection"))]
-                flush_stall: options.flush_stall,
-                #[cfg(not(any(test, feature = "fault-injection")))]
-                flush_stall: Duration::ZERO,
+                disk: disk(Part::Journal),
+                segment_disk: disk(Part::Segment),
             },
             accept_rx,
         )
@@ -281,6 +276,7 @@ impl SqliteStore {
             Arc::clone(&work),
             Arc::clone(&options.clock),
             Arc::clone(&journal.shared),
+            disk(Part::Index),
         )
         .map_err(io)?;
         let archiver = match options.retention {
@@ -288,6 +284,7 @@ impl SqliteStore {
                 dir,
                 retention,
                 Arc::clone(&options.clock),
+                disk(Part::Archive),
             )?),
             None => None,
         };
@@ -399,12 +396,23 @@ impl Ingest for SqliteStore {
         }
         self.log(events).await
     }
+
+    fn health(&self) -> Result<(), String> {
+        match self.inner.shared.health.refusing() {
+            Some(reason) => Err(reason),
+            None => Ok(()),
+        }
+    }
 }
 
 impl SqliteStore {
     /// Commits events to the journal, then answers per the durability policy.
     async fn log(&self, events: Vec<Event>) -> Result<Vec<AcceptOutcome>, StoreError> {
         let started = tokio::time::Instant::now();
+        let health = &self.inner.shared.health;
+        if let Some(reason) = health.refusing() {
+            return Err(StoreError::Failing(reason));
+        }
         // Serialized here, on the caller's task: the journal thread is the one thing every
         // request shares, so it only checks and writes.
         let ids: Vec<String> = events.iter().map(|e| e.id.clone()).collect();
@@ -436,11 +444,15 @@ impl SqliteStore {
         };
         let stopped = |_| StoreError::Unavailable("the journal stopped before flushing".into());
         if self.inner.durability == Durability::Flush {
-            flushed.await.map_err(stopped)?;
+            flushed.await.map_err(stopped)??;
             return Ok(outcomes);
         }
         match tokio::time::timeout_at(started + self.inner.flush_wait, flushed).await {
-            Ok(flushed) => flushed.map_err(stopped)?,
+            Ok(flushed) => flushed.map_err(stopped)??,
+            // A flush that is late may still land; one that failed is another matter.
+            Err(_late) if health.refusing().is_some() => {
+                return Err(StoreError::Failing(health.refusing().unwrap_or_default()));
+            }
             Err(_late) => {
                 for (l, id) in logged.into_iter().zip(ids) {
                     if l.outcome == AcceptOutcome::Accepted {
@@ -484,55 +496,6 @@ impl WorkQueue for SqliteStore {
     async fn wait_for_work(&self, at_most: Duration) {
         let _ = tokio::time::timeout(at_most, self.inner.work.notified()).await;
     }
-}
-
-/// Indexes what earlier runs left in the journal, makes it durable in SQLite, and deletes it.
-fn replay_journal(
-    dir: &Path,
-    conn: &Connection,
-    db: &Path,
-) -> Result<journal::Recovered, OpenError> {
-    let io = |source| OpenError::Io {
-        path: dir.join(journal::DIR),
-        source,
-    };
-    let sqlite = |source| OpenError::Sqlite {
-        path: db.into(),
-        source,
-    };
-    let mut recovered = journal::recover(dir).map_err(io)?;
-    let mut new = 0;
-    for segment in recovered.segments.clone() {
-        let (entries, torn) = journal::read_segment(&segment).map_err(io)?;
-        if let Some(why) = torn {
-            tracing::warn!(segment = %segment.display(), %why, intact = entries.len(),
-                "a journal segment ends in a write cut short by a crash; its intact events are kept");
-        }
-        let txn = conn.unchecked_transaction().map_err(sqlite)?;
-        new += writer::apply(&txn, &entries).map_err(|e| OpenError::Foreign {
-            path: db.into(),
-            why: format!("cannot index the journal: {e}"),
-        })?;
-        txn.commit().map_err(sqlite)?;
-        recovered.saw(&entries);
-    }
-    if recovered.segments.is_empty() {
-        return Ok(recovered);
-    }
-    // Only once SQLite holds them durably may the segments go; otherwise the next start
-    // replays them again, which changes nothing.
-    if writer::checkpoint(conn).map_err(sqlite)? {
-        for segment in &recovered.segments {
-            std::fs::remove_file(segment).map_err(io)?;
-        }
-    }
-    if new > 0 {
-        tracing::info!(
-            events = new,
-            "indexed events the last run had journaled but not indexed"
-        );
-    }
-    Ok(recovered)
 }
 
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, OpenError> {

@@ -319,6 +319,7 @@ impl Reader {
             dead_lettered_last_minute,
             acked_before_flush,
             dispatcher,
+            store_failing: crate::health::read(&self.dir),
         })
     }
 
@@ -386,7 +387,8 @@ impl Reader {
         }
         let now = now_millis();
         let events = archive::load(&self.conn(), &ids, "purged", now).map_err(store_error)?;
-        let file = archive::write(&self.dir, "purged", &events, now)
+        let disk = crate::disk::Disk::new(crate::disk::Part::Archive, None);
+        let file = archive::write(&disk, &self.dir, "purged", &events, now)
             .map_err(|e| StoreError::Failed(format!("cannot write the archive: {e}")))?;
         let mut conn = self.conn();
         let txn = conn

@@ -705,12 +705,13 @@ mod durability {
     use super::*;
 
     fn stalled(dir: &Path, durability: Durability, stall: Duration) -> SqliteStore {
+        let spec = format!("flush.journal=stall:{}ms", stall.as_millis());
         SqliteStore::open_with(
             dir,
             StoreOptions {
                 durability,
                 flush_wait: Duration::from_millis(100),
-                flush_stall: stall,
+                faults: Some(Arc::new(Faults::parse(&spec, 1).unwrap())),
                 ..StoreOptions::default()
             },
         )
@@ -779,7 +780,7 @@ mod durability {
         std::fs::create_dir_all(&journal_dir).unwrap();
         let mut buf = Vec::new();
         for (seq, id) in [(1, "x"), (2, "y"), (3, "z")] {
-            journal::encode(&mut buf, seq, 5, id, &event(id, 0).payload_json());
+            record::encode(&mut buf, seq, 5, id, &event(id, 0).payload_json());
         }
         // "z" was being written when the machine died: its record is cut short.
         buf.truncate(buf.len() - 1);
@@ -812,6 +813,16 @@ mod durability {
             "the replayed segment is gone: {segments:?}"
         );
         assert!(segments.contains(&"000000000008.log".to_owned()));
+        // What was not replayed is kept.
+        let kept: Vec<_> = std::fs::read_dir(dir.path().join(QUARANTINE_DIR))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(kept.len(), 1, "{kept:?}");
+        assert!(
+            kept[0].starts_with("000000000007-") && kept[0].ends_with("-torn.bin"),
+            "{kept:?}"
+        );
     }
 }
 
@@ -917,3 +928,5 @@ mod retention {
         assert_eq!(redrive.archived[0].id, "c");
     }
 }
+
+mod faults;

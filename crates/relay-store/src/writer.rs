@@ -15,6 +15,7 @@ use relay_core::{AttemptRecord, Claim, Settlement, StoreError, Trigger, UnixMill
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::disk::{Disk, Op};
 use crate::journal::{Entry, Shared};
 
 /// Upper bound on jobs in one transaction, so one commit never holds answers back for long.
@@ -25,6 +26,8 @@ const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
 /// it, and a transaction of many events writes each index page once instead of once per event:
 /// less WAL to flush at each checkpoint, so a shorter stall of the disk the journal shares.
 const GATHER: Duration = Duration::from_millis(10);
+/// How soon a failed commit is tried again.
+const RETRY: Duration = Duration::from_millis(100);
 /// `meta` key of the count of events acknowledged before their journal flush.
 pub(crate) const ACKED_BEFORE_FLUSH_KEY: &str = "acked_before_flush";
 
@@ -89,6 +92,7 @@ pub(crate) fn spawn(
     work: Arc<Notify>,
     clock: Arc<dyn Clock>,
     shared: Arc<Shared>,
+    disk: Disk,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     let next_lease: i64 = conn
         .query_row(
@@ -107,6 +111,7 @@ pub(crate) fn spawn(
         applied,
         committed_since_checkpoint: false,
         last_checkpoint: Instant::now(),
+        disk,
     };
     std::thread::Builder::new()
         .name("relay-store-writer".into())
@@ -124,13 +129,29 @@ struct Writer {
     applied: u64,
     committed_since_checkpoint: bool,
     last_checkpoint: Instant,
+    /// Where a fault schedule can fail commits (`write.index`) and checkpoints (`flush.index`).
+    disk: Disk,
 }
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Job>, work: &Notify) {
         let mut batch = Vec::with_capacity(64);
-        while let Some(first) = rx.blocking_recv() {
-            batch.push(first);
+        loop {
+            if self.unapplied.is_empty() {
+                match rx.blocking_recv() {
+                    Some(first) => batch.push(first),
+                    None => break,
+                }
+            } else {
+                // A commit failed and events wait to be indexed: try again soon, whether or
+                // not anything else comes (a failing store refuses new events meanwhile).
+                std::thread::sleep(RETRY);
+                match rx.try_recv() {
+                    Ok(first) => batch.push(first),
+                    Err(mpsc::error::TryRecvError::Empty) => {}
+                    Err(mpsc::error::TryRecvError::Disconnected) => break,
+                }
+            }
             std::thread::sleep(GATHER);
             while batch.len() < MAX_BATCH {
                 match rx.try_recv() {
@@ -158,14 +179,23 @@ impl Writer {
     fn checkpoint(&mut self) {
         self.last_checkpoint = Instant::now();
         let upto = self.applied;
-        match checkpoint(&self.conn) {
+        let done = self
+            .disk
+            .check(Op::Flush)
+            .map_err(|e| e.to_string())
+            .and_then(|()| checkpoint(&self.conn).map_err(|e| e.to_string()));
+        match done {
             Ok(true) => {
                 self.committed_since_checkpoint = false;
                 self.shared.mark_checkpointed(upto);
+                self.shared.health.clear(CHECKPOINT);
             }
-            // A reader held old pages; the next checkpoint finishes the job.
-            Ok(false) => {}
-            Err(e) => tracing::warn!(error = %e, "store checkpoint failed; retrying later"),
+            // A reader held old pages; the next checkpoint finishes the job. The disk worked.
+            Ok(false) => self.shared.health.clear(CHECKPOINT),
+            Err(e) => {
+                tracing::warn!(error = %e, "store checkpoint failed; retrying later");
+                failing(&self.shared, self.clock.as_ref(), CHECKPOINT, e);
+            }
         }
     }
 
@@ -180,7 +210,10 @@ impl Writer {
         {
             Ok(txn) => txn,
             Err(e) => {
-                let err = unavailable(e);
+                let err = match is_storage_failure(&e) {
+                    true => failing(&self.shared, self.clock.as_ref(), COMMIT, e.to_string()),
+                    false => unavailable(e),
+                };
                 tracing::error!(error = %err, jobs = size, "store transaction could not start");
                 for job in batch.drain(..) {
                     match job {
@@ -195,12 +228,24 @@ impl Writer {
         for job in batch.drain(..) {
             done.push(run_in_savepoint(&txn, job, now, &mut next_lease));
         }
-        let commit = txn.commit().map_err(unavailable);
+        let failed = |why: String| failing(&self.shared, self.clock.as_ref(), COMMIT, why);
+        let commit = match self.disk.check(Op::Write) {
+            // Dropped, so rolled back: as a commit the disk refused.
+            Err(injected) => {
+                drop(txn);
+                Err(failed(injected.to_string()))
+            }
+            Ok(()) => txn.commit().map_err(|e| match is_storage_failure(&e) {
+                true => failed(e.to_string()),
+                false => unavailable(e),
+            }),
+        };
         if let Err(err) = &commit {
             tracing::error!(error = %err, jobs = size, "store commit failed");
         } else {
             self.next_lease = next_lease;
             self.committed_since_checkpoint = true;
+            self.shared.health.clear(COMMIT);
         }
         let mut work = false;
         for d in done {
@@ -221,6 +266,28 @@ impl Writer {
         }
         work
     }
+}
+
+/// The health keys of the index's two kinds of failure.
+const COMMIT: &str = "index";
+const CHECKPOINT: &str = "index checkpoint";
+
+/// Marks the index failing (ingest refuses events until it works again), as the error a
+/// caller gets.
+fn failing(shared: &Shared, clock: &dyn Clock, key: &'static str, why: String) -> StoreError {
+    let reason = format!("cannot write the index (relay.db): {why}");
+    shared.health.set(key, reason.clone(), clock.now());
+    StoreError::Failing(reason)
+}
+
+/// Whether SQLite failed for want of working storage (an I/O error, a full or damaged disk,
+/// a file it cannot open or write), rather than for a busy lock or a bad statement.
+fn is_storage_failure(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    matches!(
+        e.sqlite_error_code(),
+        Some(SystemIoFailure | DiskFull | DatabaseCorrupt | NotADatabase | CannotOpen | ReadOnly)
+    )
 }
 
 /// A PASSIVE checkpoint: copies the WAL into the database file and syncs both. Says whether it
