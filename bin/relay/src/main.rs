@@ -13,6 +13,7 @@ mod ops;
 mod signals;
 mod simulate;
 mod status;
+mod store;
 mod target;
 mod trace;
 mod up;
@@ -120,6 +121,13 @@ enum Command {
     ///   zcat export.jsonl.gz | relay import - --url … --api-key "$KEY" --errors failed.jsonl
     #[command(verbatim_doc_comment)]
     Import(import::ImportArgs),
+    /// Check the embedded store for damage, or back it up while it runs.
+    ///
+    /// Examples:
+    ///   relay store check --data-dir /var/lib/relay
+    ///   relay store backup /backups/relay-2026-12-04 --data-dir /var/lib/relay
+    #[command(verbatim_doc_comment)]
+    Store(store::StoreCmd),
     /// Show queue depth, in flight, DLQ depth, recent deliveries and the dispatcher's rate.
     ///
     /// Example:
@@ -152,6 +160,7 @@ fn main() -> ExitCode {
             Command::Dlq(args) => dlq::run(args).await,
             Command::Import(args) => import::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Store(args) => store::run(args).await,
         }
     });
     match result {

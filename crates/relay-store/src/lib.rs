@@ -11,6 +11,8 @@
 //! processes open it read-mostly ([`Reader`]) thanks to SQLite's WAL mode.
 
 mod archive;
+mod backup;
+mod check;
 mod disk;
 mod health;
 mod journal;
@@ -35,6 +37,8 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 pub use archive::{ARCHIVE_DIR, ArchivedEvent};
+pub use backup::{BackupError, BackupReport, backup};
+pub use check::{CheckReport, Finding, Severity, check};
 pub use disk::Faults;
 use disk::{Disk, Part};
 pub use health::Failing;
@@ -134,6 +138,17 @@ pub enum OpenError {
     Foreign { path: PathBuf, why: String },
     #[error("data directory {0} is in use by another `relay up` (lock held on {LOCK_FILE})")]
     Locked(PathBuf),
+    #[error(
+        "{0} holds a relay journal or archive but no {DB_FILE}: the index was deleted or lost, and starting \
+         would forget every event it held. Restore {DB_FILE} from a backup (relay store backup), or move the \
+         directory aside to start empty (docs/runbook.md, \"The store is damaged\")"
+    )]
+    MissingIndex(PathBuf),
+    #[error(
+        "{path} is damaged ({why}); nothing was changed. `relay store check` tells more; restore it from a \
+         backup (docs/runbook.md, \"The store is damaged\")"
+    )]
+    Damaged { path: PathBuf, why: String },
     #[error("cannot open {path}")]
     Io {
         path: PathBuf,
@@ -229,8 +244,12 @@ impl SqliteStore {
             path: path.clone(),
             source,
         };
+        if !path.exists() && holds_a_store(dir) {
+            return Err(OpenError::MissingIndex(dir.into()));
+        }
         let conn = open_connection(&path, OpenFlags::default())?;
         init_schema(&conn, &path)?;
+        check_index(&conn, &path)?;
         // The journal makes accepted events durable; SQLite's own commits need no flush, and
         // its checkpoints run when the writer says so, not inside a commit.
         conn.pragma_update(None, "synchronous", "NORMAL")
@@ -498,11 +517,52 @@ impl WorkQueue for SqliteStore {
     }
 }
 
+/// Whether `dir` has held a store: its journal, archive or quarantine.
+fn holds_a_store(dir: &Path) -> bool {
+    let segments = journal::segments(&dir.join(journal::DIR)).is_ok_and(|s| !s.is_empty());
+    segments || dir.join(ARCHIVE_DIR).is_dir() || dir.join(QUARANTINE_DIR).is_dir()
+}
+
+/// SQLite's quick check of the index, at start: a damaged index is a clear error, not a
+/// surprise half-way through a delivery (about half a second per GB, from a warm cache).
+fn check_index(conn: &Connection, path: &Path) -> Result<(), OpenError> {
+    let started = std::time::Instant::now();
+    let verdict: String = conn
+        .query_row("PRAGMA quick_check(1)", [], |r| r.get(0))
+        .map_err(|e| damaged(path, e))?;
+    if verdict != "ok" {
+        return Err(OpenError::Damaged {
+            path: path.into(),
+            why: verdict.replace('\n', " "),
+        });
+    }
+    tracing::debug!(ms = started.elapsed().as_millis() as u64, "index checked");
+    Ok(())
+}
+
+/// An SQLite error at open: damage when SQLite says so.
+fn damaged(path: &Path, source: rusqlite::Error) -> OpenError {
+    match source.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => OpenError::Damaged {
+            path: path.into(),
+            why: source.to_string().replace('\n', " "),
+        },
+        _ => OpenError::Sqlite {
+            path: path.into(),
+            source,
+        },
+    }
+}
+
 fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, OpenError> {
     let sqlite = |source: rusqlite::Error| match source.sqlite_error_code() {
         Some(rusqlite::ErrorCode::NotADatabase) => OpenError::Foreign {
             path: path.into(),
             why: "it is not an SQLite database".into(),
+        },
+        Some(rusqlite::ErrorCode::DatabaseCorrupt) => OpenError::Damaged {
+            path: path.into(),
+            why: source.to_string().replace('\n', " "),
         },
         _ => OpenError::Sqlite {
             path: path.into(),
@@ -521,10 +581,7 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, OpenErro
 }
 
 fn init_schema(conn: &Connection, path: &Path) -> Result<(), OpenError> {
-    let sqlite = |source| OpenError::Sqlite {
-        path: path.into(),
-        source,
-    };
+    let sqlite = |source| damaged(path, source);
     let app_id: i64 = conn
         .pragma_query_value(None, "application_id", |r| r.get(0))
         .map_err(sqlite)?;
