@@ -440,3 +440,78 @@ async fn the_receiver_measures_each_answer_with_its_reason_and_event_id() {
         assert_eq!(emf.get("AckLatency"), Some(&[3.0][..]));
     }
 }
+
+/// DynamoDB goes away while the batch's requests are at the target: no settlement can be
+/// recorded. The invocation must end then, reporting those messages as failures (SQS gives
+/// them back), not idle until its time runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_invocation_whose_settlements_fail_ends_at_once_and_reports_those_messages() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("unsettled").await;
+    let queue = SqsQueue::new(aws.clone(), Duration::from_secs(60))
+        .await
+        .unwrap();
+    let target = target_sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target_sim::TargetConfig {
+            rate: 1000.0,
+            faults: target_sim::Faults {
+                latency_ms: 1500,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let ingest = DynamoIngest::new(aws.clone());
+    for id in ["u-1", "u-2"] {
+        let raw = json!({"id": id, "name": "n", "body": "b", "timestamp": 1});
+        ingest
+            .accept(parse_event(raw.to_string().as_bytes()).unwrap())
+            .await
+            .unwrap();
+    }
+    relay_aws::outbox::forward(&aws, queue.queue_url(), &["u-1".into(), "u-2".into()]).await;
+    let messages = receive(&aws, queue.queue_url()).await;
+    assert_eq!(messages.len(), 2);
+    let mut ids: Vec<String> = messages
+        .iter()
+        .map(|m| m.message_id.clone().unwrap())
+        .collect();
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| json!({"messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body, "attributes": {}, "messageAttributes": {}, "eventSource": "aws:sqs"}))
+        .collect();
+    let event: SqsEvent = serde_json::from_value(json!({"Records": records})).unwrap();
+    let client = GraphqlClient::new(&TargetConfig::new(target.url())).unwrap();
+    let dispatcher = BatchDispatcher::new(queue, client, DispatchConfig::default());
+    // A long budget: if the invocation waited it out, the guard below would fail first.
+    let run =
+        tokio::spawn(async move { dispatcher.dispatch(event, Duration::from_secs(300)).await });
+    eventually_target_busy(&target).await;
+    drop(moto);
+    let response = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the invocation ended once nothing could be settled")
+        .unwrap();
+    let mut failed: Vec<String> = response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.clone())
+        .collect();
+    failed.sort();
+    ids.sort();
+    assert_eq!(failed, ids, "both messages are given back to SQS");
+}
+
+/// Until the target holds a request (it answers after its latency).
+async fn eventually_target_busy(target: &target_sim::TargetHandle) {
+    for _ in 0..200 {
+        if target.stats().requests > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the target never got a request");
+}

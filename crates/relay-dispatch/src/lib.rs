@@ -390,8 +390,9 @@ async fn attempt<Q: WorkQueue>(
     None
 }
 
-/// Settles, retrying briefly if the store is busy. If it never succeeds the lease stays, and the
-/// event is sent again after recovery: at-least-once, with the idempotency key to dedupe.
+/// Settles, retrying briefly if the store is busy. If it never succeeds, the claim is given
+/// back (so whoever waits for it, such as a Lambda invocation, is not kept waiting) and the
+/// event is sent again later: at-least-once, with the idempotency key to dedupe.
 async fn settle<Q: WorkQueue>(
     queue: &Q,
     claim: &Claim,
@@ -412,7 +413,12 @@ async fn settle<Q: WorkQueue>(
             }
         }
     }
-    tracing::error!("settling failed repeatedly; the event will be retried after lease recovery");
+    tracing::error!(
+        "settling failed repeatedly; the claim is given back and the event is sent again later"
+    );
+    if let Err(e) = queue.release(vec![claim.clone()]).await {
+        tracing::warn!(error = %e, "could not give the claim back either; it comes back when its lease ends");
+    }
 }
 
 #[cfg(test)]
