@@ -56,6 +56,8 @@ pub enum AwsError {
     Credentials(String),
     #[error("cannot reach AWS for {what}: {detail}")]
     Unreachable { what: String, detail: String },
+    #[error("AWS is busy for {what}, try again: {detail}")]
+    Busy { what: String, detail: String },
     #[error("AWS refused {what}: {detail}")]
     Service { what: String, detail: String },
 }
@@ -76,6 +78,8 @@ impl AwsError {
                     || code.contains("QueueDoesNotExist")
                 {
                     AwsError::NotFound(what)
+                } else if is_transient(code) {
+                    AwsError::Busy { what, detail }
                 } else {
                     AwsError::Service { what, detail }
                 }
@@ -94,8 +98,60 @@ impl AwsError {
     /// The port's view: worth trying again later, or not.
     pub(crate) fn into_store_error(self) -> relay_core::StoreError {
         match self {
-            AwsError::Unreachable { .. } => relay_core::StoreError::Unavailable(self.to_string()),
+            AwsError::Unreachable { .. } | AwsError::Busy { .. } => {
+                relay_core::StoreError::Unavailable(self.to_string())
+            }
             other => relay_core::StoreError::Failed(other.to_string()),
         }
+    }
+}
+
+/// Error codes that mean "not now" rather than "no": throttling and AWS's own failures. The
+/// SDK retries them already; one that outlasts its retries is still worth trying later.
+fn is_transient(code: &str) -> bool {
+    code.contains("Throttl")
+        || code.contains("ProvisionedThroughputExceeded")
+        || code.contains("LimitExceeded")
+        || code.contains("TooManyRequests")
+        || code.contains("InternalServerError")
+        || code.contains("InternalFailure")
+        || code.contains("InternalError")
+        || code.contains("ServiceUnavailable")
+        || code.contains("SlowDown")
+        || code.contains("RequestTimeout")
+        || code == "TransactionConflictException"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throttling_and_aws_failures_are_worth_trying_again_and_refusals_are_not() {
+        for code in [
+            "ThrottlingException",
+            "ProvisionedThroughputExceededException",
+            "RequestLimitExceeded",
+            "InternalServerError",
+            "InternalFailure",
+            "ServiceUnavailable",
+            "SlowDown",
+            "TransactionConflictException",
+        ] {
+            assert!(is_transient(code), "{code}");
+        }
+        for code in [
+            "ConditionalCheckFailedException",
+            "ValidationException",
+            "AccessDeniedException",
+            "InvalidParameterValue",
+        ] {
+            assert!(!is_transient(code), "{code}");
+        }
+        let busy = AwsError::Busy {
+            what: "the events table".into(),
+            detail: "ThrottlingException: slow down".into(),
+        };
+        assert!(busy.into_store_error().is_retryable());
     }
 }
