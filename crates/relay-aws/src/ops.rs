@@ -34,6 +34,19 @@ use crate::{Aws, AwsError};
 const ARCHIVE_DAYS: u32 = 45;
 const ARCHIVE_OBJECTS: usize = 2_000;
 
+/// A DLQ message being looked at.
+struct DlqMessage {
+    /// The event it is about, if it names one.
+    id: Option<String>,
+    /// How often it was received (in the work queue, then here).
+    receives: u32,
+    receipt: String,
+}
+
+/// How long past its due time a queued event's message must have been missing before a DLQ
+/// copy is taken to be its only one.
+const OVERDUE_MS: i64 = 60_000;
+
 /// The `Operations` port over a stack.
 #[derive(Debug, Clone)]
 pub struct AwsOps {
@@ -217,73 +230,217 @@ impl AwsOps {
         Ok(letters)
     }
 
-    /// Deletes the DLQ's copies of events that are no longer dead letters (`gone`, or whose
-    /// state says otherwise), and gives the others back at once. Returns how many it deleted.
-    async fn clean_dlq(&self, gone: &HashSet<String>) -> Result<usize, AwsError> {
-        let mut deleted = 0;
-        let mut seen = HashSet::new();
-        // Enough rounds to see every message of a DLQ of a few thousand; a bigger one is
-        // cleaned as its copies are met again.
-        for _ in 0..500 {
-            let messages = self
-                .aws
-                .sqs
-                .receive_message()
-                .queue_url(&self.dlq_url)
-                .max_number_of_messages(10)
-                .visibility_timeout(30)
-                .wait_time_seconds(0)
-                .send()
-                .await
-                .map_err(|e| AwsError::from_sdk("the dead-letter queue", e))?
-                .messages
-                .unwrap_or_default();
-            if messages.is_empty() {
-                break;
+    /// The DLQ's next few messages not seen yet (hidden for 30 s while they are looked at), or
+    /// `None` once a read-through finds nothing new. Messages seen already are shown again.
+    async fn next_dlq_messages(
+        &self,
+        seen: &mut HashSet<String>,
+    ) -> Result<Option<Vec<DlqMessage>>, AwsError> {
+        use aws_sdk_sqs::types::MessageSystemAttributeName as Attr;
+        let messages = self
+            .aws
+            .sqs
+            .receive_message()
+            .queue_url(&self.dlq_url)
+            .max_number_of_messages(10)
+            .visibility_timeout(30)
+            .wait_time_seconds(0)
+            .message_system_attribute_names(Attr::ApproximateReceiveCount)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("the dead-letter queue", e))?
+            .messages
+            .unwrap_or_default();
+        let mut fresh = Vec::new();
+        for m in messages {
+            let receipt = m.receipt_handle.clone().unwrap_or_default();
+            if !seen.insert(m.message_id.clone().unwrap_or_default()) {
+                self.show_again(&receipt).await;
+                continue;
             }
-            let mut new = 0;
-            for m in messages {
-                let receipt = m.receipt_handle.unwrap_or_default();
-                if seen.insert(m.message_id.unwrap_or_default()) {
-                    new += 1;
-                }
-                let id = m
+            fresh.push(DlqMessage {
+                id: m
                     .body
                     .as_deref()
                     .and_then(|b| serde_json::from_str::<serde_json::Value>(b).ok())
-                    .and_then(|v| v.get("id")?.as_str().map(str::to_owned));
-                let stale = match &id {
+                    .and_then(|v| v.get("id")?.as_str().map(str::to_owned)),
+                receives: m
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.get(&Attr::ApproximateReceiveCount))
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                receipt,
+            });
+        }
+        Ok((!fresh.is_empty()).then_some(fresh))
+    }
+
+    /// Deletes a DLQ message, or shows it again at once.
+    async fn settle_dlq_message(&self, m: &DlqMessage, keep: bool) -> Result<(), AwsError> {
+        if keep {
+            self.show_again(&m.receipt).await;
+            return Ok(());
+        }
+        self.aws
+            .sqs
+            .delete_message()
+            .queue_url(&self.dlq_url)
+            .receipt_handle(&m.receipt)
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk("the dead-letter queue", e))?;
+        Ok(())
+    }
+
+    async fn show_again(&self, receipt: &str) {
+        let _ = self
+            .aws
+            .sqs
+            .change_message_visibility()
+            .queue_url(&self.dlq_url)
+            .receipt_handle(receipt)
+            .visibility_timeout(0)
+            .send()
+            .await;
+    }
+
+    /// Messages SQS moved to the DLQ itself (`maxReceiveCount`: dispatchers took them that
+    /// often and never settled them, as when a dispatcher dies on an event) belong to events
+    /// that are still queued or leased, which nothing would ever deliver again. Each such
+    /// event is settled as a dead letter, with that reason, so that it is listed, traced and
+    /// redriven like any other; its message stays as its DLQ copy. An event a live lease
+    /// holds, or one due soon (another message will bring it), is left for a later look.
+    /// Returns the events settled so.
+    pub async fn adopt_dlq(&self) -> Result<Vec<String>, AwsError> {
+        let mut adopted = Vec::new();
+        let max_receives = self.max_receive_count().await;
+        let mut seen = HashSet::new();
+        // Enough rounds to see every message of a DLQ of a few thousand; a bigger one is
+        // handled as its messages are met again.
+        for _ in 0..500 {
+            let Some(messages) = self.next_dlq_messages(&mut seen).await? else {
+                break;
+            };
+            for m in messages {
+                let Some(id) = &m.id else {
+                    tracing::warn!("a DLQ message without an event id: deleting it");
+                    self.settle_dlq_message(&m, false).await?;
+                    continue;
+                };
+                let (meta, state) = self.items(id).await?;
+                let status = state.as_ref().map(|st| State::read(id, st).status);
+                let keep = match (&meta, status) {
+                    (None, None) | (_, Some(DeliveryStatus::Delivered)) => false,
+                    (_, Some(DeliveryStatus::Dead)) => true,
+                    _ => {
+                        // The DLQ's own receive count goes on from there: the policy says how many.
+                        let times = max_receives.unwrap_or(m.receives);
+                        if self.settle_abandoned(id, times).await? {
+                            tracing::warn!(event_id = %id, times, "an event dispatchers died on is a dead letter now");
+                            adopted.push(id.clone());
+                        }
+                        true
+                    }
+                };
+                self.settle_dlq_message(&m, keep).await?;
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// The work queue's `maxReceiveCount`, from its redrive policy.
+    async fn max_receive_count(&self) -> Option<u32> {
+        let out = self
+            .aws
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::RedrivePolicy)
+            .send()
+            .await
+            .ok()?;
+        let policy: serde_json::Value =
+            serde_json::from_str(out.attributes()?.get(&QueueAttributeName::RedrivePolicy)?)
+                .ok()?;
+        let n = &policy["maxReceiveCount"];
+        n.as_u64()
+            .or_else(|| n.as_str()?.parse().ok())
+            .map(|n| n as u32)
+    }
+
+    /// Settles an event nothing will deliver as dead: only if it is still unclaimed, queued
+    /// and overdue, or leased by a lease that ran out. `false` when it is not (any more).
+    async fn settle_abandoned(&self, id: &str, times: u32) -> Result<bool, AwsError> {
+        let now = now_millis();
+        let reason = format!(
+            "dispatchers died on it {times} times: SQS moved its message to the dead-letter queue \
+             after {times} receives without a settlement (maxReceiveCount). Look for what kills \
+             the dispatcher on it (its log, the Lambda's errors) before redriving"
+        );
+        let update = self
+            .aws
+            .dynamodb
+            .update_item()
+            .table_name(&self.aws.stack.events_table)
+            .set_key(Some(key(id, STATE)))
+            .update_expression(
+                "SET #status = :dead, dead_at = :now, reason = :reason, last_error = :reason, \
+                 last_response = :none, updated_at = :now, attempts = if_not_exists(attempts, :zero), \
+                 tries = if_not_exists(tries, :zero), next_trigger = if_not_exists(next_trigger, :scheduled) \
+                 REMOVE lease",
+            )
+            .condition_expression(
+                "attribute_not_exists(#status) OR (#status = :queued AND (attribute_not_exists(due_at) OR due_at < :overdue)) \
+                 OR (#status = :leased AND lease_until < :now)",
+            )
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":dead", s("dead"))
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":leased", s("leased"))
+            .expression_attribute_values(":now", n(now))
+            .expression_attribute_values(":overdue", n(now - OVERDUE_MS))
+            .expression_attribute_values(":reason", s(reason))
+            .expression_attribute_values(":none", s("(no answer: no attempt was recorded)"))
+            .expression_attribute_values(":zero", n(0))
+            .expression_attribute_values(":scheduled", s("scheduled"))
+            .send()
+            .await;
+        match update {
+            Ok(_) => Ok(true),
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(AwsError::from_sdk("the events table", e)),
+        }
+    }
+
+    /// Deletes the DLQ's copies of events that are no longer dead letters: `gone` (just
+    /// redriven or purged), delivered, or no longer stored. A copy of an event still waiting
+    /// or in flight is never deleted: it may be the only message that event has. Returns how
+    /// many it deleted.
+    async fn clean_dlq(&self, gone: &HashSet<String>) -> Result<usize, AwsError> {
+        let mut deleted = 0;
+        let mut seen = HashSet::new();
+        for _ in 0..500 {
+            let Some(messages) = self.next_dlq_messages(&mut seen).await? else {
+                break;
+            };
+            for m in messages {
+                let stale = match &m.id {
                     None => true,
                     Some(id) if gone.contains(id) => true,
                     Some(id) => {
-                        let (_, state) = self.items(id).await?;
-                        state.is_none_or(|st| get_s(&st, "status") != Some("dead"))
+                        let (meta, state) = self.items(id).await?;
+                        let status = state.as_ref().and_then(|st| get_s(st, "status"));
+                        status == Some("delivered") || (meta.is_none() && state.is_none())
                     }
                 };
-                if stale {
-                    self.aws
-                        .sqs
-                        .delete_message()
-                        .queue_url(&self.dlq_url)
-                        .receipt_handle(receipt)
-                        .send()
-                        .await
-                        .map_err(|e| AwsError::from_sdk("the dead-letter queue", e))?;
-                    deleted += 1;
-                } else {
-                    let _ = self
-                        .aws
-                        .sqs
-                        .change_message_visibility()
-                        .queue_url(&self.dlq_url)
-                        .receipt_handle(receipt)
-                        .visibility_timeout(0)
-                        .send()
-                        .await;
-                }
-            }
-            if new == 0 {
-                break;
+                deleted += usize::from(stale);
+                self.settle_dlq_message(&m, !stale).await?;
             }
         }
         Ok(deleted)
@@ -462,10 +619,12 @@ impl Operations for AwsOps {
     }
 
     async fn dead_letters(&self, filter: &DlqFilter) -> Result<Vec<DeadLetterView>, StoreError> {
+        self.adopt_dlq().await.map_err(failed)?;
         self.all_dead(filter).await.map_err(failed)
     }
 
     async fn redrive(&self, ids: &[String], spread: Duration) -> Result<RedriveReport, StoreError> {
+        self.adopt_dlq().await.map_err(failed)?;
         let now = now_millis();
         let step = if ids.len() > 1 {
             spread.as_millis() as f64 / (ids.len() - 1) as f64
@@ -506,6 +665,9 @@ impl Operations for AwsOps {
     }
 
     async fn purge(&self, filter: &DlqFilter, dry_run: bool) -> Result<PurgeReport, StoreError> {
+        if !dry_run {
+            self.adopt_dlq().await.map_err(failed)?;
+        }
         let letters = self.all_dead(filter).await.map_err(failed)?;
         let mut report = PurgeReport {
             purged: letters.iter().map(|d| d.event_id.clone()).collect(),

@@ -217,3 +217,131 @@ async fn a_missing_stack_or_endpoint_is_a_clear_error() {
         started.elapsed()
     );
 }
+
+/// Dispatchers die on two events' messages until SQS moves them to the DLQ (`maxReceiveCount`):
+/// one never claimed, one claimed and abandoned. `relay dlq list` must show both as dead
+/// letters (with the reason), and `relay dlq redrive --all` must deliver them, never delete
+/// their only messages.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sqs_moved_to_the_dlq_are_dead_letters_to_redrive_never_deleted() {
+    use relay_core::ops::{DlqFilter, Operations};
+    let moto = MotoServer::start();
+    let aws = moto.stack("dlqnet").await;
+    let ingest = DynamoIngest::new(aws.clone());
+    let queue = SqsQueue::new(aws.clone(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    let url = queue.queue_url().to_owned();
+    for id in ["abandoned", "unclaimed"] {
+        let raw = format!(r#"{{"id":"{id}","name":"n","body":"b","timestamp":1}}"#);
+        assert_eq!(
+            ingest.accept(parse_event(raw.as_bytes()).unwrap()).await,
+            Ok(AcceptOutcome::Accepted)
+        );
+    }
+    relay_aws::outbox::forward(&aws, &url, &["abandoned".into()]).await;
+    // A dispatcher claims it for a second and dies.
+    let claimed = queue.claim(10, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    relay_aws::outbox::forward(&aws, &url, &["unclaimed".into()]).await;
+    // Dispatchers that die right after each receive: visible again at once, never settled.
+    let depth = |url: String| {
+        let aws = aws.clone();
+        async move {
+            let out = aws
+                .sqs
+                .get_queue_attributes()
+                .queue_url(url)
+                .attribute_names(
+                    aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages,
+                )
+                .send()
+                .await
+                .unwrap();
+            out.attributes().unwrap()
+                [&aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages]
+                .parse::<u32>()
+                .unwrap()
+        }
+    };
+    let dlq = queue.dlq_url().to_owned();
+    for _ in 0..60 {
+        if depth(dlq.clone()).await == 2 {
+            break;
+        }
+        let _ = aws
+            .sqs
+            .receive_message()
+            .queue_url(&url)
+            .max_number_of_messages(10)
+            .visibility_timeout(0)
+            .send()
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        depth(dlq.clone()).await,
+        2,
+        "SQS moved both messages to the DLQ"
+    );
+    assert_eq!(
+        depth(url.clone()).await,
+        0,
+        "and they were the events' only messages"
+    );
+
+    let ops = relay_aws::ops::AwsOps::connect(aws.clone()).await.unwrap();
+    let listed = ops.dead_letters(&DlqFilter::default()).await.unwrap();
+    let mut ids: Vec<&str> = listed.iter().map(|d| d.event_id.as_str()).collect();
+    ids.sort_unstable();
+    assert_eq!(ids, ["abandoned", "unclaimed"], "listed as dead letters");
+    for d in &listed {
+        assert!(
+            d.reason.contains("dispatchers died on it 5 times"),
+            "{}",
+            d.reason
+        );
+    }
+    let trace = ops.trace("unclaimed").await.unwrap().unwrap();
+    assert!(trace.dead_letter.is_some(), "and traced as one");
+
+    // The runbook's answer to the DLQ alarm: redrive them all. They are delivered.
+    let all: Vec<String> = listed.iter().map(|d| d.event_id.clone()).collect();
+    let redriven = ops.redrive(&all, Duration::ZERO).await.unwrap();
+    assert_eq!(redriven.redriven.len(), 2);
+    assert_eq!(
+        depth(dlq).await,
+        0,
+        "the DLQ copies of redriven events are gone"
+    );
+    let target = target_sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target_sim::TargetConfig::default(),
+    )
+    .await
+    .unwrap();
+    let client =
+        relay_dispatch::GraphqlClient::new(&relay_dispatch::TargetConfig::new(target.url()))
+            .unwrap();
+    let (stop, stopped) = oneshot::channel::<()>();
+    let dispatcher = relay_dispatch::Dispatcher::new(
+        queue.clone(),
+        client,
+        relay_dispatch::DispatchConfig::default(),
+    );
+    let run = tokio::spawn(dispatcher.run(async {
+        let _ = stopped.await;
+    }));
+    for _ in 0..300 {
+        if target.events().len() == 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = stop.send(());
+    run.await.unwrap();
+    let mut delivered: Vec<String> = target.events().into_keys().collect();
+    delivered.sort();
+    assert_eq!(delivered, ["abandoned", "unclaimed"]);
+}
