@@ -1,7 +1,9 @@
 //! The commit point: one conditional `PutItem` of the event's `META` item. A 2xx follows only
 //! DynamoDB's acknowledgement, which means the item is durable (stored in several availability
 //! zones). A duplicate id is answered from the item the refused write returns, in the same
-//! round trip: 200 for the same payload, 409 for another.
+//! round trip: 200 for the same payload, 409 for another. Each write carries a token of its
+//! own, so that a write whose answer was lost, and which the SDK then tried again, is known
+//! for the acceptance it was.
 
 use aws_sdk_dynamodb::operation::put_item::PutItemError;
 use aws_sdk_dynamodb::types::ReturnValuesOnConditionCheckFailure;
@@ -42,6 +44,9 @@ impl Ingest for DynamoIngest {
         let payload = event.payload_json();
         let trace = crate::xray::Receiving::current();
         let started = now_millis();
+        // Marks this write as ours: if its answer is lost and the SDK tries again, the refusal
+        // that follows returns the item, and this says it is the write that landed.
+        let write = format!("{:016x}", fastrand::u64(..));
         let mut put = self
             .aws
             .dynamodb
@@ -51,6 +56,7 @@ impl Ingest for DynamoIngest {
             .item("sk", s(META))
             .item("id", s(event.id.clone()))
             .item("payload", s(payload))
+            .item("write", s(write.clone()))
             .item("received_at", n(now_millis()))
             .item(
                 "expires_at",
@@ -75,6 +81,9 @@ impl Ingest for DynamoIngest {
         };
         if let Some(PutItemError::ConditionalCheckFailedException(conflict)) = e.as_service_error()
         {
+            if conflict.item().and_then(|item| get_s(item, "write")) == Some(write.as_str()) {
+                return Ok(AcceptOutcome::Accepted);
+            }
             // Same payload means the same JSON value: key order and whitespace do not matter.
             let same = conflict
                 .item()

@@ -23,6 +23,8 @@ mod ingest;
 mod items;
 #[cfg(feature = "lambda")]
 pub mod lambda;
+// The operator's port reads the dispatchers' reports from the fleet item.
+#[cfg(feature = "fleet")]
 pub mod ops;
 pub mod outbox;
 mod queue;

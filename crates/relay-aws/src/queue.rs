@@ -159,6 +159,13 @@ impl SqsQueue {
                     e.as_service_error()
                 {
                     let old = c.item().cloned().unwrap_or_default();
+                    // This very claim landed and its answer was lost: the SDK's retry finds
+                    // the event leased under its own token.
+                    let ours = get_s(&old, "status") == Some("leased")
+                        && get_n::<i64>(&old, "lease") == Some(token);
+                    if ours {
+                        return self.claimed(id, carried, old, token, now).await;
+                    }
                     if let Some(back_at) = comes_back_at(&State::read(id, &old), now) {
                         // Not settled: this copy goes back to wait rather than be dropped.
                         let event = NewEvent {
@@ -175,6 +182,19 @@ impl SqsQueue {
                 return Err(Self::failed(AwsError::from_sdk("the events table", e)));
             }
         };
+        self.claimed(id, carried, state, token, now).await
+    }
+
+    /// The claim of an event whose `STATE` now says it is leased under `token`.
+    async fn claimed(
+        &self,
+        id: &str,
+        carried: Option<(String, i64)>,
+        state: crate::items::Item,
+        token: i64,
+        now: i64,
+    ) -> Result<Option<Claim>, StoreError> {
+        let aws = &self.inner.aws;
         let (payload, received_at) = match carried {
             Some(carried) => carried,
             None => {
@@ -599,15 +619,24 @@ impl WorkQueue for SqsQueue {
                 .expression_attribute_values(":reason", s(reason.clone()))
                 .expression_attribute_values(":response", s(attempt.detail.clone())),
         };
+        let update = update
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
         if let Err(e) = update.send().await {
-            let lost = e
-                .as_service_error()
-                .is_some_and(|r| r.is_conditional_check_failed_exception());
-            return Err(if lost {
-                StoreError::LeaseLost(claim.event_id.clone())
-            } else {
-                Self::failed(AwsError::from_sdk("the events table", e))
-            });
+            let refused = match e.as_service_error() {
+                Some(UpdateItemError::ConditionalCheckFailedException(c)) => {
+                    Some(c.item().cloned().unwrap_or_default())
+                }
+                _ => None,
+            };
+            match refused {
+                // This very settlement landed and its answer was lost: the SDK's retry finds
+                // the lease it ended. Carry on with the messages.
+                Some(old)
+                    if get_n::<i64>(&old, "lease") == Some(claim.lease)
+                        && get_s(&old, "status") != Some("leased") => {}
+                Some(_) => return Err(StoreError::LeaseLost(claim.event_id.clone())),
+                None => return Err(Self::failed(AwsError::from_sdk("the events table", e))),
+            }
         }
         self.note_waiting(claim, &settlement, now);
         let (status, reason) = match &settlement {

@@ -345,3 +345,102 @@ async fn messages_sqs_moved_to_the_dlq_are_dead_letters_to_redrive_never_deleted
     delivered.sort();
     assert_eq!(delivered, ["abandoned", "unclaimed"]);
 }
+
+/// A relay through a proxy that drops the connection right after the first call matching
+/// `only` reached AWS: the call happened, its answer is lost, and the SDK tries it again.
+async fn answer_lost(
+    moto: &MotoServer,
+    stack: &str,
+    only: &str,
+) -> (aws_faults::Proxy, relay_aws::Aws) {
+    let proxy = aws_faults::Proxy::start(
+        &moto.url,
+        aws_faults::Config {
+            faults: vec![aws_faults::Fault::DropAfter],
+            only: Some(only.into()),
+            window: Some((1, 1)),
+            ..aws_faults::Config::new(1.0)
+        },
+    )
+    .await
+    .unwrap();
+    let mut options = moto.options(stack);
+    options.endpoint_url = Some(proxy.url());
+    (proxy, relay_aws::Aws::connect(&options).await.unwrap())
+}
+
+/// The commit, the claim and the settlement are conditional writes: when one lands and its
+/// answer is lost, the SDK's retry is refused by its own first write. Each must be known for
+/// what it was, not taken for a duplicate, a claim held elsewhere, or a lost lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_write_whose_answer_was_lost_is_known_for_what_it_did() {
+    let moto = MotoServer::start();
+    let direct = moto.stack("lost").await;
+    let event = || parse_event(br#"{"id":"l","name":"n","body":"b","timestamp":1}"#).unwrap();
+
+    let (proxy, aws) = answer_lost(&moto, "lost", "PutItem").await;
+    assert_eq!(
+        DynamoIngest::new(aws).accept(event()).await,
+        Ok(AcceptOutcome::Accepted)
+    );
+    assert_eq!(
+        proxy.stats().drop_after,
+        1,
+        "the first write's answer was lost"
+    );
+    assert_eq!(
+        DynamoIngest::new(direct.clone()).accept(event()).await,
+        Ok(AcceptOutcome::Duplicate),
+        "a true second write is still a duplicate"
+    );
+
+    let url = SqsQueue::new(direct.clone(), Duration::from_secs(60))
+        .await
+        .unwrap()
+        .queue_url()
+        .to_owned();
+    relay_aws::outbox::forward(&direct, &url, &["l".into()]).await;
+    let (proxy, aws) = answer_lost(&moto, "lost", "UpdateItem").await;
+    let queue = SqsQueue::new(aws, Duration::from_secs(60)).await.unwrap();
+    let claims = relay_core::contract::claim_until(
+        &queue,
+        1,
+        Duration::from_secs(30),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(proxy.stats().drop_after, 1);
+    assert_eq!(
+        claims.len(),
+        1,
+        "the claim that landed is this dispatcher's"
+    );
+
+    let (proxy, aws) = answer_lost(&moto, "lost", "UpdateItem").await;
+    let settler = SqsQueue::new(aws, Duration::from_secs(60)).await.unwrap();
+    let attempt = AttemptRecord {
+        started_at: 0,
+        duration_ms: 1,
+        outcome: "delivered",
+        http_status: Some(200),
+        detail: "ok".into(),
+        trigger: relay_core::Trigger::Scheduled,
+    };
+    assert_eq!(
+        settler
+            .settle(&claims[0], attempt, Settlement::Delivered)
+            .await,
+        Ok(())
+    );
+    assert_eq!(
+        proxy.stats().drop_after,
+        1,
+        "the settlement's answer was lost"
+    );
+    let ops = relay_aws::ops::AwsOps::connect(direct).await.unwrap();
+    let trace = relay_core::ops::Operations::trace(&ops, "l")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(trace.delivery.status, relay_core::DeliveryStatus::Delivered);
+}
