@@ -61,6 +61,8 @@ struct Setup {
     aws: AwsArgs,
     /// Tells this run's stacks from earlier runs' on the same local AWS API.
     run: String,
+    /// Where `relay up` reaches AWS, when not the endpoint itself: the fault proxy.
+    relay_endpoint: Option<String>,
 }
 
 impl Setup {
@@ -78,7 +80,11 @@ impl Setup {
         ]
         .map(String::from)
         .into();
-        if let Some(url) = &self.aws.endpoint_url {
+        if let Some(url) = self
+            .relay_endpoint
+            .as_ref()
+            .or(self.aws.endpoint_url.as_ref())
+        {
             args.extend(["--endpoint-url".into(), url.clone()]);
         }
         args.extend([
@@ -164,9 +170,21 @@ pub(crate) struct E2eArgs {
     /// after a passing run and kept after a failing one).
     #[arg(long)]
     work_dir: Option<PathBuf>,
+    /// With --backend aws: send relay's AWS calls through a proxy that makes this share of
+    /// them (0 to 0.5) fail: 500s, throttling, dropped connections (before and after the call
+    /// is made) and slow answers. Every scenario must still lose nothing.
+    #[arg(long, value_name = "SHARE", value_parser = fault_share)]
+    aws_faults: Option<f64>,
     /// Print the results as JSON.
     #[arg(long)]
     json: bool,
+}
+
+fn fault_share(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(p) if (0.0..=0.5).contains(&p) => Ok(p),
+        _ => Err("must be a share of calls from 0 to 0.5, e.g. 0.05".into()),
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -193,10 +211,22 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
             "relay e2e --backend aws creates a stack for each scenario: point it at a local AWS API with --endpoint-url (e.g. .venv-moto/bin/moto_server -p 5000, then --endpoint-url http://127.0.0.1:5000)"
         );
     }
+    if args.aws_faults.is_some() && args.backend != Backend::Aws {
+        anyhow::bail!("--aws-faults needs --backend aws: it stands between relay and the AWS API");
+    }
+    let proxy = match (args.aws_faults, &args.aws.endpoint_url) {
+        (Some(rate), Some(upstream)) => Some(
+            aws_faults::Proxy::start(upstream, aws_faults::Config::new(rate))
+                .await
+                .context("cannot start the AWS fault proxy")?,
+        ),
+        _ => None,
+    };
     let setup = Setup {
         backend: args.backend,
         aws: args.aws.clone(),
         run: format!("{:06x}", fastrand::u32(..0x100_0000)),
+        relay_endpoint: proxy.as_ref().map(aws_faults::Proxy::url),
     };
     let requested = if args.scenarios.is_empty() {
         Scenario::value_variants().to_vec()
@@ -241,13 +271,29 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     }
 
     let passed = outcomes.iter().all(|o| o.passed);
+    let faults = proxy.as_ref().map(aws_faults::Proxy::stats);
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&json!({"passed": passed, "scenarios": outcomes}))?
+            serde_json::to_string_pretty(
+                &json!({"passed": passed, "scenarios": outcomes, "aws_faults": faults})
+            )?
         );
     } else {
         print_table(&outcomes);
+        if let Some(f) = &faults {
+            println!(
+                "AWS faults injected: {} of {} calls ({} 500s, {} throttled, {} throughput, {} dropped before, {} dropped after, {} slow)",
+                f.injected,
+                f.calls,
+                f.internal_error,
+                f.throttling,
+                f.throughput,
+                f.drop_before,
+                f.drop_after,
+                f.slow
+            );
+        }
         println!(
             "{}",
             if passed {

@@ -248,23 +248,42 @@ pub(crate) async fn drained(
 
 /// Posts events directly (not open-loop), for scenarios that need particular payloads;
 /// returns the ones answered 202.
-/// Posts `events` in one `POST /events/batch`; returns those answered `accepted`.
+/// Posts `events` in one `POST /events/batch`, as `relay import` does: a request answered
+/// 429 or 5xx, or not at all, is sent again (a few times, backing off). Returns the events it
+/// stored: answered `accepted`, or `duplicate` when the request was sent more than once.
 pub(crate) async fn post_batch(
     relay: &RelayProcess,
     events: &[Value],
 ) -> anyhow::Result<Vec<Value>> {
-    let response = reqwest::Client::new()
-        .post(format!("{}/batch", relay.events_url()))
-        .header("x-api-key", &relay.api_key)
-        .json(events)
-        .send()
-        .await?;
-    let status = response.status();
-    let answer: Value = response.json().await?;
-    anyhow::ensure!(
-        status.as_u16() == 200,
-        "the batch was answered {status}: {answer}"
-    );
+    let client = reqwest::Client::new();
+    let mut tries = 0;
+    let answer: Value = loop {
+        tries += 1;
+        let sent = client
+            .post(format!("{}/batch", relay.events_url()))
+            .header("x-api-key", &relay.api_key)
+            .json(events)
+            .send()
+            .await;
+        let retry = match sent {
+            Ok(response) if response.status().as_u16() == 200 => break response.json().await?,
+            Ok(response)
+                if response.status().as_u16() == 429 || response.status().is_server_error() =>
+            {
+                format!("answered {}", response.status())
+            }
+            Ok(response) => {
+                let status = response.status();
+                anyhow::bail!(
+                    "the batch was answered {status}: {}",
+                    response.text().await?
+                )
+            }
+            Err(e) => format!("not answered: {e}"),
+        };
+        anyhow::ensure!(tries < 6, "the batch was {retry}, {tries} times");
+        tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+    };
     let results = answer["results"].as_array().cloned().unwrap_or_default();
     anyhow::ensure!(
         results.len() == events.len(),
@@ -275,7 +294,7 @@ pub(crate) async fn post_batch(
     Ok(events
         .iter()
         .zip(results)
-        .filter(|(_, r)| r["status"] == "accepted")
+        .filter(|(_, r)| r["status"] == "accepted" || (tries > 1 && r["status"] == "duplicate"))
         .map(|(e, _)| e.clone())
         .collect())
 }

@@ -148,3 +148,46 @@ fn only_known_backends_and_scenarios_are_accepted() {
             .code(2);
     }
 }
+
+/// The AWS scenarios that crash, dead-letter and batch, with a faulty AWS API between relay and
+/// the local one: 5 % of calls meet a 500, throttling, a dropped connection (before or after
+/// the call is made) or a slow answer. Nothing acknowledged may be lost.
+#[test]
+fn the_aws_scenarios_lose_nothing_through_a_faulty_aws_api() {
+    let moto = relay_aws::testing::MotoServer::start();
+    let (code, report) = e2e(&[
+        "--backend",
+        "aws",
+        "--endpoint-url",
+        &moto.url,
+        "--aws-faults",
+        "0.05",
+        "--scenario",
+        "sigkill",
+        "--scenario",
+        "dlq-redrive",
+        "--scenario",
+        "batches",
+    ]);
+    assert_eq!(code, Some(0), "{report:#}");
+    assert!(
+        report["aws_faults"]["injected"].as_u64().unwrap() > 50,
+        "{report:#}"
+    );
+    assert!(
+        report["aws_faults"]["drop_after"].as_u64().unwrap() > 0,
+        "{report:#}"
+    );
+    for s in report["scenarios"].as_array().unwrap() {
+        assert!(s["acked"].as_u64().unwrap() > 0, "{s}");
+        assert_eq!(s["acked"], s["delivered"], "{s}");
+        assert_eq!(s["lost"].as_array().map(Vec::len), Some(0), "{s}");
+    }
+    // Faults are for the AWS backend only.
+    let local = Command::new(common::relay_bin())
+        .args(["e2e", "--aws-faults", "0.05"])
+        .output()
+        .unwrap();
+    assert_eq!(local.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&local.stderr).contains("needs --backend aws"));
+}
