@@ -406,7 +406,20 @@ pub(crate) fn start(
     rx: mpsc::Receiver<Accept>,
 ) -> io::Result<Handle> {
     let dir = start.data_dir.join(DIR);
-    let (path, file) = prepare_segment(&start.segment_disk, &dir, recovered.next_segment)?;
+    // The first segment: a disk that fails a moment is given a few more.
+    let mut number = recovered.next_segment;
+    let (path, file) = loop {
+        match prepare_segment(&start.segment_disk, &dir, number) {
+            Ok(ready) => break ready,
+            Err(e) if number < recovered.next_segment + 4 => {
+                tracing::warn!(error = %e, "cannot prepare the first journal segment; trying again");
+                let _ = std::fs::remove_file(dir.join(segment_name(number)));
+                number += 1;
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => return Err(e),
+        }
+    };
     let file = file.handed_to(&start.disk);
     let durable_seq = recovered.next_seq - 1;
     let shared = Arc::new(Shared {
@@ -424,7 +437,7 @@ pub(crate) fn start(
         segments: Mutex::new(VecDeque::from([Segment { path, last_seq: 0 }])),
         spare: Mutex::default(),
         spare_wanted: Condvar::new(),
-        next_segment: AtomicU64::new(recovered.next_segment + 1),
+        next_segment: AtomicU64::new(number + 1),
         stats: FlushStats::default(),
         health: Health::new(&start.data_dir),
         clock: Arc::clone(&start.clock),
