@@ -53,6 +53,16 @@ impl Relay {
         Relay::launch(dir, target_url, &args, &env, false)
     }
 
+    /// On a given address, so that a restart listens where the source sends.
+    pub fn start_at(
+        data_dir: &Path,
+        listen: &str,
+        target_url: &str,
+        env: &[(&str, &str)],
+    ) -> Relay {
+        Relay::launch(data_dir, target_url, &["--listen", listen], env, true)
+    }
+
     /// Like [`Relay::start`], with extra environment variables (fault injection).
     pub fn start_env(
         data_dir: &Path,
@@ -76,16 +86,16 @@ impl Relay {
             .append(true)
             .open(&log)
             .unwrap();
+        // An address of its own, or any free port.
+        let listen = if extra.contains(&"--listen") {
+            &[][..]
+        } else {
+            &["--listen", "127.0.0.1:0"][..]
+        };
         let mut child = Command::new(relay_bin())
-            .args([
-                "up",
-                "--listen",
-                "127.0.0.1:0",
-                "--api-key",
-                KEY,
-                "--target-url",
-                target_url,
-            ])
+            .arg("up")
+            .args(listen)
+            .args(["--api-key", KEY, "--target-url", target_url])
             .args(if local {
                 vec!["--data-dir".as_ref(), data_dir.as_os_str()]
             } else {
@@ -340,4 +350,10 @@ pub async fn edge_ids_reach_the_target_unchanged(
         "every header carried its id"
     );
     assert_eq!(target.stats().duplicates, 0);
+}
+
+/// A free loopback address, for a relay that must listen on the same one after a restart.
+pub fn free_addr() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().to_string()
 }
