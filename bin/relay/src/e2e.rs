@@ -15,10 +15,10 @@ use source_sim::SourceConfig;
 use target_sim::{Faults, LimitMode, TargetConfig, TargetHandle};
 
 use crate::aws::AwsArgs;
-use crate::harness::{RelayProcess, Verdict, drained, post, post_batch};
+use crate::harness::{Backend, RelayProcess, Setup, Verdict, drained, post, post_batch};
 use crate::ops::table;
 
-const BRAND: &str = "testBrand";
+pub(crate) const BRAND: &str = "testBrand";
 /// Fast retries so outage scenarios recover in seconds.
 const FAST_RETRIES: [&str; 4] = ["--backoff-base", "100ms", "--backoff-cap", "1s"];
 /// How long a scenario's backlog may take to reach the target before its events count as lost.
@@ -43,106 +43,6 @@ enum Scenario {
     /// request (`--batch 10`) to a target whose limit counts requests; one refused event in it
     /// is dead-lettered alone.
     Batches,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Backend {
-    /// `relay up` on the embedded store.
-    Local,
-    /// `relay up --backend aws` on a local AWS API (--endpoint-url): each scenario creates a
-    /// stack of its own.
-    Aws,
-}
-
-/// How each scenario's `relay up` is started.
-#[derive(Debug, Clone)]
-struct Setup {
-    backend: Backend,
-    aws: AwsArgs,
-    /// Tells this run's stacks from earlier runs' on the same local AWS API.
-    run: String,
-    /// Where `relay up` reaches AWS, when not the endpoint itself: the fault proxy.
-    relay_endpoint: Option<String>,
-}
-
-impl Setup {
-    /// `relay up`'s arguments for this backend, and its environment.
-    fn relay(&self, scenario: Scenario) -> (Vec<String>, Vec<(String, String)>) {
-        if self.backend == Backend::Local {
-            return (Vec::new(), Vec::new());
-        }
-        let mut args: Vec<String> = [
-            "--backend",
-            "aws",
-            "--create-resources",
-            "--stack",
-            &self.stack(scenario),
-        ]
-        .map(String::from)
-        .into();
-        if let Some(url) = self
-            .relay_endpoint
-            .as_ref()
-            .or(self.aws.endpoint_url.as_ref())
-        {
-            args.extend(["--endpoint-url".into(), url.clone()]);
-        }
-        args.extend([
-            "--region".into(),
-            self.aws
-                .region
-                .clone()
-                .unwrap_or_else(|| "us-east-1".into()),
-        ]);
-        // A local AWS API takes any credentials; keep real ones if they are set.
-        let env = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
-            .into_iter()
-            .filter(|k| std::env::var_os(k).is_none())
-            .map(|k| (k.to_owned(), "local".to_owned()))
-            .collect();
-        (args, env)
-    }
-
-    /// Starts `relay up` for the scenario with its own flags.
-    async fn start(
-        &self,
-        scenario: Scenario,
-        data: &Path,
-        target: &str,
-        extra: &[&str],
-    ) -> anyhow::Result<RelayProcess> {
-        let (mut args, env) = self.relay(scenario);
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        RelayProcess::start_with(data, target, &args, env).await
-    }
-
-    /// The scenario's stack on AWS.
-    fn stack(&self, scenario: Scenario) -> String {
-        format!("{}-e2e-{}-{}", self.aws.stack, name(scenario), self.run)
-    }
-
-    /// The operator's port on the scenario's backend: what `relay dlq` uses.
-    async fn ops(&self, scenario: Scenario, data: &Path) -> anyhow::Result<crate::ops::Ops> {
-        if self.backend == Backend::Local {
-            return Ok(crate::ops::Ops::Local(relay_store::Reader::open(data)?));
-        }
-        // As `relay up` is started: the region it is given, and any credentials for a local
-        // AWS API unless real ones are set.
-        let mut options = self.aws.options();
-        options.stack = self.stack(scenario);
-        options.region = Some(
-            self.aws
-                .region
-                .clone()
-                .unwrap_or_else(|| "us-east-1".into()),
-        );
-        options.local_credentials = std::env::var_os("AWS_ACCESS_KEY_ID").is_none();
-        let aws = relay_aws::Aws::connect(&options).await?;
-        Ok(crate::ops::Ops::Aws(Box::new(
-            relay_aws::ops::AwsOps::connect(aws).await?,
-        )))
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -381,7 +281,9 @@ async fn run_scenario(
     let (target, relay, sent, report) = match scenario {
         Scenario::Steady => {
             let target = start_target(roomy(), inject).await?;
-            let relay = setup.start(scenario, &data, &target.url(), &[]).await?;
+            let relay = setup
+                .start(&name(scenario), &data, &target.url(), &[])
+                .await?;
             let report = source(&relay, 200.0, 600).await?;
             (target, relay, report.acked_events.clone(), report)
         }
@@ -391,7 +293,7 @@ async fn run_scenario(
             faults.outage = true;
             target.set_faults(faults.clone());
             let relay = setup
-                .start(scenario, &data, &target.url(), &FAST_RETRIES)
+                .start(&name(scenario), &data, &target.url(), &FAST_RETRIES)
                 .await?;
             let report = source(&relay, 100.0, 300).await?;
             tokio::time::sleep(Duration::from_secs(2)).await;
@@ -422,7 +324,12 @@ async fn run_scenario(
             // A ceiling five times the real limit: the relay starts there and must be pushed
             // down by the target's answers alone.
             let relay = setup
-                .start(scenario, &data, &target.url(), &["--target-rate", "200"])
+                .start(
+                    &name(scenario),
+                    &data,
+                    &target.url(),
+                    &["--target-rate", "200"],
+                )
                 .await?;
             let report = source(&relay, 200.0, 400).await?;
             (target, relay, report.acked_events.clone(), report)
@@ -432,13 +339,15 @@ async fn run_scenario(
             let mut faults = target.faults();
             faults.reject_names = vec!["poison".into()];
             target.set_faults(faults.clone());
-            let relay = setup.start(scenario, &data, &target.url(), &[]).await?;
+            let relay = setup
+                .start(&name(scenario), &data, &target.url(), &[])
+                .await?;
             let report = source(&relay, 100.0, 200).await?;
             let poison: Vec<Value> = (0..10)
                 .map(|i| json!({"id": format!("poison-{i}"), "name": "poison", "body": "rejected until fixed", "timestamp": 1_763_800_000 + i}))
                 .collect();
             let accepted_poison = post(&relay, &poison).await?;
-            let ops = setup.ops(scenario, &data).await?;
+            let ops = setup.ops(&name(scenario), &data).await?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             while ops.dead_letters(&DlqFilter::default()).await?.len() < accepted_poison.len() {
                 anyhow::ensure!(
@@ -476,7 +385,12 @@ async fn run_scenario(
             let in_flight = 16;
             allowed_duplicates = in_flight;
             let mut relay = setup
-                .start(scenario, &data, &target.url(), &["--max-in-flight", "16"])
+                .start(
+                    &name(scenario),
+                    &data,
+                    &target.url(),
+                    &["--max-in-flight", "16"],
+                )
                 .await?;
             let mut config =
                 SourceConfig::new(relay.events_url(), relay.api_key.clone(), 200.0, 800);
@@ -510,7 +424,7 @@ async fn run_scenario(
             )
             .await?;
             let relay = setup
-                .start(scenario, &data, &target.url(), &["--batch", "10"])
+                .start(&name(scenario), &data, &target.url(), &["--batch", "10"])
                 .await?;
             let live = tokio::spawn({
                 let (url, key) = (relay.events_url(), relay.api_key.clone());
@@ -536,7 +450,7 @@ async fn run_scenario(
                 ));
             }
             let report = live.await??;
-            let ops = setup.ops(scenario, &data).await?;
+            let ops = setup.ops(&name(scenario), &data).await?;
             let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
             let dead = loop {
                 let dead = ops.dead_letters(&DlqFilter::default()).await?;

@@ -11,6 +11,8 @@ use anyhow::{Context, bail};
 use serde::Serialize;
 use serde_json::Value;
 use target_sim::TargetHandle;
+
+use crate::aws::AwsArgs;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -314,4 +316,105 @@ pub(crate) async fn post(relay: &RelayProcess, events: &[Value]) -> anyhow::Resu
         }
     }
     Ok(accepted)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Backend {
+    /// `relay up` on the embedded store.
+    Local,
+    /// `relay up --backend aws` on a local AWS API (--endpoint-url): each scenario creates a
+    /// stack of its own.
+    Aws,
+}
+
+/// How `relay up` is started on a backend, for `relay e2e`'s scenarios and `relay soak`: its
+/// arguments and environment, and the operator's port over what it writes.
+#[derive(Debug, Clone)]
+pub(crate) struct Setup {
+    pub(crate) backend: Backend,
+    pub(crate) aws: AwsArgs,
+    /// Tells this run's stacks from earlier runs' on the same local AWS API.
+    pub(crate) run: String,
+    /// Where `relay up` reaches AWS, when not the endpoint itself: the fault proxy.
+    pub(crate) relay_endpoint: Option<String>,
+}
+
+impl Setup {
+    /// `relay up`'s arguments for this backend, and its environment.
+    pub(crate) fn relay(&self, label: &str) -> (Vec<String>, Vec<(String, String)>) {
+        if self.backend == Backend::Local {
+            return (Vec::new(), Vec::new());
+        }
+        let mut args: Vec<String> = [
+            "--backend",
+            "aws",
+            "--create-resources",
+            "--stack",
+            &self.stack(label),
+        ]
+        .map(String::from)
+        .into();
+        if let Some(url) = self
+            .relay_endpoint
+            .as_ref()
+            .or(self.aws.endpoint_url.as_ref())
+        {
+            args.extend(["--endpoint-url".into(), url.clone()]);
+        }
+        args.extend([
+            "--region".into(),
+            self.aws
+                .region
+                .clone()
+                .unwrap_or_else(|| "us-east-1".into()),
+        ]);
+        // A local AWS API takes any credentials; keep real ones if they are set.
+        let env = ["AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"]
+            .into_iter()
+            .filter(|k| std::env::var_os(k).is_none())
+            .map(|k| (k.to_owned(), "local".to_owned()))
+            .collect();
+        (args, env)
+    }
+
+    /// Starts `relay up` for the scenario (or run) `label`, with its own flags.
+    pub(crate) async fn start(
+        &self,
+        label: &str,
+        data: &Path,
+        target: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<RelayProcess> {
+        let (mut args, env) = self.relay(label);
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        RelayProcess::start_with(data, target, &args, env).await
+    }
+
+    /// The stack of scenario (or run) `label` on AWS.
+    pub(crate) fn stack(&self, label: &str) -> String {
+        format!("{}-e2e-{label}-{}", self.aws.stack, self.run)
+    }
+
+    /// The operator's port on the scenario's backend: what `relay dlq` uses.
+    pub(crate) async fn ops(&self, label: &str, data: &Path) -> anyhow::Result<crate::ops::Ops> {
+        if self.backend == Backend::Local {
+            return Ok(crate::ops::Ops::Local(relay_store::Reader::open(data)?));
+        }
+        // As `relay up` is started: the region it is given, and any credentials for a local
+        // AWS API unless real ones are set.
+        let mut options = self.aws.options();
+        options.stack = self.stack(label);
+        options.region = Some(
+            self.aws
+                .region
+                .clone()
+                .unwrap_or_else(|| "us-east-1".into()),
+        );
+        options.local_credentials = std::env::var_os("AWS_ACCESS_KEY_ID").is_none();
+        let aws = relay_aws::Aws::connect(&options).await?;
+        Ok(crate::ops::Ops::Aws(Box::new(
+            relay_aws::ops::AwsOps::connect(aws).await?,
+        )))
+    }
 }

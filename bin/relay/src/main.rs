@@ -12,6 +12,7 @@ mod logging;
 mod ops;
 mod signals;
 mod simulate;
+mod soak;
 mod status;
 mod store;
 mod target;
@@ -105,6 +106,19 @@ enum Command {
     ///   relay e2e --scenario sigkill --json
     #[command(verbatim_doc_comment)]
     E2e(e2e::E2eArgs),
+    /// Soak `relay up` for a long run: a source that never stops, a flaky target, a SIGKILL
+    /// every minute and storage faults, then a clean start and a drain.
+    ///
+    /// Ends in one table: acknowledged, delivered, dead-lettered, lost (must be 0; exit 1
+    /// otherwise) and duplicates on the wire. Storage faults are the disk's on the embedded
+    /// store (a binary built with --features fault-injection), a faulty AWS API on AWS.
+    /// loadtest/soak.sh runs it on both backends.
+    ///
+    /// Examples:
+    ///   relay soak --duration 10m
+    ///   relay soak --backend aws --endpoint-url http://127.0.0.1:5000 --duration 10m
+    #[command(verbatim_doc_comment)]
+    Soak(soak::SoakArgs),
     /// Inspect and redrive the dead-letter queue.
     Dlq(dlq::DlqArgs),
     /// Send a JSON-lines file of events (or stdin) through the batch API: a backlog in bulk.
@@ -160,6 +174,7 @@ fn main() -> ExitCode {
             Command::Dlq(args) => dlq::run(args).await,
             Command::Import(args) => import::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Soak(args) => soak::run(args).await,
             Command::Store(args) => store::run(args).await,
         }
     });

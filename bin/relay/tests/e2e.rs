@@ -191,3 +191,45 @@ fn the_aws_scenarios_lose_nothing_through_a_faulty_aws_api() {
     assert_eq!(local.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&local.stderr).contains("needs --backend aws"));
 }
+
+/// `relay soak` itself, briefly: SIGKILLs, disk faults and a flaky target, and its table.
+#[test]
+fn a_short_soak_kills_faults_and_loses_nothing() {
+    let output = Command::new(common::relay_bin())
+        .args([
+            "soak",
+            "--duration",
+            "12s",
+            "--kill-every",
+            "4s",
+            "--rps",
+            "40",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!(
+            "not JSON ({e}); stderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    });
+    assert_eq!(output.status.code(), Some(0), "{report:#}");
+    let soak = &report["soak"];
+    assert!(soak["kills"].as_u64().unwrap() >= 2, "{soak}");
+    assert!(soak["acked"].as_u64().unwrap() > 200, "{soak}");
+    assert_eq!(soak["lost"].as_array().map(Vec::len), Some(0), "{soak}");
+    assert!(
+        soak["delivered"].as_u64().unwrap() + soak["dead_lettered"].as_u64().unwrap()
+            >= soak["acked"].as_u64().unwrap(),
+        "{soak}"
+    );
+    assert!(
+        soak["target_failures"].as_u64().unwrap() > 0,
+        "the target was flaky: {soak}"
+    );
+    assert!(
+        !soak["notes"].to_string().contains("not built into"),
+        "the tested binary injects disk faults: {soak}"
+    );
+}
