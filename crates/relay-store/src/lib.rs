@@ -263,7 +263,13 @@ impl SqliteStore {
             tracing::info!(recovered, "made leases of a previous run due again");
         }
         let disk = |part| Disk::new(part, options.faults.clone());
-        let journal = replay::replay(dir, &conn, &path, &disk(Part::Quarantine))?;
+        let journal = replay::replay(
+            dir,
+            &conn,
+            &path,
+            &disk(Part::Journal),
+            &disk(Part::Quarantine),
+        )?;
 
         let (jobs, rx) = mpsc::channel(QUEUE_CAPACITY);
         let (accepts, accept_rx) = mpsc::channel(QUEUE_CAPACITY);

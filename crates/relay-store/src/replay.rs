@@ -22,6 +22,7 @@ pub(crate) fn replay(
     dir: &Path,
     conn: &Connection,
     db: &Path,
+    journal_disk: &Disk,
     quarantine: &Disk,
 ) -> Result<journal::Recovered, OpenError> {
     let io = |source| OpenError::Io {
@@ -57,7 +58,10 @@ pub(crate) fn replay(
     // replays them again, which changes nothing.
     if writer::checkpoint(conn).map_err(sqlite)? {
         for segment in recovered.segments.iter().filter(|s| !keep.contains(s)) {
-            std::fs::remove_file(segment).map_err(io)?;
+            // One left behind is replayed again at the next start, which changes nothing.
+            if let Err(e) = journal_disk.remove_file(segment) {
+                tracing::warn!(segment = %segment.display(), error = %e, "cannot delete a replayed journal segment");
+            }
         }
     }
     if new > 0 {
