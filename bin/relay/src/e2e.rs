@@ -114,20 +114,7 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     if args.aws_faults.is_some() && args.backend != Backend::Aws {
         anyhow::bail!("--aws-faults needs --backend aws: it stands between relay and the AWS API");
     }
-    let proxy = match (args.aws_faults, &args.aws.endpoint_url) {
-        (Some(rate), Some(upstream)) => Some(
-            aws_faults::Proxy::start(upstream, aws_faults::Config::new(rate))
-                .await
-                .context("cannot start the AWS fault proxy")?,
-        ),
-        _ => None,
-    };
-    let setup = Setup {
-        backend: args.backend,
-        aws: args.aws.clone(),
-        run: format!("{:06x}", fastrand::u32(..0x100_0000)),
-        relay_endpoint: proxy.as_ref().map(aws_faults::Proxy::url),
-    };
+    let (setup, proxy) = Setup::new(args.backend, &args.aws, args.aws_faults).await?;
     let requested = if args.scenarios.is_empty() {
         Scenario::value_variants().to_vec()
     } else {

@@ -340,6 +340,30 @@ pub(crate) struct Setup {
 }
 
 impl Setup {
+    /// A run's setup: with `aws_faults`, `relay up` reaches the AWS API through the fault
+    /// proxy, which is returned to be kept alive (and asked for its figures) meanwhile.
+    pub(crate) async fn new(
+        backend: Backend,
+        aws: &AwsArgs,
+        aws_faults: Option<f64>,
+    ) -> anyhow::Result<(Setup, Option<aws_faults::Proxy>)> {
+        let proxy = match (aws_faults, &aws.endpoint_url) {
+            (Some(rate), Some(upstream)) if rate > 0.0 && backend == Backend::Aws => Some(
+                aws_faults::Proxy::start(upstream, aws_faults::Config::new(rate))
+                    .await
+                    .context("cannot start the AWS fault proxy")?,
+            ),
+            _ => None,
+        };
+        let setup = Setup {
+            backend,
+            aws: aws.clone(),
+            run: format!("{:06x}", fastrand::u32(..0x100_0000)),
+            relay_endpoint: proxy.as_ref().map(aws_faults::Proxy::url),
+        };
+        Ok((setup, proxy))
+    }
+
     /// `relay up`'s arguments for this backend, and its environment.
     pub(crate) fn relay(&self, label: &str) -> (Vec<String>, Vec<(String, String)>) {
         if self.backend == Backend::Local {

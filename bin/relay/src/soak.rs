@@ -8,7 +8,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
 use clap::Args;
 use comfy_table::{Cell, Color};
 use relay_core::ops::{DlqFilter, Operations};
@@ -102,20 +101,7 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     let data = work.join("data");
     let mut notes = Vec::new();
 
-    let proxy = match (&args.backend, &args.aws.endpoint_url) {
-        (Backend::Aws, Some(upstream)) if args.aws_faults > 0.0 => Some(
-            aws_faults::Proxy::start(upstream, aws_faults::Config::new(args.aws_faults))
-                .await
-                .context("cannot start the AWS fault proxy")?,
-        ),
-        _ => None,
-    };
-    let setup = Setup {
-        backend: args.backend,
-        aws: args.aws.clone(),
-        run: format!("{:06x}", fastrand::u32(..0x100_0000)),
-        relay_endpoint: proxy.as_ref().map(aws_faults::Proxy::url),
-    };
+    let (setup, proxy) = Setup::new(args.backend, &args.aws, Some(args.aws_faults)).await?;
     // A flaky target with a limit to find: 5 % of requests fail, each answer takes 20 ms.
     let target = target_sim::start(
         "127.0.0.1:0".parse()?,

@@ -136,17 +136,7 @@ async fn a_damaged_or_missing_index_stops_the_start_with_what_to_do_and_check_fi
     let missing = dir.path().join("missing");
     copy_dir(&data, &missing);
     std::fs::remove_file(missing.join("relay.db")).unwrap();
-    let up = relay(&[
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--api-key",
-        KEY,
-        "--target-url",
-        &target.url(),
-        "--data-dir",
-        missing.to_str().unwrap(),
-    ]);
+    let up = up_on(&missing, &target.url());
     assert_eq!(up.status.code(), Some(1), "{}", text(&up));
     assert!(
         text(&up).contains("no relay.db") && text(&up).contains("backup"),
@@ -163,17 +153,7 @@ async fn a_damaged_or_missing_index_stops_the_start_with_what_to_do_and_check_fi
     let at = bytes.len() / 2;
     bytes[at..at + 4096].fill(0xa5);
     std::fs::write(&db, &bytes).unwrap();
-    let up = relay(&[
-        "up",
-        "--listen",
-        "127.0.0.1:0",
-        "--api-key",
-        KEY,
-        "--target-url",
-        &target.url(),
-        "--data-dir",
-        damaged.to_str().unwrap(),
-    ]);
+    let up = up_on(&damaged, &target.url());
     assert_eq!(up.status.code(), Some(1), "{}", text(&up));
     assert!(
         text(&up).contains("is damaged") && text(&up).contains("relay store check"),
@@ -185,6 +165,21 @@ async fn a_damaged_or_missing_index_stops_the_start_with_what_to_do_and_check_fi
     let check = relay(&["store", "check", "--data-dir", damaged.to_str().unwrap()]);
     assert_eq!(check.status.code(), Some(1), "{}", text(&check));
     assert!(text(&check).contains("DAMAGED"), "{}", text(&check));
+}
+
+/// `relay up` on `dir`, expected to stop at once.
+fn up_on(dir: &std::path::Path, target: &str) -> std::process::Output {
+    relay(&[
+        "up",
+        "--listen",
+        "127.0.0.1:0",
+        "--api-key",
+        KEY,
+        "--target-url",
+        target,
+        "--data-dir",
+        dir.to_str().unwrap(),
+    ])
 }
 
 fn copy_dir(from: &std::path::Path, to: &std::path::Path) {

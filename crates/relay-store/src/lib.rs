@@ -566,14 +566,7 @@ fn open_connection(path: &Path, flags: OpenFlags) -> Result<Connection, OpenErro
             path: path.into(),
             why: "it is not an SQLite database".into(),
         },
-        Some(rusqlite::ErrorCode::DatabaseCorrupt) => OpenError::Damaged {
-            path: path.into(),
-            why: source.to_string().replace('\n', " "),
-        },
-        _ => OpenError::Sqlite {
-            path: path.into(),
-            source,
-        },
+        _ => damaged(path, source),
     };
     let conn = Connection::open_with_flags(path, flags).map_err(sqlite)?;
     conn.busy_timeout(Duration::from_secs(5)).map_err(sqlite)?;
