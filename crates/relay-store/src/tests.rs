@@ -776,8 +776,12 @@ mod durability {
     #[tokio::test]
     async fn a_restart_indexes_what_the_journal_holds_up_to_a_torn_record() {
         let dir = tempfile::tempdir().unwrap();
+        // A store that ran (its index exists), then a segment it left.
+        drop(open(dir.path()));
         let journal_dir = dir.path().join(journal::DIR);
-        std::fs::create_dir_all(&journal_dir).unwrap();
+        for stale in std::fs::read_dir(&journal_dir).unwrap() {
+            std::fs::remove_file(stale.unwrap().path()).unwrap();
+        }
         let mut buf = Vec::new();
         for (seq, id) in [(1, "x"), (2, "y"), (3, "z")] {
             record::encode(&mut buf, seq, 5, id, &event(id, 0).payload_json());

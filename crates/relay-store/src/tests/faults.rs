@@ -259,8 +259,12 @@ async fn an_index_that_cannot_commit_makes_the_store_refuse_until_it_can() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_record_mid_segment_costs_only_itself_and_its_bytes_are_kept() {
     let dir = tempfile::tempdir().unwrap();
+    // A store that ran (its index exists), then a segment it left.
+    drop(SqliteStore::open(dir.path()).unwrap());
     let journal_dir = dir.path().join(journal::DIR);
-    std::fs::create_dir_all(&journal_dir).unwrap();
+    for stale in std::fs::read_dir(&journal_dir).unwrap() {
+        std::fs::remove_file(stale.unwrap().path()).unwrap();
+    }
     let mut buf = Vec::new();
     let mut starts = Vec::new();
     for (seq, id) in (1..=5).map(|n| (n, format!("r{n}"))) {
