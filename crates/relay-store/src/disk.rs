@@ -43,8 +43,9 @@ pub enum Op {
 /// What happens to a call a rule hits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fault {
-    /// Fails with EIO. A flush also drops what it would have made durable.
-    Error,
+    /// Fails with EIO (after this long, as a disk that gives up; at once if zero). A flush
+    /// also drops what it would have made durable.
+    Error(Duration),
     /// A write that stores the first half of its bytes, then fails with EIO.
     Short,
     /// Sleeps this long, then does the call.
@@ -100,7 +101,8 @@ impl Faults {
     ///
     /// - OP: `create`, `write`, `flush`, `rename`, `remove`
     /// - PART: `journal`, `segment`, `archive`, `quarantine`, `index`, or `*`
-    /// - FAULT: `error`, `short` (writes only), `stall:DURATION` (`250ms`, `2s`)
+    /// - FAULT: `error`, `error:DURATION` (fails after that long), `short` (writes only),
+    ///   `stall:DURATION` (`250ms`, `2s`: then the call is made)
     /// - WHEN: `N` (the Nth call), `N..` (from the Nth on), `N..M`, `every:K`, `p:F`
     ///   (probability); every call when left out
     pub fn parse(spec: &str, seed: u64) -> Result<Self, String> {
@@ -166,6 +168,16 @@ impl Faults {
                 std::thread::sleep(d);
                 None
             }
+            Some(Fault::Error(after)) => {
+                tracing::warn!(
+                    ?op,
+                    ?part,
+                    fault = "error",
+                    "fault injection: failing a call"
+                );
+                std::thread::sleep(after);
+                Some(Fault::Error(after))
+            }
             Some(f) => {
                 tracing::warn!(?op, ?part, fault = ?f, "fault injection: failing a call");
                 Some(f)
@@ -205,12 +217,19 @@ fn parse_rule(raw: &str) -> Result<Rule, String> {
         None => (action.trim(), None),
     };
     let fault = match fault.split_once(':') {
-        None if fault == "error" => Fault::Error,
+        None if fault == "error" => Fault::Error(Duration::ZERO),
         None if fault == "short" => Fault::Short,
+        Some(("error", d)) => Fault::Error(
+            humantime::parse_duration(d).map_err(|e| bad(&format!("error delay: {e}")))?,
+        ),
         Some(("stall", d)) => Fault::Stall(
             humantime::parse_duration(d).map_err(|e| bad(&format!("stall duration: {e}")))?,
         ),
-        _ => return Err(bad("FAULT is error, short or stall:DURATION")),
+        _ => {
+            return Err(bad(
+                "FAULT is error, error:DURATION, short or stall:DURATION",
+            ));
+        }
     };
     if fault == Fault::Short && op != Op::Write {
         return Err(bad("only writes can be short"));

@@ -908,16 +908,24 @@ fn recover_from_failed_flush(shared: &Shared, waiters: Vec<Waiter>, upto: u64) -
                 last_seq: last,
             });
             lock(&shared.unflushed).clear();
-            let mut request = lock(&shared.flush);
-            request.files.retain(|f| Arc::ptr_eq(f, &current.file));
-            drop(request);
+            // Nothing was written while this ran, so everything written so far is in the new
+            // segment, flushed: every waiter can be told, those that queued for a flush of the
+            // old files meanwhile too (no other flush would come for them).
+            let (queued, queued_upto) = {
+                let mut request = lock(&shared.flush);
+                request.files.clear();
+                (
+                    std::mem::take(&mut request.waiters),
+                    std::mem::take(&mut request.upto),
+                )
+            };
             drop(current);
             // Healthy again before anyone is told, so that what they do next is taken.
             shared.stats.recoveries.fetch_add(1, Relaxed);
             shared.health.set_recovering(false);
             shared.health.clear("journal");
-            shared.publish(upto.max(last));
-            for waiter in waiters {
+            shared.publish(upto.max(queued_upto).max(last));
+            for waiter in waiters.into_iter().chain(queued) {
                 let _ = waiter.send(Ok(()));
             }
             tracing::warn!(

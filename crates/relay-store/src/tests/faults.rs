@@ -407,3 +407,45 @@ async fn under_any_schedule_of_faults_every_acknowledged_event_survives() {
         );
     }
 }
+
+/// A flush that fails only after a while (as a disk gives up): meanwhile another event is
+/// written and waits for the next flush. The recovery writes it again with the rest, so it must
+/// be told; nothing else would ever flush for it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_request_written_while_a_flush_was_failing_is_answered_by_the_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let (store, _) = faulty(
+        dir.path(),
+        Durability::Flush,
+        "flush.journal=error:400ms@2",
+        1,
+    );
+    assert_eq!(
+        store.accept(event("a", 0)).await,
+        Ok(AcceptOutcome::Accepted)
+    );
+    let b = {
+        let store = store.clone();
+        tokio::spawn(async move { store.accept(event("b", 0)).await })
+    };
+    // While the second flush is failing, slowly.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let c = {
+        let store = store.clone();
+        tokio::spawn(async move { store.accept(event("c", 0)).await })
+    };
+    let answers = tokio::time::timeout(Duration::from_secs(20), async {
+        (b.await.unwrap(), c.await.unwrap())
+    })
+    .await
+    .expect("every request is answered");
+    assert_eq!(
+        answers,
+        (Ok(AcceptOutcome::Accepted), Ok(AcceptOutcome::Accepted))
+    );
+    let on_disk = journaled(dir.path());
+    assert!(
+        on_disk.contains("b") && on_disk.contains("c"),
+        "{on_disk:?}"
+    );
+}
