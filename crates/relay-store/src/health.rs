@@ -23,6 +23,8 @@ pub(crate) struct Health {
     /// A journal flush failed and what it covered is not yet written again elsewhere: nothing
     /// may be acknowledged until it is.
     recovering: AtomicBool,
+    /// Whether `failing` holds anything: every request asks, and must not queue on a lock.
+    any: AtomicBool,
 }
 
 impl Health {
@@ -38,6 +40,7 @@ impl Health {
             file: data_dir.join(FILE),
             failing: Mutex::default(),
             recovering: AtomicBool::new(false),
+            any: AtomicBool::new(false),
         }
     }
 
@@ -84,6 +87,9 @@ impl Health {
 
     /// Why ingest must refuse events now, if it must.
     pub(crate) fn refusing(&self) -> Option<String> {
+        if !self.any.load(SeqCst) && !self.recovering() {
+            return None;
+        }
         let failing = self.lock();
         if !failing.is_empty() {
             let reasons: Vec<String> = failing
@@ -98,6 +104,7 @@ impl Health {
 
     /// Best effort: the disk may be what fails.
     fn publish(&self, failing: &BTreeMap<&'static str, Failing>) {
+        self.any.store(!failing.is_empty(), SeqCst);
         if failing.is_empty() {
             let _ = std::fs::remove_file(&self.file);
             return;
