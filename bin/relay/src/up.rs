@@ -377,14 +377,19 @@ async fn run_aws(
     ingest: IngestConfig,
 ) -> anyhow::Result<ExitCode> {
     let aws = relay_aws::Aws::connect(&args.aws.options()).await?;
+    // A start must not fail on one throttled or dropped call: each is tried a few times.
     if args.create_resources {
-        relay_aws::create_resources(&aws)
-            .await
-            .context("cannot create the stack's resources")?;
-    }
-    let queue = relay_aws::SqsQueue::new(aws.clone(), args.retention)
+        relay_aws::retry_transient("creating the stack's resources", 6, || {
+            relay_aws::create_resources(&aws)
+        })
         .await
-        .with_context(|| format!("cannot reach stack {:?}", aws.stack))?;
+        .context("cannot create the stack's resources")?;
+    }
+    let queue = relay_aws::retry_transient("the stack's queues", 6, || {
+        relay_aws::SqsQueue::new(aws.clone(), args.retention)
+    })
+    .await
+    .with_context(|| format!("cannot reach stack {:?}", aws.stack))?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

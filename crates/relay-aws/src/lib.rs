@@ -97,6 +97,11 @@ impl AwsError {
         }
     }
 
+    /// Whether trying again later may work: AWS was unreachable or busy.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, AwsError::Unreachable { .. } | AwsError::Busy { .. })
+    }
+
     /// The port's view: worth trying again later, or not.
     pub(crate) fn into_store_error(self) -> relay_core::StoreError {
         match self {
@@ -122,6 +127,32 @@ fn is_transient(code: &str) -> bool {
         || code.contains("SlowDown")
         || code.contains("RequestTimeout")
         || code == "TransactionConflictException"
+}
+
+/// Runs `call` until it works or fails for good, for what a start needs from AWS (the stack's
+/// queues, its resources): a transient error (unreachable, throttled, AWS's own failure) is
+/// tried again with jittered backoff, up to `tries` times, each logged.
+pub async fn retry_transient<T, F, Fut>(what: &str, tries: u32, mut call: F) -> Result<T, AwsError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, AwsError>>,
+{
+    let backoff = relay_core::backoff::Backoff {
+        base: std::time::Duration::from_millis(500),
+        cap: std::time::Duration::from_secs(8),
+    };
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if e.is_transient() && attempt < tries => {
+                let wait = backoff.delay(attempt, fastrand::f64());
+                tracing::warn!(%what, attempt, error = %e, ?wait, "AWS call failed; trying again");
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
 }
 
 #[cfg(test)]
