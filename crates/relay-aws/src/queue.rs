@@ -210,7 +210,7 @@ impl SqsQueue {
                     .item
                     .unwrap_or_default();
                 let Some(payload) = get_s(&meta, "payload") else {
-                    tracing::error!(event_id = %id, "a queued event has no stored payload; skipping it");
+                    tracing::error!(event_id = ?id, "a queued event has no stored payload; skipping it");
                     return Ok(None);
                 };
                 (
@@ -338,14 +338,28 @@ impl SqsQueue {
         lease: Duration,
     ) -> (Vec<Claim>, Vec<(String, StoreError)>) {
         let now = now_millis();
-        let token = self.inner.next_lease.fetch_add(1, Relaxed);
         // Each message's claim is two calls; the batch's go at once.
         let mut pending = tokio::task::JoinSet::new();
+        let mut seen = std::collections::HashSet::new();
         for message in messages {
+            // A token per claim: a refusal that shows this token is this claim's own write
+            // whose answer was lost, never another claim's.
+            let token = self.inner.next_lease.fetch_add(1, Relaxed);
             let body = serde_json::from_str::<serde_json::Value>(&message.body).ok();
             let id = body
                 .as_ref()
                 .and_then(|v| v.get("id")?.as_str().map(str::to_owned));
+            // The outbox sends at least once, so one receive can bring two messages of one
+            // event. The first is claimed (or comes back, or is spent, as its claim decides);
+            // a second is a spare copy, whatever happens to the first, and claiming both at
+            // once would race two writes on one item.
+            if let Some(id) = &id
+                && !seen.insert(id.clone())
+            {
+                tracing::debug!(event_id = ?id, "a second message of an event in one receive; deleting the spare");
+                self.delete(message.receipt);
+                continue;
+            }
             let carried = body.as_ref().and_then(|v| {
                 let payload = v.get("payload")?.as_str()?.to_owned();
                 Some((payload, v.get("received_at")?.as_i64()?))
@@ -694,7 +708,7 @@ impl WorkQueue for SqsQueue {
             self.delete(receipt);
         }
         if let Err(e) = moved {
-            tracing::warn!(event_id = %claim.event_id, error = %e, "state settled, but the queue not updated; the message returns after its lease and is handled then");
+            tracing::warn!(event_id = ?claim.event_id, error = %e, "state settled, but the queue not updated; the message returns after its lease and is handled then");
         }
         Ok(())
     }
@@ -718,7 +732,7 @@ impl WorkQueue for SqsQueue {
                 .send()
                 .await;
             if let Err(e) = back {
-                tracing::debug!(event_id = %claim.event_id, error = %AwsError::from_sdk("the events table", e), "releasing a claim");
+                tracing::debug!(event_id = ?claim.event_id, error = %AwsError::from_sdk("the events table", e), "releasing a claim");
             }
             if let Some(Held { receipt, .. }) = self.take_held(&claim.event_id) {
                 let _ = aws

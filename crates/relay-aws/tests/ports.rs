@@ -444,3 +444,25 @@ async fn a_conditional_write_whose_answer_was_lost_is_known_for_what_it_did() {
         .unwrap();
     assert_eq!(trace.delivery.status, relay_core::DeliveryStatus::Delivered);
 }
+
+/// The outbox sends at least once, so one receive can bring two messages of one event: it is
+/// claimed once, and the other message waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_messages_of_one_event_in_one_receive_are_one_claim() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("twice").await;
+    let event = parse_event(br#"{"id":"t","name":"n","body":"b","timestamp":1}"#).unwrap();
+    assert_eq!(
+        DynamoIngest::new(aws.clone()).accept(event).await,
+        Ok(AcceptOutcome::Accepted)
+    );
+    let queue = SqsQueue::new(aws.clone(), Duration::from_secs(3600))
+        .await
+        .unwrap();
+    relay_aws::outbox::forward(&aws, queue.queue_url(), &["t".into(), "t".into()]).await;
+    let mut claims = Vec::new();
+    for _ in 0..5 {
+        claims.extend(queue.claim(10, Duration::from_secs(30)).await.unwrap());
+    }
+    assert_eq!(claims.len(), 1, "{claims:?}");
+}
