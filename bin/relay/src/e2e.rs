@@ -492,6 +492,18 @@ async fn run_scenario(
             verdict.duplicated.len()
         ));
     }
+    // Through a faulty AWS API a settlement can fail for good after the target took the
+    // event; the event is then sent again, under the same idempotency key. At-least-once
+    // allows that, within reason; losing one never.
+    if setup.relay_endpoint.is_some() {
+        allowed_duplicates = allowed_duplicates.max(verdict.acked / 50);
+        if scenario != Scenario::Sigkill && !verdict.duplicated.is_empty() {
+            notes.push(format!(
+                "{} sent again after a settlement AWS failed (same idempotency key)",
+                verdict.duplicated.len()
+            ));
+        }
+    }
     if let Err(e) = relay.stop().await {
         failures.push(format!("clean stop failed: {e:#}"));
     }
