@@ -74,7 +74,7 @@ pub(crate) fn write(
         when.day()
     );
     let dir = data_dir.join(ARCHIVE_DIR).join(&day);
-    fs::create_dir_all(&dir)?;
+    crate::disk::create_private_dir(&dir)?;
     let name = format!(
         "{kind}-{day}T{:02}{:02}{:02}.{:03}Z-{}.jsonl.gz",
         when.hour(),
@@ -110,6 +110,7 @@ pub(crate) fn write(
     }
 
     let relative = Path::new(&day).join(&name);
+    crate::disk::precreate_private(&data_dir.join(ARCHIVE_DIR).join(INDEX_FILE))?;
     index(data_dir, events, &relative, now).map_err(io::Error::other)?;
     Ok(path)
 }

@@ -429,6 +429,60 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Creates `dir` and its missing parents, readable by their owner alone: what relay stores is
+/// the sources' data.
+pub(crate) fn create_private_dir(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+/// Makes `path`, if missing, an empty file private to its owner, for SQLite to open: SQLite
+/// gives a database's `-wal` and `-shm` files the database file's mode.
+pub(crate) fn precreate_private(path: &Path) -> io::Result<()> {
+    match OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes `path` whole, private to its owner (for small files other processes read).
+pub(crate) fn write_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    let mut file = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(bytes)
+}
+
+/// Takes group and other access away from the data directory, if an older relay or an
+/// operator left it open; says so when it does.
+pub(crate) fn make_private(dir: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = fs::metadata(dir)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & 0o700))?;
+        tracing::warn!(
+            dir = %dir.display(),
+            was = format!("{:o}", mode & 0o777),
+            now = format!("{:o}", mode & 0o700),
+            "the data directory was open to other users; it is now its owner's alone"
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,7 +114,7 @@ impl Health {
             return;
         };
         let partial = self.file.with_extension("json.partial");
-        if std::fs::write(&partial, text).is_ok() {
+        if crate::disk::write_private(&partial, &text).is_ok() {
             let _ = std::fs::rename(&partial, &self.file);
         }
     }

@@ -340,7 +340,7 @@ pub(crate) fn segments(dir: &Path) -> io::Result<Vec<(u64, PathBuf)>> {
 /// Lists the segments left by earlier runs; `read_segment` each, apply, then [`start`].
 pub(crate) fn recover(data_dir: &Path) -> io::Result<Recovered> {
     let dir = data_dir.join(DIR);
-    std::fs::create_dir_all(&dir)?;
+    crate::disk::create_private_dir(&dir)?;
     let numbered = segments(&dir)?;
     let next_segment = numbered.last().map_or(1, |(n, _)| n + 1);
     Ok(Recovered {

@@ -22,6 +22,7 @@ mod replay;
 mod writer;
 
 use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -217,15 +218,18 @@ impl SqliteStore {
     /// run left is taken over: journal segments are indexed, and leases are due again (that
     /// owner is gone, since we hold the lock).
     pub fn open_with(dir: &Path, options: StoreOptions) -> Result<Self, OpenError> {
-        std::fs::create_dir_all(dir).map_err(|source| OpenError::Io {
-            path: dir.into(),
-            source,
-        })?;
+        disk::create_private_dir(dir)
+            .and_then(|()| disk::make_private(dir))
+            .map_err(|source| OpenError::Io {
+                path: dir.into(),
+                source,
+            })?;
         let lock_path = dir.join(LOCK_FILE);
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
+            .mode(0o600)
             .open(&lock_path)
             .map_err(|source| OpenError::Io {
                 path: lock_path.clone(),
@@ -247,6 +251,10 @@ impl SqliteStore {
         if !path.exists() && holds_a_store(dir) {
             return Err(OpenError::MissingIndex(dir.into()));
         }
+        disk::precreate_private(&path).map_err(|source| OpenError::Io {
+            path: path.clone(),
+            source,
+        })?;
         let conn = open_connection(&path, OpenFlags::default())?;
         init_schema(&conn, &path)?;
         check_index(&conn, &path)?;
@@ -378,7 +386,7 @@ impl SqliteStore {
             .stats
             .acked_before_flush
             .fetch_add(1, Relaxed);
-        tracing::debug!(event_id = %id, "acknowledged before its flush");
+        tracing::debug!(event_id = ?id, "acknowledged before its flush");
         let at = self.inner.clock.now();
         let jobs = self.jobs();
         let _ = jobs.try_send(Job::AckedBeforeFlush { id: id.clone(), at });

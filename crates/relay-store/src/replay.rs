@@ -129,7 +129,7 @@ fn quarantine(
     disk: &Disk,
 ) -> std::io::Result<PathBuf> {
     let into = dir.join(QUARANTINE_DIR);
-    std::fs::create_dir_all(&into)?;
+    crate::disk::create_private_dir(&into)?;
     let stem = segment
         .file_stem()
         .map_or_else(|| "segment".into(), |s| s.to_string_lossy().into_owned());
