@@ -99,7 +99,7 @@ impl Ingest for DynamoIngest {
             });
         }
         let error = AwsError::from_sdk("the events table", e);
-        tracing::error!(event_id = %event.id, error = %error, "storing an event failed");
+        tracing::error!(event_id = ?event.id, error = %error, "storing an event failed");
         // Whatever the cause, the event is not known to be stored: the caller answers 503.
         Err(StoreError::Unavailable(error.to_string()))
     }

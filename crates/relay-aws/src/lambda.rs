@@ -99,7 +99,7 @@ pub async fn forward_stream(
             .iter()
             .find(|(f, _)| f == first)
             .expect("found above");
-        tracing::warn!(event_id = %first, %error, failed = failed.len(), "could not queue events; Lambda retries from the first");
+        tracing::warn!(event_id = ?first, %error, failed = failed.len(), "could not queue events; Lambda retries from the first");
         let mut failure = DynamoDbBatchItemFailure::default();
         failure.item_identifier = sequence_of.get(first).cloned().flatten();
         response.batch_item_failures.push(failure);

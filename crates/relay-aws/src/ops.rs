@@ -337,7 +337,7 @@ impl AwsOps {
                         // The DLQ's own receive count goes on from there: the policy says how many.
                         let times = max_receives.unwrap_or(m.receives);
                         if self.settle_abandoned(id, times).await? {
-                            tracing::warn!(event_id = %id, times, "an event dispatchers died on is a dead letter now");
+                            tracing::warn!(event_id = ?id, times, "an event dispatchers died on is a dead letter now");
                             adopted.push(id.clone());
                         }
                         true

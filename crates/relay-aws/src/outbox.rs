@@ -363,7 +363,7 @@ impl StreamPoller {
             let failed = forward(&self.aws, &self.queue_url, &ids).await;
             if let Some((id, error)) = failed.first() {
                 // Not a step further until the whole batch is queued: read it again.
-                tracing::warn!(event_id = %id, %error, failed = failed.len(), "forwarding to the work queue failed; retrying the batch");
+                tracing::warn!(event_id = ?id, %error, failed = failed.len(), "forwarding to the work queue failed; retrying the batch");
                 self.iterators.insert(shard, iterator);
                 return Err(AwsError::Service {
                     what: "the work queue".into(),

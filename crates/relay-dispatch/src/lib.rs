@@ -186,7 +186,7 @@ impl<Q: WorkQueue> Dispatcher<Q> {
             let claims: Vec<Claim> = buffer.drain(..per_request.min(buffer.len())).collect();
             let span = match claims.as_slice() {
                 [claim] => {
-                    tracing::info_span!("deliver", event_id = %claim.event_id, attempt = claim.tries + 1)
+                    tracing::info_span!("deliver", event_id = ?claim.event_id, attempt = claim.tries + 1)
                 }
                 _ => tracing::info_span!("deliver", events = claims.len()),
             };
@@ -370,7 +370,7 @@ async fn attempt<Q: WorkQueue>(
                 trigger: claim.trigger,
             };
             let _span =
-                (n > 1).then(|| tracing::info_span!("event", event_id = %claim.event_id).entered());
+                (n > 1).then(|| tracing::info_span!("event", event_id = ?claim.event_id).entered());
             match &settlement {
                 Settlement::Delivered => tracing::debug!(ms = attempt.duration_ms, "delivered"),
                 Settlement::Retry { at, .. } => {
