@@ -19,6 +19,14 @@ if [ ! -x .venv-lambda/bin/cargo-lambda ]; then
   .venv-lambda/bin/pip install --quiet "cargo-lambda==1.9.2"
 fi
 
+# Signed requests are checked against a signer relay did not write: the Python
+# standardwebhooks package.
+if [ ! -x .venv-webhooks/bin/python ] || ! .venv-webhooks/bin/python -c "import standardwebhooks" 2>/dev/null; then
+  echo "==> installing the Standard Webhooks reference signer into .venv-webhooks"
+  python3 -m venv .venv-webhooks
+  .venv-webhooks/bin/pip install --quiet "standardwebhooks==1.3.0"
+fi
+
 # The deploy pipeline's smoke test (scripts/smoke-aws.sh) runs on the AWS CLI; it is tested
 # against moto too.
 if ! command -v aws >/dev/null 2>&1 && [ ! -x .venv-awscli/bin/aws ]; then

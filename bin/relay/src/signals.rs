@@ -1,4 +1,5 @@
-//! Waiting for the signals that stop long-running commands: SIGINT (Ctrl-C) and SIGTERM.
+//! Waiting for the signals that stop long-running commands (SIGINT, i.e. Ctrl-C, and SIGTERM),
+//! and for SIGHUP, which asks `relay up` to read its certificate again.
 
 pub(crate) async fn stop_requested() {
     let ctrl_c = tokio::signal::ctrl_c();
@@ -20,4 +21,24 @@ pub(crate) async fn stop_requested() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+/// Calls `reload` on every SIGHUP, for as long as the process runs.
+pub(crate) async fn on_hangup(reload: impl Fn()) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(mut hangup) => {
+                while hangup.recv().await.is_some() {
+                    reload();
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGHUP; restart to reload the certificate")
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = reload;
 }

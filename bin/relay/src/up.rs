@@ -29,6 +29,9 @@ pub(crate) struct UpArgs {
     #[arg(long, env = "RELAY_LISTEN", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
+    #[command(flatten)]
+    edge: EdgeArgs,
+
     /// GraphQL endpoint events are delivered to.
     #[arg(long, env = "RELAY_TARGET_URL", value_parser = args::http_url)]
     target_url: String,
@@ -37,6 +40,18 @@ pub(crate) struct UpArgs {
     /// (rotate keys without downtime).
     #[arg(long = "api-key", env = "RELAY_API_KEY", required = true, value_delimiter = ',', hide_env_values = true, value_parser = args::non_empty)]
     api_keys: Vec<String>,
+
+    /// Also require every request to be signed the Standard Webhooks way (`webhook-id`,
+    /// `webhook-timestamp` within 5 minutes, `webhook-signature: v1,…`) with this secret
+    /// (`whsec_…`). Repeat or comma-separate to accept two during a rotation.
+    #[arg(
+        long = "signing-secret",
+        env = "RELAY_SIGNING_SECRET",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "WHSEC"
+    )]
+    signing_secrets: Vec<String>,
 
     /// Where events are kept: the embedded store in --data-dir (local), or a stack's DynamoDB
     /// table and SQS queues (aws: the receiver, outbox and dispatcher handlers in this process).
@@ -152,6 +167,80 @@ pub(crate) struct UpArgs {
     retention: Duration,
 }
 
+/// How the ingest server treats its clients: what it takes from slow or broken ones, and TLS.
+#[derive(Debug, Args)]
+#[command(next_help_heading = "Ingest edge")]
+struct EdgeArgs {
+    /// Serve HTTPS with this certificate chain (PEM, leaf first). Reloaded with the key on
+    /// SIGHUP: renew the files, then `kill -HUP`. Use it whenever --listen is not loopback.
+    #[arg(long, env = "RELAY_TLS_CERT", requires = "tls_key", value_name = "PEM")]
+    tls_cert: Option<PathBuf>,
+
+    /// The certificate's private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "RELAY_TLS_KEY", requires = "tls_cert", value_name = "PEM")]
+    tls_key: Option<PathBuf>,
+
+    /// Most time a client may take to send a request's head (and a TLS handshake), from
+    /// connecting or from the previous answer: also how long an idle connection stays open.
+    #[arg(long, env = "RELAY_HEADER_TIMEOUT", default_value = "10s", value_parser = args::duration)]
+    header_timeout: Duration,
+
+    /// Most time a client may take to send a request's body, once its head is in; past it the
+    /// answer is 408.
+    #[arg(long, env = "RELAY_BODY_TIMEOUT", default_value = "30s", value_parser = args::duration)]
+    body_timeout: Duration,
+
+    /// Most client connections open at once. At the limit, new connections wait until one
+    /// closes, and the log says so.
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 4096, value_parser = args::positive_count)]
+    max_connections: usize,
+}
+
+impl EdgeArgs {
+    /// The server's options, with the certificate read: a file that will not do is a usage
+    /// error that names it.
+    fn options(&self) -> relay_ingest::serve::ServeOptions {
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => match relay_ingest::serve::Tls::load(cert, key) {
+                Ok(tls) => Some(tls),
+                Err(e) => clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!("--tls-cert/--tls-key: {e}\n"),
+                )
+                .exit(),
+            },
+            _ => None,
+        };
+        if self.header_timeout.is_zero() || self.body_timeout.is_zero() {
+            conflict("--header-timeout and --body-timeout must be more than zero".into());
+        }
+        relay_ingest::serve::ServeOptions {
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            max_connections: self.max_connections,
+            tls,
+        }
+    }
+}
+
+/// Serves `app` at the edge until `stop`; with TLS, SIGHUP reloads the certificate.
+async fn serve_edge(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    edge: relay_ingest::serve::ServeOptions,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    if let Some(tls) = edge.tls.clone() {
+        tokio::spawn(crate::signals::on_hangup(move || match tls.reload() {
+            Ok(()) => tracing::info!("SIGHUP: TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "SIGHUP: cannot reload the TLS certificate; the old one stays in use")
+            }
+        }));
+    }
+    relay_ingest::serve::serve(listener, app, edge, stopped(stop)).await
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum Backend {
     /// The embedded store in --data-dir.
@@ -228,10 +317,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         max_in_flight: args.max_in_flight,
         ..DispatchConfig::default()
     };
+    let edge = args.edge.options();
     let ingest = IngestConfig {
         api_keys: args.api_keys.clone(),
         store_timeout: args.store_timeout,
         batch_timeout: args.batch_timeout,
+        signing_secrets: signing_secrets(&args.signing_secrets),
     };
     if args.backend == Backend::Aws {
         // A claim is a message's visibility: after a crash, that is how long its events wait.
@@ -243,7 +334,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
             claim_at_least: 10,
             ..dispatch
         };
-        return run_aws(args, client, dispatch, ingest).await;
+        return run_aws(args, client, dispatch, ingest, edge).await;
     }
     let data_dir = args
         .data_dir
@@ -305,10 +396,10 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
 
     tracing::info!(%addr, target = %args.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
-    println!("relay listening on http://{addr}");
+    println!("relay listening on {}://{addr}", scheme(&edge));
 
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopped(stop_rx.clone()));
-    let (served, ()) = tokio::join!(async { server.await }, dispatcher.run(stopped(stop_rx)));
+    let server = serve_edge(listener, app, edge, stop_rx.clone());
+    let (served, ()) = tokio::join!(server, dispatcher.run(stopped(stop_rx)));
     served.context("ingest server failed")?;
     let _ = reporter.await;
     let m = handle.snapshot();
@@ -364,6 +455,29 @@ fn stop_on_signals() -> watch::Receiver<bool> {
     stop_rx
 }
 
+/// The secrets, parsed; a bad one is a usage error that does not repeat it (clap's own error
+/// would).
+fn signing_secrets(given: &[String]) -> Vec<relay_ingest::SigningSecret> {
+    given
+        .iter()
+        .map(|secret| {
+            secret.parse().unwrap_or_else(|e| {
+                clap::Error::raw(
+                    clap::error::ErrorKind::InvalidValue,
+                    format!(
+                        "--signing-secret (RELAY_SIGNING_SECRET): {e}; the value is not shown\n"
+                    ),
+                )
+                .exit()
+            })
+        })
+        .collect()
+}
+
+fn scheme(edge: &relay_ingest::serve::ServeOptions) -> &'static str {
+    if edge.tls.is_some() { "https" } else { "http" }
+}
+
 async fn stopped(mut rx: watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
 }
@@ -375,6 +489,7 @@ async fn run_aws(
     client: GraphqlClient,
     dispatch: DispatchConfig,
     ingest: IngestConfig,
+    edge: relay_ingest::serve::ServeOptions,
 ) -> anyhow::Result<ExitCode> {
     let aws = relay_aws::Aws::connect(&args.aws.options()).await?;
     // A start must not fail on one throttled or dropped call: each is tried a few times.
@@ -426,8 +541,13 @@ async fn run_aws(
         })
     };
     tracing::info!(%addr, target = %args.target_url, stack = ?aws.stack, "relay up on AWS");
-    println!("relay listening on http://{addr}");
-    let server = relay_aws::receiver::serve(listener, app, stopped(stop_rx.clone()));
+    println!("relay listening on {}://{addr}", scheme(&edge));
+    let server = serve_edge(
+        listener,
+        relay_aws::receiver::api_gateway(app),
+        edge,
+        stop_rx.clone(),
+    );
     let (served, ()) = tokio::join!(server, dispatcher.run(stopped(stop_rx)));
     served.context("ingest server failed")?;
     let _ = tokio::join!(outbox, reporter, fleet);

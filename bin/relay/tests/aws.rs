@@ -477,3 +477,36 @@ fn aws_cli() -> Option<std::path::PathBuf> {
         .map(|d| std::path::Path::new(d).join("aws"))
         .find(|p| p.exists())
 }
+
+/// The receiver checks Standard Webhooks signatures as `relay up` does: signed by an
+/// independent signer passes, unsigned is refused before anything is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_receiver_takes_signed_requests_and_refuses_unsigned_ones() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(200.0, 20.0).await;
+    let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let relay = Relay::start_aws(
+        dir.path(),
+        &moto,
+        "signed",
+        &target.url(),
+        &["--signing-secret", secret],
+    );
+    let body = serde_json::to_vec(&event(1)).unwrap();
+    let headers = signed(secret, "msg_1", now(), &body);
+    let (status, answer) = post_signed(&relay.url, Some(KEY), &headers, &body).await;
+    assert_eq!(status, 202, "{answer}");
+    let other = serde_json::to_vec(&event(2)).unwrap();
+    let (status, answer) = post_signed(&relay.url, Some(KEY), &[], &other).await;
+    assert_eq!(
+        (status, answer["error"].as_str()),
+        (401, Some("signature_required"))
+    );
+    eventually("the signed event delivered", 60, || {
+        target.stats().events == 1
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(target.stats().events, 1, "the unsigned event was delivered");
+}

@@ -1,12 +1,11 @@
 //! The receiver: the unchanged ingest router, behind API Gateway.
 //!
 //! In Lambda, `lambda_http::run(router)` turns each API Gateway REST proxy event into a request
-//! for the router and its response into a proxy response. [`serve`] does the same locally, for
+//! for the router and its response into a proxy response. [`api_gateway`] does the same locally, for
 //! `relay up --backend aws`: every HTTP request becomes a proxy event, goes through
 //! `lambda_http`'s own adapter into the router, and the proxy response it produces becomes the
 //! HTTP answer. It is the Lambda path, serialization included, not a shortcut around it.
 
-use std::future::Future;
 use std::net::SocketAddr;
 
 use axum::Router;
@@ -97,25 +96,16 @@ async fn traced(
 /// API Gateway's own limit on a request body.
 const API_GATEWAY_MAX_BODY: usize = 10 * 1024 * 1024;
 
-/// Serves `app` as API Gateway and Lambda would, until `shutdown` resolves.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    app: Router,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let front = Router::new().fallback(
+/// `app` as API Gateway and Lambda would serve it: every request becomes a REST proxy event,
+/// the function's answer a proxy response. Served by `relay_ingest::serve` (which gives each
+/// request its peer's `ConnectInfo`).
+pub fn api_gateway(app: Router) -> Router {
+    Router::new().fallback(
         move |ConnectInfo(peer): ConnectInfo<SocketAddr>, request: Request| {
             let app = app.clone();
             async move { through_api_gateway(app, peer, request).await }
         },
-    );
-
-    axum::serve(
-        listener,
-        front.into_make_service_with_connect_info::<SocketAddr>(),
     )
-    .with_graceful_shutdown(shutdown)
-    .await
 }
 
 /// One request, the Lambda way: a REST proxy event in, a REST proxy response out.
@@ -152,12 +142,20 @@ async fn proxy_event(
     let (parts, body) = request.into_parts();
     let bytes = axum::body::to_bytes(body, API_GATEWAY_MAX_BODY)
         .await
-        .map_err(|_| {
-            (
-                StatusCode::PAYLOAD_TOO_LARGE,
-                r#"{"message":"Request Too Long"}"#,
-            )
-                .into_response()
+        .map_err(|e| {
+            if relay_ingest::is_body_timeout(&e) {
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    r#"{"error":"body_timeout","message":"the request body did not arrive in time"}"#,
+                )
+                    .into_response()
+            } else {
+                (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    r#"{"message":"Request Too Long"}"#,
+                )
+                    .into_response()
+            }
         })?;
     let mut event = ApiGatewayProxyRequest::default();
     event.resource = Some("/{proxy+}".into());

@@ -5,6 +5,9 @@
 //! said the event is durable.
 
 mod error;
+#[cfg(feature = "server")]
+pub mod serve;
+mod signing;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +25,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 pub use error::{ApiError, EventId, Refusal};
+pub use signing::SigningSecret;
 
 /// Largest accepted request body (and batch item).
 pub const MAX_BODY_BYTES: usize = 256 * 1024;
@@ -42,6 +46,8 @@ pub struct IngestConfig {
     /// The same for `POST /events/batch`: up to 500 events (on AWS, as many conditional writes)
     /// for senders of backlogs, which have no 500 ms budget. Never shorter than `store_timeout`.
     pub batch_timeout: Duration,
+    /// With any, each request must also be signed (Standard Webhooks) under one of them.
+    pub signing_secrets: Vec<SigningSecret>,
 }
 
 impl Default for IngestConfig {
@@ -50,6 +56,7 @@ impl Default for IngestConfig {
             api_keys: Vec::new(),
             store_timeout: Duration::from_millis(400),
             batch_timeout: Duration::from_secs(5),
+            signing_secrets: Vec::new(),
         }
     }
 }
@@ -60,6 +67,7 @@ struct AppState<S> {
     keys: Vec<Vec<u8>>,
     store_timeout: Duration,
     batch_timeout: Duration,
+    signing_secrets: Vec<SigningSecret>,
 }
 
 /// The ingest API over any store.
@@ -73,6 +81,7 @@ pub fn router<S: Ingest>(store: S, config: IngestConfig) -> Router {
             .collect(),
         store_timeout: config.store_timeout,
         batch_timeout: config.batch_timeout.max(config.store_timeout),
+        signing_secrets: config.signing_secrets,
     });
     Router::new()
         .route("/events", post(post_event::<S>))
@@ -157,6 +166,7 @@ async fn accept_event<S: Ingest>(
     authorize(&state.keys, &headers)?;
     check_content_type(&headers)?;
     let body = read_body(request.into_body(), &headers, MAX_BODY_BYTES).await?;
+    signing::verify(&state.signing_secrets, &headers, &body)?;
     let event = parse_event(&body).map_err(|rejection| match rejection {
         Rejection::NotJson(message) => {
             ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
@@ -181,7 +191,7 @@ async fn accept_event<S: Ingest>(
             )
         })?
         .map_err(|e| {
-            tracing::error!(error = %e, event_id = %id, "store refused an event");
+            tracing::error!(error = %e, event_id = ?id, "store refused an event");
             store_refused(&e, "the event was")
         })?;
     Ok(match outcome {
@@ -217,6 +227,7 @@ async fn post_batch<S: Ingest>(
     authorize(&state.keys, &headers)?;
     check_content_type(&headers)?;
     let body = read_body(request.into_body(), &headers, MAX_BATCH_BYTES).await?;
+    signing::verify(&state.signing_secrets, &headers, &body)?;
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -368,7 +379,8 @@ fn check_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         Err(ApiError::new(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "unsupported_media_type",
-            format!("Content-Type must be application/json, got {:?}", value),
+            // What the client sent is not echoed back: an answer never repeats a header value.
+            "Content-Type must be application/json",
         ))
     }
 }
@@ -395,6 +407,11 @@ async fn read_body(
     match Limited::new(body, limit).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(e) if is_body_timeout(e.as_ref()) => Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "body_timeout",
+            "the request body did not arrive in time",
+        )),
         Err(e) => Err(ApiError::new(
             StatusCode::BAD_REQUEST,
             "unreadable_body",
@@ -411,12 +428,30 @@ async fn log_errors(request: Request, next: Next) -> Response {
     if let Some(error) = response.extensions().get::<error::Refusal>() {
         let status = response.status().as_u16();
         if response.status().is_server_error() {
-            tracing::warn!(%method, %path, status, code = error.code, "request failed");
+            tracing::warn!(%method, ?path, status, code = error.code, "request failed");
         } else {
-            tracing::debug!(%method, %path, status, code = error.code, "request refused");
+            tracing::debug!(%method, ?path, status, code = error.code, "request refused");
         }
     }
     response
+}
+
+/// What a request body read fails with once the edge's deadline for it passed (`serve`'s
+/// body timeout); the router answers it with `408 body_timeout`.
+#[derive(Debug)]
+pub struct BodyTimeout(pub Duration);
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the request body did not arrive within {:?}", self.0)
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// Whether `error`, or what caused it, is a [`BodyTimeout`].
+pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    std::iter::successors(Some(error), |e| e.source()).any(|e| e.is::<BodyTimeout>())
 }
 
 #[cfg(test)]

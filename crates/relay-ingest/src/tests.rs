@@ -31,6 +31,7 @@ fn harness_with(store_timeout: Duration, options: StoreOptions) -> Harness {
         api_keys: vec![KEY.into(), "next-key".into()],
         store_timeout,
         batch_timeout: store_timeout,
+        ..IngestConfig::default()
     };
     Harness {
         app: router(store.clone(), config),

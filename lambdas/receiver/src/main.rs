@@ -2,7 +2,8 @@
 //! the stack's events table. `RELAY_API_KEY_SECRET` (`secretsmanager:NAME`) names the secret
 //! holding the accepted keys (comma-separated, `old,new` during a rotation), or
 //! `RELAY_API_KEY` holds them; set `AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH` so paths are `/events`, not
-//! `/<stage>/events` (Terraform does both). Each request leaves one EMF line on stdout: the
+//! `/<stage>/events` (Terraform does both). `RELAY_SIGNING_SECRET_REF` (a secret) or
+//! `RELAY_SIGNING_SECRET` makes every request carry a Standard Webhooks signature too. Each request leaves one EMF line on stdout: the
 //! metrics, with `event_id` and `status` (`relay_aws::receiver::with_metrics`). Each accepted
 //! event is stored with its X-Ray trace (API Gateway's), and gets a receive segment in it.
 
@@ -20,9 +21,20 @@ async fn main() -> Result<(), lambda_http::Error> {
         Ok(secret) => relay_aws::secrets::api_keys(&aws, &secret.parse()?).await?,
         Err(_) => relay_aws::lambda::list_from_env("RELAY_API_KEY")?,
     };
+    // Signed requests (Standard Webhooks), when the stack sets a signing secret: a bad one
+    // stops the start, naming the variable.
+    let signing_secrets = match std::env::var("RELAY_SIGNING_SECRET_REF") {
+        Ok(secret) => relay_aws::secrets::api_keys(&aws, &secret.parse()?).await?,
+        Err(_) => relay_aws::lambda::list_from_env("RELAY_SIGNING_SECRET").unwrap_or_default(),
+    }
+    .iter()
+    .map(|s| s.parse())
+    .collect::<Result<Vec<relay_ingest::SigningSecret>, _>>()
+    .map_err(|e| format!("RELAY_SIGNING_SECRET: {e}"))?;
     let config = IngestConfig {
         api_keys,
         store_timeout: Duration::from_millis(400),
+        signing_secrets,
         ..IngestConfig::default()
     };
     let tracer = aws.tracer.clone();

@@ -357,3 +357,74 @@ pub fn free_addr() -> String {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().to_string()
 }
+
+/// `webhook-signature` for `body`, from the Python `standardwebhooks` package: a signer relay
+/// did not write.
+pub fn python_signature(secret: &str, id: &str, timestamp: i64, body: &[u8]) -> String {
+    let python =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-webhooks/bin/python");
+    assert!(
+        python.exists(),
+        "{} not found: scripts/test.sh installs the standardwebhooks package into .venv-webhooks",
+        python.display()
+    );
+    let script = "import sys, datetime, standardwebhooks\n\
+        secret, msg_id, ts = sys.argv[1], sys.argv[2], int(sys.argv[3])\n\
+        when = datetime.datetime.fromtimestamp(ts, tz=datetime.timezone.utc)\n\
+        print(standardwebhooks.Webhook(secret).sign(msg_id, when, sys.stdin.buffer.read()))";
+    let mut child = std::process::Command::new(python)
+        .args(["-c", script, secret, id, &timestamp.to_string()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(body).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+}
+
+pub async fn post_signed(
+    url: &str,
+    key: Option<&str>,
+    headers: &[(&str, String)],
+    body: &[u8],
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .post(format!("{url}/events"))
+        .header("content-type", "application/json")
+        .body(body.to_vec());
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    for (name, value) in headers {
+        request = request.header(*name, value);
+    }
+    let answer = request.send().await.unwrap();
+    let status = answer.status().as_u16();
+    (status, answer.json().await.unwrap_or(Value::Null))
+}
+
+pub fn signed(
+    secret: &str,
+    msg_id: &str,
+    timestamp: i64,
+    body: &[u8],
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("webhook-id", msg_id.to_owned()),
+        ("webhook-timestamp", timestamp.to_string()),
+        (
+            "webhook-signature",
+            python_signature(secret, msg_id, timestamp, body),
+        ),
+    ]
+}
