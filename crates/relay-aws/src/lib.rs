@@ -15,6 +15,8 @@
 //! `docs/lld.md`.
 
 pub mod archive;
+#[cfg(feature = "lambda")]
+pub mod authorizer;
 mod config;
 pub mod emf;
 #[cfg(feature = "fleet")]

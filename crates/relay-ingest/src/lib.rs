@@ -340,16 +340,18 @@ fn check_item(item: serde_json::Value) -> Result<Event, serde_json::Value> {
     })
 }
 
+/// Whether `given` is one of `keys`. Every key is compared, each in constant time, so timing
+/// tells nothing about which key (or how much of one) matched. The API Gateway authorizer uses
+/// it too.
+pub fn key_matches<K: AsRef<[u8]>>(keys: &[K], given: &[u8]) -> bool {
+    keys.iter()
+        .fold(0u8, |acc, key| acc | key.as_ref().ct_eq(given).unwrap_u8())
+        == 1
+}
+
 fn authorize(keys: &[Vec<u8>], headers: &HeaderMap) -> Result<(), ApiError> {
     let given = headers.get(API_KEY_HEADER).map(|v| v.as_bytes());
-    // Compare against every key, in constant time per key, so timing tells nothing about which
-    // key (or how much of one) matched.
-    let ok = given.is_some_and(|given| {
-        keys.iter().fold(0u8, |acc, key| {
-            acc | key.as_slice().ct_eq(given).unwrap_u8()
-        }) == 1
-    });
-    if ok {
+    if given.is_some_and(|given| key_matches(keys, given)) {
         Ok(())
     } else {
         Err(ApiError::new(
