@@ -9,6 +9,9 @@ use std::path::{Path, PathBuf};
 use hcl::{Block, Body};
 use relay_aws::Stack;
 
+/// The stack's Lambda functions, as `lambdas/` holds them.
+const FUNCTIONS: [&str; 4] = ["authorizer", "receiver", "forwarder", "dispatcher"];
+
 fn terraform_dir(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../terraform")
@@ -241,15 +244,25 @@ fn every_function_is_traced_on_arm64_with_its_own_role_and_no_wildcard_actions()
         Some("aws_iam_role.function[each.key].arn")
     );
     let names = locals(&module, "functions");
-    for f in ["receiver", "forwarder", "dispatcher"] {
+    for f in FUNCTIONS {
         assert!(names.contains(f), "{names}");
     }
-    assert!(
-        attr(body, "reserved_concurrent_executions")
-            .unwrap()
-            .contains("\"receiver\" ? var.receiver_reserved_concurrency"),
-        "reserved concurrency protects the receiver"
+    assert_eq!(
+        attr(body, "reserved_concurrent_executions").as_deref(),
+        Some("lookup(local.reserved_concurrency, each.key, -1)")
     );
+    let reserved: String = locals(&module, "reserved_concurrency")
+        .split_whitespace()
+        .collect();
+    for capped in [
+        "authorizer=var.authorizer_reserved_concurrency",
+        "receiver=var.receiver_reserved_concurrency",
+    ] {
+        assert!(
+            reserved.contains(capped),
+            "the edge's functions are capped: {reserved}"
+        );
+    }
     // Every statement of the functions' policies names its actions: no `*` in any of them.
     let documents = of_type(&module, "data", "aws_iam_policy_document");
     let mut checked = 0;
@@ -265,7 +278,7 @@ fn every_function_is_traced_on_arm64_with_its_own_role_and_no_wildcard_actions()
     }
     assert!(checked >= 10, "{checked} statements");
     let policies = locals(&module, "policies");
-    for f in ["receiver", "forwarder", "dispatcher"] {
+    for f in FUNCTIONS {
         assert!(
             policies.contains(&format!("data.aws_iam_policy_document.{f}.json")),
             "{policies}"
@@ -399,4 +412,178 @@ fn the_api_stage_is_traced_and_logged_and_the_alarms_cover_the_dlq_and_queue_age
         Some("local.alarm_actions")
     );
     assert!(locals(&module, "alarm_actions").contains("aws_sns_topic.alarms.arn"));
+}
+
+/// Nothing anonymous reaches a Lambda: every method but `GET /health` goes through the API key
+/// authorizer, and `GET /health` is answered by API Gateway itself (a MOCK).
+#[test]
+fn no_method_is_left_open_and_the_key_is_checked_before_any_function_runs() {
+    let module = load("modules/relay");
+    let methods = of_type(&module, "resource", "aws_api_gateway_method");
+    assert!(methods.len() >= 2, "{} methods", methods.len());
+    for (name, method) in &methods {
+        let authorization = attr(method, "authorization").unwrap();
+        if *name == "health" {
+            assert_eq!(authorization, "\"NONE\"");
+            assert_eq!(attr(method, "http_method").as_deref(), Some("\"GET\""));
+            let integration = resource(&module, "aws_api_gateway_integration", "health");
+            assert_eq!(attr(integration, "type").as_deref(), Some("\"MOCK\""));
+        } else {
+            assert_eq!(authorization, "\"CUSTOM\"", "method {name} is open");
+            assert_eq!(
+                attr(method, "authorizer_id").as_deref(),
+                Some("aws_api_gateway_authorizer.api_key.id"),
+                "method {name}"
+            );
+        }
+    }
+    // Every integration that calls a function sits behind an authorized method.
+    for (name, integration) in of_type(&module, "resource", "aws_api_gateway_integration") {
+        if attr(integration, "type").as_deref() == Some("\"AWS_PROXY\"") {
+            let method = resource(&module, "aws_api_gateway_method", name);
+            assert_eq!(attr(method, "authorization").as_deref(), Some("\"CUSTOM\""));
+        }
+    }
+    let authorizer = resource(&module, "aws_api_gateway_authorizer", "api_key");
+    assert_eq!(attr(authorizer, "type").as_deref(), Some("\"REQUEST\""));
+    assert_eq!(
+        attr(authorizer, "identity_source").as_deref(),
+        Some("\"method.request.header.x-api-key\"")
+    );
+    assert_eq!(
+        attr(authorizer, "authorizer_result_ttl_in_seconds").as_deref(),
+        Some("var.authorizer_cache_seconds")
+    );
+    assert!(
+        attr(authorizer, "authorizer_uri")
+            .unwrap()
+            .contains("aws_lambda_alias.live[\"authorizer\"]")
+    );
+    // API Gateway may call the authorizer, from this API's authorizer only.
+    let permission = resource(&module, "aws_lambda_permission", "authorizer");
+    assert!(
+        attr(permission, "source_arn")
+            .unwrap()
+            .contains("/authorizers/")
+    );
+    // The authorizer reads the API keys and nothing else.
+    let policy = of_type(&module, "data", "aws_iam_policy_document")
+        .into_iter()
+        .find(|(name, _)| *name == "authorizer")
+        .map(|(_, body)| text(body))
+        .expect("the authorizer's policy");
+    assert!(policy.contains("secretsmanager:GetSecretValue"), "{policy}");
+    assert!(
+        policy.contains("aws_secretsmanager_secret.api_keys.arn"),
+        "{policy}"
+    );
+    assert!(
+        !policy.contains("dynamodb") && !policy.contains("sqs"),
+        "{policy}"
+    );
+}
+
+/// API Gateway's own refusals answer in the contract's shape: a missing or wrong key is `401
+/// {"error": "unauthorized", …}`, a throttled or WAF-blocked request `429`.
+#[test]
+fn api_gateway_refusals_keep_the_contracts_json() {
+    let module = load("modules/relay");
+    let responses = locals(&module, "gateway_responses");
+    // Whitespace and commas aside, whichever way the expression is printed.
+    let compact: String = responses
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ',')
+        .collect();
+    for (kind, status, code) in [
+        ("UNAUTHORIZED", "401", "unauthorized"),
+        ("ACCESS_DENIED", "401", "unauthorized"),
+        ("THROTTLED", "429", "rate_limited"),
+        ("WAF_FILTERED", "429", "rate_limited"),
+        ("MISSING_AUTHENTICATION_TOKEN", "404", "not_found"),
+    ] {
+        let entry = format!("{kind}={{status={status}error=\"{code}\"");
+        assert!(
+            compact.contains(&entry),
+            "{kind} is not {status} {code}: {responses}"
+        );
+    }
+    for default in ["DEFAULT_4XX", "DEFAULT_5XX"] {
+        assert!(
+            compact.contains(&format!("{default}={{")),
+            "{default} has no JSON body"
+        );
+    }
+    let response = resource(&module, "aws_api_gateway_gateway_response", "contract");
+    assert_eq!(
+        attr(response, "for_each").as_deref(),
+        Some("local.gateway_responses")
+    );
+    let templates = attr(response, "response_templates").unwrap();
+    assert!(
+        templates.contains("application/json") && templates.contains("error = each.value.error"),
+        "{templates}"
+    );
+}
+
+/// A WAF web ACL with a rate limit per source IP and one per API key, attached to the stage,
+/// logging without the key; off by default, on in prod.
+#[test]
+fn waf_limits_each_source_ip_and_each_key_and_is_on_in_prod() {
+    let module = load("modules/relay");
+    let acl = resource(&module, "aws_wafv2_web_acl", "ingest");
+    assert_eq!(attr(acl, "scope").as_deref(), Some("\"REGIONAL\""));
+    let rules: Vec<&Body> = acl
+        .blocks()
+        .filter(|b| b.identifier() == "rule")
+        .map(Block::body)
+        .collect();
+    let rate = |key: &str| {
+        rules.iter().find_map(|rule| {
+            let statement = nested(rule, "statement")?;
+            let rate = nested(statement, "rate_based_statement")?;
+            (attr(rate, "aggregate_key_type").as_deref() == Some(key)).then(|| text(rate))
+        })
+    };
+    let per_ip = rate("\"IP\"").expect("a rate rule per source IP");
+    assert!(per_ip.contains("var.waf_requests_per_ip"), "{per_ip}");
+    let per_key = rate("\"CUSTOM_KEYS\"").expect("a rate rule per API key");
+    assert!(
+        per_key.contains("var.waf_requests_per_key") && per_key.contains("x-api-key"),
+        "{per_key}"
+    );
+    for rule in &rules {
+        let action = text(rule);
+        if action.contains("rate_based_statement") {
+            assert!(action.contains("response_code = 429"), "{action}");
+        }
+    }
+    let association = resource(&module, "aws_wafv2_web_acl_association", "stage");
+    assert_eq!(
+        attr(association, "resource_arn").as_deref(),
+        Some("aws_api_gateway_stage.live.arn")
+    );
+    let logging = text(resource(
+        &module,
+        "aws_wafv2_web_acl_logging_configuration",
+        "ingest",
+    ));
+    assert!(
+        logging.contains("redacted_fields") && logging.contains("x-api-key"),
+        "{logging}"
+    );
+    for (ty, name) in [
+        ("aws_wafv2_web_acl", "ingest"),
+        ("aws_wafv2_web_acl_association", "stage"),
+    ] {
+        assert_eq!(
+            attr(resource(&module, ty, name), "count").as_deref(),
+            Some("var.waf_enabled ? 1 : 0")
+        );
+    }
+    let prod = load("environments/prod");
+    let relay = prod
+        .iter()
+        .find(|b| b.identifier() == "module")
+        .expect("prod calls the module");
+    assert_eq!(attr(relay.body(), "waf_enabled").as_deref(), Some("true"));
 }

@@ -64,6 +64,8 @@ module "relay" {
   dispatcher_max_concurrency = 8
   log_retention_days         = 365
   alarm_email                = var.alarm_email
+  # A rate limit per source IP and per API key in front of the stage.
+  waf_enabled = true
 }
 
 # Everything the module gives, under the same names: `terraform output -json > outputs.json`

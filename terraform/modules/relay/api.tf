@@ -1,5 +1,7 @@
-# API Gateway REST API (regional): every path to the receiver, which checks the API key itself
-# so that the contract's 401 JSON answers hold. A REST stage is the only entry point whose
+# API Gateway REST API (regional). Every path but GET /health goes through the API key
+# authorizer first (nothing anonymous reaches a Lambda), then to the receiver, which checks the
+# key again; API Gateway's own refusals answer the contract's JSON (gateway responses below).
+# GET /health is answered by API Gateway itself. A REST stage is the only entry point whose
 # X-Ray sampling can be 100 %: API Gateway roots each event's trace (docs/lld.md).
 
 resource "aws_api_gateway_rest_api" "ingest" {
@@ -20,13 +22,98 @@ resource "aws_api_gateway_resource" "proxy" {
   path_part   = "{proxy+}"
 }
 
+# The key check in front: a request without `x-api-key` is refused by API Gateway itself, and
+# the function's answer for a key is cached for var.authorizer_cache_seconds.
+resource "aws_api_gateway_authorizer" "api_key" {
+  name                             = "${var.stack}-api-key"
+  rest_api_id                      = aws_api_gateway_rest_api.ingest.id
+  type                             = "REQUEST"
+  identity_source                  = "method.request.header.x-api-key"
+  authorizer_uri                   = aws_lambda_alias.live["authorizer"].invoke_arn
+  authorizer_result_ttl_in_seconds = var.authorizer_cache_seconds
+}
+
+resource "aws_lambda_permission" "authorizer" {
+  statement_id  = "ApiGatewayAuthorize"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.relay["authorizer"].function_name
+  qualifier     = aws_lambda_alias.live["authorizer"].name
+  principal     = "apigateway.amazonaws.com"
+  source_arn    = "${aws_api_gateway_rest_api.ingest.execution_arn}/authorizers/${aws_api_gateway_authorizer.api_key.id}"
+}
+
 resource "aws_api_gateway_method" "proxy" {
-  # checkov:skip=CKV_AWS_59:the receiver checks the API key (constant time, two keys during a rotation) and answers the contract's 401 JSON; an API Gateway key check would answer 403 first
   # checkov:skip=CKV2_AWS_53:the receiver validates every field and answers 400 naming it, as the contract requires
   rest_api_id   = aws_api_gateway_rest_api.ingest.id
   resource_id   = aws_api_gateway_resource.proxy.id
   http_method   = "ANY"
+  authorization = "CUSTOM"
+  authorizer_id = aws_api_gateway_authorizer.api_key.id
+}
+
+# GET /health needs no key (the contract): API Gateway answers it itself, so an anonymous
+# request reaches no Lambda. On AWS the store cannot be "failing" (DynamoDB answers each write).
+resource "aws_api_gateway_resource" "health" {
+  rest_api_id = aws_api_gateway_rest_api.ingest.id
+  parent_id   = aws_api_gateway_rest_api.ingest.root_resource_id
+  path_part   = "health"
+}
+
+resource "aws_api_gateway_method" "health" {
+  # checkov:skip=CKV_AWS_59:GET /health answers without a key by contract; its integration is a MOCK, so it reaches no function and no data
+  # checkov:skip=CKV2_AWS_53:a GET without parameters; there is nothing to validate
+  rest_api_id   = aws_api_gateway_rest_api.ingest.id
+  resource_id   = aws_api_gateway_resource.health.id
+  http_method   = "GET"
   authorization = "NONE"
+}
+
+resource "aws_api_gateway_integration" "health" {
+  rest_api_id       = aws_api_gateway_rest_api.ingest.id
+  resource_id       = aws_api_gateway_resource.health.id
+  http_method       = aws_api_gateway_method.health.http_method
+  type              = "MOCK"
+  request_templates = { "application/json" = jsonencode({ statusCode = 200 }) }
+}
+
+resource "aws_api_gateway_method_response" "health" {
+  rest_api_id = aws_api_gateway_rest_api.ingest.id
+  resource_id = aws_api_gateway_resource.health.id
+  http_method = aws_api_gateway_method.health.http_method
+  status_code = "200"
+}
+
+resource "aws_api_gateway_integration_response" "health" {
+  rest_api_id        = aws_api_gateway_rest_api.ingest.id
+  resource_id        = aws_api_gateway_resource.health.id
+  http_method        = aws_api_gateway_method.health.http_method
+  status_code        = aws_api_gateway_method_response.health.status_code
+  response_templates = { "application/json" = jsonencode({ status = "ok" }) }
+  depends_on         = [aws_api_gateway_integration.health]
+}
+
+# What API Gateway answers by itself, in the contract's error shape.
+locals {
+  gateway_responses = {
+    UNAUTHORIZED                 = { status = 401, error = "unauthorized", message = "missing or wrong `x-api-key` header" }
+    ACCESS_DENIED                = { status = 401, error = "unauthorized", message = "missing or wrong `x-api-key` header" }
+    MISSING_AUTHENTICATION_TOKEN = { status = 404, error = "not_found", message = "no such route; try POST /events" }
+    THROTTLED                    = { status = 429, error = "rate_limited", message = "too many requests; slow down and try again" }
+    WAF_FILTERED                 = { status = 429, error = "rate_limited", message = "too many requests from this address or key; slow down" }
+    REQUEST_TOO_LARGE            = { status = 413, error = "payload_too_large", message = "request body too large" }
+    DEFAULT_4XX                  = { status = null, error = "bad_request", message = "the request was refused before it reached relay" }
+    DEFAULT_5XX                  = { status = null, error = "unavailable", message = "relay is unavailable; the event was not acknowledged" }
+  }
+}
+
+resource "aws_api_gateway_gateway_response" "contract" {
+  for_each      = local.gateway_responses
+  rest_api_id   = aws_api_gateway_rest_api.ingest.id
+  response_type = each.key
+  status_code   = each.value.status == null ? null : tostring(each.value.status)
+  response_templates = {
+    "application/json" = jsonencode({ error = each.value.error, message = each.value.message })
+  }
 }
 
 resource "aws_api_gateway_integration" "proxy" {
@@ -54,8 +141,14 @@ resource "aws_api_gateway_deployment" "ingest" {
     redeploy = sha1(jsonencode([
       aws_api_gateway_resource.proxy.id,
       aws_api_gateway_method.proxy.id,
+      aws_api_gateway_method.proxy.authorizer_id,
+      aws_api_gateway_authorizer.api_key.id,
       aws_api_gateway_integration.proxy.id,
       aws_api_gateway_integration.proxy.uri,
+      aws_api_gateway_method.health.id,
+      aws_api_gateway_integration.health.id,
+      aws_api_gateway_integration_response.health.id,
+      local.gateway_responses,
     ]))
   }
   lifecycle {
@@ -72,7 +165,8 @@ resource "aws_cloudwatch_log_group" "access" {
 }
 
 resource "aws_api_gateway_stage" "live" {
-  # checkov:skip=CKV2_AWS_29:a WAF web ACL is attached at the organisation level (Firewall Manager) where one is used; stage throttling and API keys protect the stack itself
+  # checkov:skip=CKV2_AWS_29:the web ACL in waf.tf is attached when var.waf_enabled (on in prod); checkov cannot follow the count
+  # checkov:skip=CKV2_AWS_77:the web ACL in waf.tf runs AWSManagedRulesKnownBadInputsRuleSet (Log4j included); checkov cannot follow the count to it
   # checkov:skip=CKV2_AWS_51:sources are outside clients with API keys, not mutual-TLS peers
   # checkov:skip=CKV_AWS_120:POST /events must never be answered from a cache
   deployment_id        = aws_api_gateway_deployment.ingest.id

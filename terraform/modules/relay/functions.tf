@@ -1,5 +1,6 @@
-# The three functions: receiver (API Gateway → the ingest router), forwarder (the events
-# table's stream → the work queue) and dispatcher (the work queue → the target). Each has its
+# The four functions: authorizer (API Gateway's key check, before anything else runs), receiver
+# (API Gateway → the ingest router), forwarder (the events table's stream → the work queue)
+# and dispatcher (the work queue → the target). Each has its
 # own least-privilege role, X-Ray active tracing, arm64, and a `live` alias that API Gateway and
 # the event source mappings call, so a rollback is one alias update (docs/deploy.md).
 
@@ -69,6 +70,16 @@ data "aws_iam_policy_document" "receiver" {
   }
 }
 
+data "aws_iam_policy_document" "authorizer" {
+  source_policy_documents = [data.aws_iam_policy_document.common["authorizer"].json]
+
+  statement {
+    sid       = "ApiKeys"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = [aws_secretsmanager_secret.api_keys.arn]
+  }
+}
+
 data "aws_iam_policy_document" "forwarder" {
   source_policy_documents = [data.aws_iam_policy_document.common["forwarder"].json]
 
@@ -130,12 +141,18 @@ data "aws_iam_policy_document" "dispatcher" {
 
 locals {
   policies = {
+    authorizer = data.aws_iam_policy_document.authorizer.json
     receiver   = data.aws_iam_policy_document.receiver.json
     forwarder  = data.aws_iam_policy_document.forwarder.json
     dispatcher = data.aws_iam_policy_document.dispatcher.json
   }
 
   environment = {
+    authorizer = {
+      RELAY_STACK          = var.stack
+      RELAY_API_KEY_SECRET = "secretsmanager:${aws_secretsmanager_secret.api_keys.name}"
+      RUST_LOG             = "info"
+    }
     receiver = {
       RELAY_STACK                          = var.stack
       RELAY_API_KEY_SECRET                 = "secretsmanager:${aws_secretsmanager_secret.api_keys.name}"
@@ -158,6 +175,14 @@ locals {
       },
       var.target_rate > 0 ? { RELAY_TARGET_RATE = tostring(var.target_rate) } : {},
     )
+  }
+}
+
+# The edge's two functions are capped, so a flood at the API spends these and no more.
+locals {
+  reserved_concurrency = {
+    authorizer = var.authorizer_reserved_concurrency
+    receiver   = var.receiver_reserved_concurrency
   }
 }
 
@@ -187,7 +212,7 @@ resource "aws_lambda_function" "relay" {
   publish          = true
   kms_key_arn      = aws_kms_key.relay.arn
 
-  reserved_concurrent_executions = each.key == "receiver" ? var.receiver_reserved_concurrency : -1
+  reserved_concurrent_executions = lookup(local.reserved_concurrency, each.key, -1)
 
   tracing_config {
     mode = "Active"

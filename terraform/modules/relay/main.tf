@@ -20,6 +20,7 @@ locals {
   }
 
   functions = {
+    authorizer = { timeout = 5, memory = 128 }
     receiver   = { timeout = 10, memory = 256 }
     forwarder  = { timeout = 30, memory = 256 }
     dispatcher = { timeout = var.dispatcher_timeout, memory = 512 }

@@ -61,6 +61,8 @@ locals {
         description = "Sources got 5xx answers: the store was slow or unreachable (runbook: errors)."
       }
     },
+    # The authorizer answers a wrong key with the `Unauthorized` error, which Lambda counts as
+    # a failed invocation: its Errors are refused sources, not failures (its throttles alarm).
     { for f in keys(local.functions) : "${f}-errors" => {
       metric      = "Errors"
       namespace   = "AWS/Lambda"
@@ -68,7 +70,7 @@ locals {
       threshold   = 0
       dimensions  = { FunctionName = aws_lambda_function.relay[f].function_name }
       description = "The ${f} function failed invocations (runbook: errors)."
-    } },
+    } if f != "authorizer" },
     { for f in keys(local.functions) : "${f}-throttles" => {
       metric      = "Throttles"
       namespace   = "AWS/Lambda"

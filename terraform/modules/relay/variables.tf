@@ -117,3 +117,45 @@ variable "tags" {
   type        = map(string)
   default     = {}
 }
+
+variable "authorizer_reserved_concurrency" {
+  description = "Concurrency reserved for (and capping) the API key authorizer. Its answers are cached per key, so only new or wrong keys call it."
+  type        = number
+  default     = 10
+}
+
+variable "authorizer_cache_seconds" {
+  description = "How long API Gateway keeps the authorizer's answer for one key (0 to 3600). A removed key stays valid this long."
+  type        = number
+  default     = 300
+  validation {
+    condition     = var.authorizer_cache_seconds >= 0 && var.authorizer_cache_seconds <= 3600
+    error_message = "authorizer_cache_seconds is 0 to 3600."
+  }
+}
+
+variable "waf_enabled" {
+  description = "Put a WAF web ACL in front of the stage: a rate limit per source IP and one per API key. On in prod."
+  type        = bool
+  default     = false
+}
+
+variable "waf_requests_per_ip" {
+  description = "Most requests one source IP may make in 5 minutes before WAF blocks it (429)."
+  type        = number
+  default     = 30000
+  validation {
+    condition     = var.waf_requests_per_ip >= 10
+    error_message = "waf_requests_per_ip is at least 10 (WAF's floor)."
+  }
+}
+
+variable "waf_requests_per_key" {
+  description = "Most requests one API key may make in 5 minutes before WAF blocks it (429): the per-key throttle."
+  type        = number
+  default     = 150000
+  validation {
+    condition     = var.waf_requests_per_key >= 10
+    error_message = "waf_requests_per_key is at least 10 (WAF's floor)."
+  }
+}
