@@ -587,3 +587,170 @@ fn waf_limits_each_source_ip_and_each_key_and_is_on_in_prod() {
         .expect("prod calls the module");
     assert_eq!(attr(relay.body(), "waf_enabled").as_deref(), Some("true"));
 }
+
+/// The pipeline's roles: each trusts one GitHub environment of one repository, exactly (no
+/// pattern, so no branch, pull request or fork), the plan roles read and never write, and
+/// neither reads data.
+#[test]
+fn each_deploy_role_trusts_one_github_environment_and_the_plan_role_only_reads() {
+    let module = load("modules/deploy-roles");
+    let trust = of_type(&module, "data", "aws_iam_policy_document")
+        .into_iter()
+        .find(|(name, _)| *name == "trust")
+        .map(|(_, body)| body)
+        .expect("the trust policy");
+    let statement = nested(trust, "statement").unwrap();
+    assert_eq!(
+        attr(statement, "actions").as_deref(),
+        Some("[\"sts:AssumeRoleWithWebIdentity\"]")
+    );
+    let conditions: Vec<String> = statement
+        .blocks()
+        .filter(|b| b.identifier() == "condition")
+        .map(|b| text(b.body()))
+        .collect();
+    assert_eq!(conditions.len(), 2, "{conditions:?}");
+    assert!(
+        conditions
+            .iter()
+            .all(|c| c.contains("\"StringEquals\"") && !c.contains("StringLike")),
+        "{conditions:?}"
+    );
+    let subject = conditions
+        .iter()
+        .find(|c| c.contains(":sub"))
+        .expect("a subject condition");
+    assert!(
+        subject.contains("repo:${var.repository}:environment:${each.value.subject}"),
+        "{subject}"
+    );
+    assert!(!subject.contains('*'), "{subject}");
+    assert!(
+        conditions
+            .iter()
+            .any(|c| c.contains(":aud") && c.contains("sts.amazonaws.com"))
+    );
+
+    // The roles: `<env>-plan` trusted by the `<env>-plan` environment and read-only,
+    // `<env>-deploy` by `<env>` and writing.
+    let roles: String = locals(&module, "roles")
+        .chars()
+        .filter(|c| !c.is_whitespace() && *c != ',')
+        .collect();
+    assert!(
+        roles.contains("\"${env}-plan\"=>{env=envstack=stacksubject=\"${env}-plan\"writes=false}"),
+        "{roles}"
+    );
+    assert!(
+        roles.contains("\"${env}-deploy\"=>{env=envstack=stacksubject=envwrites=true}"),
+        "{roles}"
+    );
+
+    let policies = of_type(&module, "data", "aws_iam_policy_document");
+    let plan = policies
+        .iter()
+        .find(|(n, _)| *n == "plan")
+        .map(|(_, b)| *b)
+        .unwrap();
+    let mut actions = Vec::new();
+    for statement in plan.blocks().filter(|b| b.identifier() == "statement") {
+        let list = attr(statement.body(), "actions").unwrap();
+        actions.extend(
+            list.trim_matches(|c| c == '[' || c == ']')
+                .split(',')
+                .map(|a| a.trim().trim_matches('"').to_owned())
+                .filter(|a| !a.is_empty()),
+        );
+    }
+    assert!(actions.len() > 20, "{actions:?}");
+    for action in &actions {
+        let verb = action.split(':').nth(1).unwrap_or_default();
+        assert!(
+            verb.starts_with("Get")
+                || verb.starts_with("Describe")
+                || verb.starts_with("List")
+                || verb == "GET",
+            "the plan role may {action}"
+        );
+        for data in [
+            "GetSecretValue",
+            "GetItem",
+            "Query",
+            "Scan",
+            "ReceiveMessage",
+            "GetRecords",
+        ] {
+            assert!(
+                !action.ends_with(data),
+                "the plan role reads data: {action}"
+            );
+        }
+    }
+    // Its one object read is the state, under the environment's key.
+    let plan_text = text(plan);
+    assert!(
+        plan_text.contains("${var.state_bucket}/relay/${each.key}/*"),
+        "{plan_text}"
+    );
+    assert_eq!(plan_text.matches("s3:GetObject").count(), 1, "{plan_text}");
+
+    // The apply role: no wildcard service, nothing outside infrastructure, and objects only in
+    // the state bucket; PassRole only of the stack's roles, to Lambda and API Gateway.
+    let apply = policies
+        .iter()
+        .find(|(n, _)| *n == "apply")
+        .map(|(_, b)| *b)
+        .unwrap();
+    for statement in apply.blocks().filter(|b| b.identifier() == "statement") {
+        let actions = attr(statement.body(), "actions").unwrap();
+        let resources = attr(statement.body(), "resources").unwrap();
+        for broad in [
+            "\"*\"",
+            ":*\"",
+            "sts:",
+            "organizations:",
+            "iam:CreateUser",
+            "iam:CreateAccessKey",
+            "s3:Get*",
+            "s3:Put*",
+        ] {
+            assert!(
+                !actions.contains(broad),
+                "the apply role has {broad}: {actions}"
+            );
+        }
+        if actions.contains("s3:GetObject") || actions.contains("s3:PutObject") {
+            assert!(
+                resources.contains("var.state_bucket"),
+                "objects outside the state: {resources}"
+            );
+        }
+    }
+    assert!(text(apply).contains("iam:PassedToService"));
+    let module_env = load("environments/bootstrap");
+    let call = module_env
+        .iter()
+        .find(|b| b.identifier() == "module")
+        .expect("bootstrap calls the module");
+    assert_eq!(
+        attr(call.body(), "source").as_deref(),
+        Some("\"../../modules/deploy-roles\"")
+    );
+}
+
+/// `target_url` may carry a token: plans show it as `(sensitive value)`.
+#[test]
+fn the_target_url_is_sensitive_everywhere() {
+    for dir in ["modules/relay", "environments/dev", "environments/prod"] {
+        let blocks = load(dir);
+        let variable = blocks
+            .iter()
+            .find(|b| b.identifier() == "variable" && labels(b) == ["target_url"])
+            .unwrap_or_else(|| panic!("{dir} has no target_url"));
+        assert_eq!(
+            attr(variable.body(), "sensitive").as_deref(),
+            Some("true"),
+            "{dir}"
+        );
+    }
+}

@@ -44,7 +44,8 @@ variable "lambda_artifacts" {
 }
 
 variable "target_url" {
-  type = string
+  type      = string
+  sensitive = true
 }
 
 variable "alarm_email" {

@@ -13,8 +13,9 @@ variable "lambda_artifacts" {
 }
 
 variable "target_url" {
-  description = "The GraphQL target's URL."
+  description = "The GraphQL target's URL. Sensitive: it may carry a token, and plans show it as (sensitive value)."
   type        = string
+  sensitive   = true
 }
 
 variable "target_rate" {
