@@ -33,8 +33,10 @@ pub(crate) fn init(args: &LogArgs) {
         );
         EnvFilter::new("info")
     });
+    // Colours only on a terminal: a file, a pipe or journald gets plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match args.log_format {
         LogFormat::Pretty => builder.compact().init(),

@@ -479,3 +479,28 @@ async fn the_data_directory_and_its_files_are_the_owners_alone() {
     assert!(relay.terminate().success());
     assert_private(&data);
 }
+
+/// An id is client text: in the log it is a quoted, escaped field, so it cannot forge a field
+/// or a line of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_id_cannot_forge_log_fields() {
+    let target = common::target(1000.0, 100.0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let relay = Relay::start(&dir.path().join("data"), &target.url(), &[]);
+    let forged = r#"evil" level=ERROR msg="forged"#;
+    let event = json!({"id": forged, "name": "n", "body": "b", "timestamp": 1});
+    assert_eq!(
+        common::post_all(&relay.events_url(), &[event]).await.len(),
+        1
+    );
+    eventually("delivery", 30, || target.stats().events == 1).await;
+    let log = relay.log();
+    assert!(
+        log.contains(r#"event_id="evil\" level=ERROR msg=\"forged""#),
+        "the id is not an escaped field:\n{log}"
+    );
+    assert!(
+        !log.contains(r#"event_id=evil""#),
+        "the id went in raw:\n{log}"
+    );
+}
