@@ -35,6 +35,16 @@ if ! command -v aws >/dev/null 2>&1 && [ ! -x .venv-awscli/bin/aws ]; then
   .venv-awscli/bin/pip install --quiet "awscli==1.46.2"
 fi
 
+# The supply chain: cargo-deny (crates.io, as locked) checks every dependency's license, bans
+# and source against deny.toml. Advisories need the RustSec database from GitHub, which the
+# GitHub CI workflow fetches (`cargo deny check advisories` there); see deny.toml to accept one.
+if [ ! -x .tools/cargo-deny/bin/cargo-deny ]; then
+  echo "==> installing cargo-deny into .tools/cargo-deny (a few minutes, once)"
+  cargo install cargo-deny --locked --version 0.20.2 --root .tools/cargo-deny --quiet
+fi
+echo "==> cargo deny check licenses bans sources"
+.tools/cargo-deny/bin/cargo-deny deny --log-level error check licenses bans sources
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -118,3 +118,40 @@ fn the_plan_never_runs_for_a_fork_nor_posts_values_and_a_rollback_takes_only_mai
     // The SBOM is built with the zips.
     assert!(deploy.contains("cargo cyclonedx") && deploy.contains("name: sbom"));
 }
+
+/// deny.toml, which `scripts/test.sh` checks every dependency against: permissive licenses
+/// only, crates.io only, one TLS stack; and the test run and GitHub CI both run it.
+#[test]
+fn the_dependency_policy_is_permissive_licenses_crates_io_and_one_tls_stack() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let deny = std::fs::read_to_string(root.join("deny.toml")).unwrap();
+    let allowed = deny
+        .split("allow = [")
+        .nth(1)
+        .and_then(|rest| rest.split(']').next())
+        .unwrap();
+    for copyleft in ["GPL", "AGPL", "LGPL", "MPL", "EUPL", "SSPL"] {
+        assert!(
+            !allowed.contains(copyleft),
+            "{copyleft} is allowed: {allowed}"
+        );
+    }
+    assert!(
+        deny.contains("unknown-git = \"deny\"") && deny.contains("unknown-registry = \"deny\"")
+    );
+    assert!(deny.contains("name = \"openssl-sys\""));
+    assert!(deny.contains("yanked = \"deny\"") && deny.contains("unmaintained = \"all\""));
+    let script = std::fs::read_to_string(root.join("scripts/test.sh")).unwrap();
+    assert!(
+        script.contains("check licenses bans sources"),
+        "scripts/test.sh does not run cargo deny"
+    );
+    let (_, ci) = workflows()
+        .into_iter()
+        .find(|(p, _)| p.ends_with("ci.yml"))
+        .unwrap();
+    assert!(
+        ci.contains("check advisories"),
+        "GitHub CI does not check advisories"
+    );
+}
