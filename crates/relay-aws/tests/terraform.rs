@@ -754,3 +754,32 @@ fn the_target_url_is_sensitive_everywhere() {
         );
     }
 }
+
+/// `require_signatures` gives the receiver its signing secrets (and the right to read them):
+/// the same Standard Webhooks check as `relay up --signing-secret`.
+#[test]
+fn required_signatures_reach_the_receiver_from_their_own_secret() {
+    let module = load("modules/relay");
+    let secret = resource(&module, "aws_secretsmanager_secret", "signing");
+    assert_eq!(
+        attr(secret, "count").as_deref(),
+        Some("var.require_signatures ? 1 : 0")
+    );
+    assert!(attr(secret, "name").unwrap().contains("/signing-secrets"));
+    let environment: String = locals(&module, "environment").split_whitespace().collect();
+    assert!(
+        environment.contains(
+            "RELAY_SIGNING_SECRET_REF=\"secretsmanager:${aws_secretsmanager_secret.signing[0].name}\""
+        ),
+        "{environment}"
+    );
+    let receiver = of_type(&module, "data", "aws_iam_policy_document")
+        .into_iter()
+        .find(|(name, _)| *name == "receiver")
+        .map(|(_, body)| text(body))
+        .unwrap();
+    assert!(
+        receiver.contains("aws_secretsmanager_secret.signing[*].arn"),
+        "{receiver}"
+    );
+}

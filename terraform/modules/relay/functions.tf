@@ -66,7 +66,7 @@ data "aws_iam_policy_document" "receiver" {
   statement {
     sid       = "ApiKeys"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.api_keys.arn]
+    resources = concat([aws_secretsmanager_secret.api_keys.arn], aws_secretsmanager_secret.signing[*].arn)
   }
 }
 
@@ -153,12 +153,15 @@ locals {
       RELAY_API_KEY_SECRET = "secretsmanager:${aws_secretsmanager_secret.api_keys.name}"
       RUST_LOG             = "info"
     }
-    receiver = {
-      RELAY_STACK                          = var.stack
-      RELAY_API_KEY_SECRET                 = "secretsmanager:${aws_secretsmanager_secret.api_keys.name}"
-      AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH = "true"
-      RUST_LOG                             = "info"
-    }
+    receiver = merge(
+      {
+        RELAY_STACK                          = var.stack
+        RELAY_API_KEY_SECRET                 = "secretsmanager:${aws_secretsmanager_secret.api_keys.name}"
+        AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH = "true"
+        RUST_LOG                             = "info"
+      },
+      var.require_signatures ? { RELAY_SIGNING_SECRET_REF = "secretsmanager:${aws_secretsmanager_secret.signing[0].name}" } : {},
+    )
     forwarder = {
       RELAY_STACK = var.stack
       RUST_LOG    = "info"

@@ -160,3 +160,9 @@ variable "waf_requests_per_key" {
     error_message = "waf_requests_per_key is at least 10 (WAF's floor)."
   }
 }
+
+variable "require_signatures" {
+  description = "Require every request to carry a Standard Webhooks signature too (the receiver reads the `<stack>/signing-secrets` secret)."
+  type        = bool
+  default     = false
+}
