@@ -318,6 +318,13 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         ..DispatchConfig::default()
     };
     let edge = args.edge.options();
+    if !args.listen.ip().is_loopback() && edge.tls.is_none() {
+        tracing::warn!(
+            listen = %args.listen,
+            "serving plain HTTP off loopback: API keys and events cross the network in clear; \
+             add --tls-cert and --tls-key"
+        );
+    }
     let ingest = IngestConfig {
         api_keys: args.api_keys.clone(),
         store_timeout: args.store_timeout,
