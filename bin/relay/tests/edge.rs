@@ -285,6 +285,22 @@ async fn tls_is_checked_by_the_client_and_a_new_certificate_is_taken_on_sighup()
     assert_eq!(post_over(&trusting(&new_ca), &url, 6).await, Ok(202));
 }
 
+/// `relay up` with `extra`, expected to stop before serving; its output.
+fn refused_start(dir: &Path, extra: &[&str]) -> std::process::Output {
+    std::process::Command::new(common::relay_bin())
+        .args([
+            "up",
+            "--api-key",
+            KEY,
+            "--target-url",
+            "http://127.0.0.1:9/graphql",
+        ])
+        .args(["--data-dir", dir.join("data").to_str().unwrap()])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn a_certificate_that_will_not_do_is_a_usage_error_naming_the_file() {
     let dir = tempfile::tempdir().unwrap();
@@ -293,23 +309,15 @@ fn a_certificate_that_will_not_do_is_a_usage_error_naming_the_file() {
     let (_, _, key_pem) = certificate();
     let key = dir.path().join("key.pem");
     std::fs::write(&key, key_pem).unwrap();
-    let out = std::process::Command::new(common::relay_bin())
-        .args([
-            "up",
-            "--api-key",
-            KEY,
-            "--target-url",
-            "http://127.0.0.1:9/graphql",
-        ])
-        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
-        .args([
+    let out = refused_start(
+        dir.path(),
+        &[
             "--tls-cert",
             cert.to_str().unwrap(),
             "--tls-key",
             key.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+        ],
+    );
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("cert.pem holds no certificate"), "{stderr}");
@@ -416,18 +424,7 @@ async fn requests_signed_by_an_independent_signer_pass_and_the_rest_are_refused(
 #[test]
 fn a_malformed_signing_secret_stops_the_start() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(common::relay_bin())
-        .args([
-            "up",
-            "--api-key",
-            KEY,
-            "--target-url",
-            "http://127.0.0.1:9/graphql",
-        ])
-        .args(["--data-dir", dir.path().join("data").to_str().unwrap()])
-        .args(["--signing-secret", "whsec_not*base64!"])
-        .output()
-        .unwrap();
+    let out = refused_start(dir.path(), &["--signing-secret", "whsec_not*base64!"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("--signing-secret"), "{stderr}");
