@@ -518,7 +518,7 @@ async fn run_aws(
     let addr = listener.local_addr()?;
     let dispatcher = Dispatcher::new(queue.clone(), client, dispatch);
     let handle = dispatcher.handle();
-    let app = relay_aws::receiver::with_tracing(
+    let app = relay_lambda::receiver::with_tracing(
         relay_ingest::router(relay_aws::DynamoIngest::new(aws.clone()), ingest),
         aws.tracer.clone(),
     );
@@ -529,7 +529,7 @@ async fn run_aws(
     );
     // Other dispatchers of the stack share the target's limit with this one.
     let fleet = tokio::spawn(
-        relay_aws::fleet::Fleet::new(aws.clone(), handle.clone())
+        relay_lambda::fleet::Fleet::new(aws.clone(), handle.clone())
             .with_queue(queue.clone())
             .run(stopped(stop_rx.clone())),
     );
@@ -551,7 +551,7 @@ async fn run_aws(
     println!("relay listening on {}://{addr}", scheme(&edge));
     let server = serve_edge(
         listener,
-        relay_aws::receiver::api_gateway(app),
+        relay_lambda::receiver::api_gateway(app),
         edge,
         stop_rx.clone(),
     );

@@ -15,22 +15,13 @@
 //! `docs/lld.md`.
 
 pub mod archive;
-#[cfg(feature = "lambda")]
-pub mod authorizer;
 mod config;
-pub mod emf;
-#[cfg(feature = "fleet")]
-pub mod fleet;
+pub mod control;
 mod ingest;
 mod items;
-#[cfg(feature = "lambda")]
-pub mod lambda;
-// The operator's port reads the dispatchers' reports from the fleet item.
-#[cfg(feature = "fleet")]
 pub mod ops;
 pub mod outbox;
 mod queue;
-pub mod receiver;
 mod resources;
 pub mod secrets;
 #[cfg(feature = "testing")]

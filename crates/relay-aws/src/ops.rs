@@ -5,7 +5,7 @@
 //!   (`BatchGetTraces` by the id stored on it), and, once the items have expired, its line in
 //!   the S3 archive.
 //! - **status** reads the queues' attributes and the fleet's item, where every dispatcher
-//!   reports its last minute once a second (`fleet::read_status`).
+//!   reports its last minute once a second (`control::read_status`).
 //! - **dead letters** are `STATE` items with `status = dead` (a scan: the DLQ is the exception,
 //!   and an operator's read). A redrive makes each one `queued` again (conditionally, so only a
 //!   dead letter is touched) with a fresh attempt count and the trigger `redrive`, sends its
@@ -592,7 +592,7 @@ impl Operations for AwsOps {
             .map_err(failed)?;
         let (dead_visible, dead_hidden, _) =
             self.queue_attributes(&self.dlq_url).await.map_err(failed)?;
-        let fleet = crate::fleet::read_status(&self.aws).await.map_err(failed)?;
+        let fleet = crate::control::read_status(&self.aws).await.map_err(failed)?;
         Ok(StatusReport {
             now: now_millis(),
             queued: visible + delayed,

@@ -57,6 +57,23 @@ impl From<String> for NewEvent {
 }
 
 impl NewEvent {
+    /// The new event in a stream record's new image (DynamoDB JSON, `{"id": {"S": …}, …}`), if
+    /// the record is the `META` item of one.
+    pub fn from_stream_image(image: &serde_json::Value) -> Option<Self> {
+        if image.pointer("/sk/S").and_then(|v| v.as_str()) != Some(META) {
+            return None;
+        }
+        let text = |key: &str| image.pointer(&format!("/{key}/S")).and_then(|v| v.as_str());
+        let received_at = image
+            .pointer("/received_at/N")
+            .and_then(|v| v.as_str())
+            .and_then(|v| v.parse().ok());
+        Some(
+            NewEvent::from_image(text("id")?.to_owned(), text("payload"), received_at)
+                .traced(text("trace_id"), text("trace_parent")),
+        )
+    }
+
     /// From what a `META` item holds.
     pub(crate) fn from_image(id: String, payload: Option<&str>, received_at: Option<i64>) -> Self {
         let carried = payload

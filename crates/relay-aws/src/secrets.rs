@@ -8,48 +8,9 @@
 //! at once and running ones when they are recycled, so keep the previous value valid for a
 //! while when rotating (Secrets Manager's `AWSPREVIOUS` stage does exactly that).
 
-use std::fmt;
-use std::str::FromStr;
-
 use crate::{Aws, AwsError};
 
-/// Where a secret lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SecretRef {
-    /// A Secrets Manager secret, by name or ARN; its current version.
-    SecretsManager(String),
-    /// An SSM parameter (a `SecureString` is decrypted).
-    Ssm(String),
-}
-
-impl FromStr for SecretRef {
-    type Err = String;
-
-    fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        let (kind, name) = raw.split_once(':').ok_or_else(|| {
-            format!("{raw:?}: expected secretsmanager:NAME or ssm:/PARAMETER/NAME")
-        })?;
-        if name.trim().is_empty() {
-            return Err(format!("{raw:?}: the secret's name is empty"));
-        }
-        match kind {
-            "secretsmanager" => Ok(SecretRef::SecretsManager(name.to_owned())),
-            "ssm" => Ok(SecretRef::Ssm(name.to_owned())),
-            other => Err(format!(
-                "{raw:?}: unknown store {other:?}; expected secretsmanager:NAME or ssm:/PARAMETER/NAME"
-            )),
-        }
-    }
-}
-
-impl fmt::Display for SecretRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SecretRef::SecretsManager(name) => write!(f, "secretsmanager:{name}"),
-            SecretRef::Ssm(name) => write!(f, "ssm:{name}"),
-        }
-    }
-}
+pub use relay_core::settings::SecretRef;
 
 /// Reads the secret's current value.
 pub async fn read_secret(aws: &Aws, secret: &SecretRef) -> Result<String, AwsError> {

@@ -315,34 +315,28 @@ async fn messages_sqs_moved_to_the_dlq_are_dead_letters_to_redrive_never_deleted
         0,
         "the DLQ copies of redriven events are gone"
     );
-    let target = target_sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        target_sim::TargetConfig::default(),
-    )
-    .await
-    .unwrap();
-    let client =
-        relay_dispatch::GraphqlClient::new(&relay_dispatch::TargetConfig::new(target.url()))
-            .unwrap();
-    let (stop, stopped) = oneshot::channel::<()>();
-    let dispatcher = relay_dispatch::Dispatcher::new(
-        queue.clone(),
-        client,
-        relay_dispatch::DispatchConfig::default(),
-    );
-    let run = tokio::spawn(dispatcher.run(async {
-        let _ = stopped.await;
-    }));
-    for _ in 0..300 {
-        if target.events().len() == 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    // They are claimable again, and delivered once settled.
+    let claims =
+        relay_core::contract::claim_until(&queue, 2, Duration::from_secs(30), Duration::from_secs(30))
+            .await;
+    let mut delivered: Vec<String> = Vec::new();
+    for claim in &claims {
+        let attempt = AttemptRecord {
+            started_at: relay_core::now_millis(),
+            duration_ms: 1,
+            outcome: "delivered",
+            http_status: Some(200),
+            detail: "ok".into(),
+            trigger: relay_core::Trigger::Scheduled,
+        };
+        queue.settle(claim, attempt, Settlement::Delivered).await.unwrap();
+        delivered.push(claim.event_id.clone());
     }
-    let _ = stop.send(());
-    run.await.unwrap();
-    let mut delivered: Vec<String> = target.events().into_keys().collect();
     delivered.sort();
+    for id in ["abandoned", "unclaimed"] {
+        let trace = ops.trace(id).await.unwrap().unwrap();
+        assert_eq!(trace.delivery.status, relay_core::delivery::DeliveryStatus::Delivered, "{id}");
+    }
     assert_eq!(delivered, ["abandoned", "unclaimed"]);
 }
 

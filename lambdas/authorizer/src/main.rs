@@ -8,19 +8,19 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    relay_aws::lambda::init_tracing();
+    relay_lambda::start::init_tracing();
     let keys = match std::env::var("RELAY_API_KEY_SECRET") {
         Ok(secret) => {
-            let aws = relay_aws::Aws::connect(&relay_aws::lambda::options_from_env()).await?;
+            let aws = relay_aws::Aws::connect(&relay_lambda::start::options_from_env()).await?;
             relay_aws::secrets::api_keys(&aws, &secret.parse()?).await?
         }
-        Err(_) => relay_aws::lambda::list_from_env("RELAY_API_KEY")?,
+        Err(_) => relay_lambda::start::list_from_env("RELAY_API_KEY")?,
     };
     let keys = &keys;
     lambda_runtime::run(service_fn(
         |event: LambdaEvent<ApiGatewayCustomAuthorizerRequestTypeRequest>| async move {
             // The error's message is what API Gateway reads: exactly "Unauthorized" is a 401.
-            Ok::<serde_json::Value, Error>(relay_aws::authorizer::decide(keys, &event.payload)?)
+            Ok::<serde_json::Value, Error>(relay_lambda::authorizer::decide(keys, &event.payload)?)
         },
     ))
     .await

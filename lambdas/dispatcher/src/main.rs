@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
-use relay_aws::lambda::{BatchDispatcher, env_or, list_from_env};
+use relay_lambda::BatchDispatcher;
+use relay_lambda::start::{env_or, list_from_env};
 use relay_core::rate::RateConfig;
 use relay_dispatch::{DispatchConfig, GraphqlClient, TargetConfig};
 
@@ -17,8 +18,8 @@ const MARGIN: Duration = Duration::from_secs(5);
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    relay_aws::lambda::init_tracing();
-    let aws = relay_aws::Aws::connect(&relay_aws::lambda::options_from_env()).await?;
+    relay_lambda::start::init_tracing();
+    let aws = relay_aws::Aws::connect(&relay_lambda::start::options_from_env()).await?;
     let retention = humantime::parse_duration(&env_or("RELAY_RETENTION", "7d"))?;
     let queue = relay_aws::SqsQueue::new(aws.clone(), retention).await?;
     let mut target = TargetConfig::new(std::env::var("RELAY_TARGET_URL")?);

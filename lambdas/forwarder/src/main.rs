@@ -6,12 +6,12 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
-    relay_aws::lambda::init_tracing();
-    let aws = relay_aws::Aws::connect(&relay_aws::lambda::options_from_env()).await?;
+    relay_lambda::start::init_tracing();
+    let aws = relay_aws::Aws::connect(&relay_lambda::start::options_from_env()).await?;
     let (queue_url, _) = aws.queue_urls().await?;
     let (aws, queue_url) = (&aws, queue_url.as_str());
     lambda_runtime::run(service_fn(|event: LambdaEvent<Event>| async move {
-        Ok::<_, Error>(relay_aws::lambda::forward_stream(aws, queue_url, event.payload).await)
+        Ok::<_, Error>(relay_lambda::forward_stream(aws, queue_url, event.payload).await)
     }))
     .await
 }

@@ -4,7 +4,7 @@
 //! `RELAY_API_KEY` holds them; set `AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH` so paths are `/events`, not
 //! `/<stage>/events` (Terraform does both). `RELAY_SIGNING_SECRET_REF` (a secret) or
 //! `RELAY_SIGNING_SECRET` makes every request carry a Standard Webhooks signature too. Each request leaves one EMF line on stdout: the
-//! metrics, with `event_id` and `status` (`relay_aws::receiver::with_metrics`). Each accepted
+//! metrics, with `event_id` and `status` (`relay_lambda::receiver::with_metrics`). Each accepted
 //! event is stored with its X-Ray trace (API Gateway's), and gets a receive segment in it.
 
 use std::time::Duration;
@@ -13,19 +13,19 @@ use relay_ingest::IngestConfig;
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    relay_aws::lambda::init_tracing();
-    let aws = relay_aws::Aws::connect(&relay_aws::lambda::options_from_env()).await?;
+    relay_lambda::start::init_tracing();
+    let aws = relay_aws::Aws::connect(&relay_lambda::start::options_from_env()).await?;
     // The keys from Secrets Manager (`RELAY_API_KEY_SECRET`, as Terraform sets it), or, for a
     // local run, from `RELAY_API_KEY`.
     let api_keys = match std::env::var("RELAY_API_KEY_SECRET") {
         Ok(secret) => relay_aws::secrets::api_keys(&aws, &secret.parse()?).await?,
-        Err(_) => relay_aws::lambda::list_from_env("RELAY_API_KEY")?,
+        Err(_) => relay_lambda::start::list_from_env("RELAY_API_KEY")?,
     };
     // Signed requests (Standard Webhooks), when the stack sets a signing secret: a bad one
     // stops the start, naming the variable.
     let signing_secrets = match std::env::var("RELAY_SIGNING_SECRET_REF") {
         Ok(secret) => relay_aws::secrets::api_keys(&aws, &secret.parse()?).await?,
-        Err(_) => relay_aws::lambda::list_from_env("RELAY_SIGNING_SECRET").unwrap_or_default(),
+        Err(_) => relay_lambda::start::list_from_env("RELAY_SIGNING_SECRET").unwrap_or_default(),
     }
     .iter()
     .map(|s| s.parse())
@@ -39,8 +39,8 @@ async fn main() -> Result<(), lambda_http::Error> {
     };
     let tracer = aws.tracer.clone();
     let app = relay_ingest::router(relay_aws::DynamoIngest::new(aws), config);
-    lambda_http::run(relay_aws::receiver::with_metrics(
-        relay_aws::receiver::with_tracing(app, tracer),
+    lambda_http::run(relay_lambda::receiver::with_metrics(
+        relay_lambda::receiver::with_tracing(app, tracer),
     ))
     .await
 }

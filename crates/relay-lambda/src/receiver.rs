@@ -58,9 +58,9 @@ pub fn request_emf(response: &Response, took: std::time::Duration) -> crate::emf
 }
 
 /// One X-Ray trace per accepted event: the request's `X-Amzn-Trace-Id` (API Gateway's trace)
-/// is continued, or a trace started; the event is stored with it ([`crate::DynamoIngest`] reads
+/// is continued, or a trace started; the event is stored with it ([`relay_aws::DynamoIngest`] reads
 /// it while the request is handled), and a receive segment annotated with `event_id` is emitted.
-pub fn with_tracing(app: Router, tracer: crate::xray::Tracer) -> Router {
+pub fn with_tracing(app: Router, tracer: relay_aws::xray::Tracer) -> Router {
     app.layer(axum::middleware::from_fn(
         move |request: Request, next: axum::middleware::Next| {
             let tracer = tracer.clone();
@@ -70,7 +70,7 @@ pub fn with_tracing(app: Router, tracer: crate::xray::Tracer) -> Router {
 }
 
 async fn traced(
-    tracer: crate::xray::Tracer,
+    tracer: relay_aws::xray::Tracer,
     request: Request,
     next: axum::middleware::Next,
 ) -> Response {
@@ -78,7 +78,7 @@ async fn traced(
         .headers()
         .get("x-amzn-trace-id")
         .and_then(|v| v.to_str().ok());
-    let receiving = match crate::xray::Receiving::from_header(header) {
+    let receiving = match relay_aws::xray::Receiving::from_header(header) {
         Some(receiving) if tracer.is_on() => receiving,
         _ => return next.run(request).await,
     };

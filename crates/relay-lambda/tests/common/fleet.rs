@@ -10,7 +10,7 @@
 
 use std::time::{Duration, Instant};
 
-use relay_aws::fleet::Fleet;
+use relay_lambda::fleet::Fleet;
 use relay_aws::{Aws, DynamoIngest, SqsQueue};
 use relay_core::rate::RateConfig;
 use relay_core::{Ingest, parse_event};
@@ -171,7 +171,7 @@ pub async fn run_fleet(aws: &Aws, run: FleetRun) -> FleetResult {
         fleets.push(std::sync::Arc::clone(&fleet));
         let rx = stopped.clone();
         tasks.spawn(async move {
-            let mut tick = tokio::time::interval(relay_aws::fleet::PERIOD);
+            let mut tick = tokio::time::interval(relay_lambda::fleet::PERIOD);
             let mut rx = rx;
             loop {
                 tokio::select! {

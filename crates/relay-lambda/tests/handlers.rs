@@ -10,7 +10,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_http::lambda_runtime::{Context, LambdaEvent};
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, Service};
-use relay_aws::lambda::{BatchDispatcher, forward_stream};
+use relay_lambda::{BatchDispatcher, forward_stream};
 use relay_aws::testing::MotoServer;
 use relay_aws::{DynamoIngest, SqsQueue};
 use relay_core::{Ingest, parse_event};
@@ -325,7 +325,7 @@ async fn the_receiver_stores_api_gateways_trace_and_sends_its_segment_to_the_dae
         .set_read_timeout(Some(Duration::from_secs(10)))
         .unwrap();
     let tracer = relay_aws::xray::Tracer::daemon(daemon.local_addr().unwrap()).unwrap();
-    let router = relay_aws::receiver::with_tracing(
+    let router = relay_lambda::receiver::with_tracing(
         relay_ingest::router(
             DynamoIngest::new(aws.clone()),
             IngestConfig {
@@ -432,7 +432,7 @@ async fn the_receiver_measures_each_answer_with_its_reason_and_event_id() {
     ];
     for (request, metric, reason, id) in cases {
         let response = router.clone().oneshot(request).await.unwrap();
-        let emf = relay_aws::receiver::request_emf(&response, Duration::from_millis(3));
+        let emf = relay_lambda::receiver::request_emf(&response, Duration::from_millis(3));
         let doc = emf.to_json(0);
         assert_eq!(emf.get(metric), Some(&[1.0][..]), "{doc}");
         assert_eq!(doc["Reason"].as_str(), reason, "{doc}");

@@ -1,111 +1,19 @@
-//! The Lambda handlers, plain async functions over the library: the forwarder (the stream's
-//! new events into the work queue) and the dispatcher (an SQS batch into the same delivery
-//! logic as everywhere else, with a partial batch response). `lambdas/*` wrap them in the
-//! runtime; tests call them with the event fixtures in `lambdas/events/`. The receiver needs no
-//! function here: it is `lambda_http::run(relay_ingest::router(…))`.
+//! The dispatcher Lambda's handler: an SQS batch into the same delivery logic as everywhere
+//! else, with a partial batch response.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
-use aws_lambda_events::event::dynamodb::Event as StreamEvent;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
-use aws_lambda_events::event::streams::{DynamoDbBatchItemFailure, DynamoDbEventResponse};
+use relay_aws::{Received, SqsQueue};
 use relay_core::{AttemptRecord, Claim, Settlement, StoreError, WorkQueue};
 use relay_dispatch::{DispatchConfig, Dispatcher, DispatcherHandle, GraphqlClient};
 use tokio::sync::Notify;
 
 use crate::emf::{Emf, Unit};
 use crate::fleet::{self, Fleet};
-use crate::items::META;
-use crate::outbox::NewEvent;
-use crate::queue::Received;
-use crate::{Aws, AwsOptions, SqsQueue};
-
-/// The stack a function belongs to, from its environment: `RELAY_STACK` (the names, as
-/// Terraform derives them), and the AWS runtime's own variables for the rest.
-pub fn options_from_env() -> AwsOptions {
-    AwsOptions {
-        stack: std::env::var("RELAY_STACK").unwrap_or_else(|_| "relay".into()),
-        ..AwsOptions::default()
-    }
-}
-
-/// JSON logs, as CloudWatch Logs takes them, filtered by `RUST_LOG` (default `info`): one
-/// object per line, the event's fields (`event_id` among them) at the top level, and the
-/// current span's (`span.event_id` inside a delivery) beside them. EMF metric lines
-/// ([`crate::emf`]) go to the same stream.
-pub fn init_tracing() {
-    tracing_subscriber::fmt()
-        .json()
-        .flatten_event(true)
-        .with_current_span(true)
-        .with_span_list(false)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .without_time()
-        .init();
-}
-
-/// The forwarder: queues every new event in a batch of stream records. The first record that
-/// could not be queued is reported; Lambda retries from there (with bisection), and never
-/// moves past an event that is not queued.
-pub async fn forward_stream(
-    aws: &Aws,
-    queue_url: &str,
-    event: StreamEvent,
-) -> DynamoDbEventResponse {
-    let mut events = Vec::new();
-    let mut sequence_of = HashMap::new();
-    for record in &event.records {
-        if record.event_name != "INSERT" {
-            continue;
-        }
-        let image = serde_json::to_value(&record.change.new_image).unwrap_or_default();
-        if image.pointer("/sk/S").and_then(|v| v.as_str()) != Some(META) {
-            continue;
-        }
-        if let Some(id) = image.pointer("/id/S").and_then(|v| v.as_str()) {
-            sequence_of.insert(id.to_owned(), record.change.sequence_number.clone());
-            let payload = image.pointer("/payload/S").and_then(|v| v.as_str());
-            let received_at = image
-                .pointer("/received_at/N")
-                .and_then(|v| v.as_str())
-                .and_then(|v| v.parse().ok());
-            let text = |key: &str| image.pointer(&format!("/{key}/S")).and_then(|v| v.as_str());
-            events.push(
-                NewEvent::from_image(id.to_owned(), payload, received_at)
-                    .traced(text("trace_id"), text("trace_parent")),
-            );
-        }
-    }
-    let failed = crate::outbox::forward(aws, queue_url, &events).await;
-    aws.tracer.flush().await;
-    Emf::new("forwarder")
-        .count("Forwarded", (events.len() - failed.len()) as u64)
-        .count("ForwardFailed", failed.len() as u64)
-        .emit();
-    let mut response = DynamoDbEventResponse::default();
-    // The earliest failed record, in stream order: everything from it is retried.
-    if let Some(first) = events
-        .iter()
-        .map(|e| &e.id)
-        .find(|id| failed.iter().any(|(f, _)| f == *id))
-    {
-        let (_, error) = failed
-            .iter()
-            .find(|(f, _)| f == first)
-            .expect("found above");
-        tracing::warn!(event_id = ?first, %error, failed = failed.len(), "could not queue events; Lambda retries from the first");
-        let mut failure = DynamoDbBatchItemFailure::default();
-        failure.item_identifier = sequence_of.get(first).cloned().flatten();
-        response.batch_item_failures.push(failure);
-    }
-    response
-}
 
 /// The dispatcher of one Lambda instance: its rate control and counters outlive each
 /// invocation, so what it learned about the target carries over.
@@ -136,7 +44,7 @@ impl BatchDispatcher {
 
     /// Shares the target's limit with the stack's other dispatchers (the function's other
     /// instances) through the control table, while invocations run.
-    pub fn in_fleet(mut self, aws: Aws) -> Self {
+    pub fn in_fleet(mut self, aws: relay_aws::Aws) -> Self {
         self.fleet = Some(Fleet::new(aws, self.handle.clone()).with_queue(self.queue.clone()));
         self
     }
@@ -382,21 +290,3 @@ impl WorkQueue for BatchRef {
     }
 }
 
-/// A comma-separated list from the environment (API keys, headers).
-pub fn list_from_env(name: &str) -> Result<Vec<String>, String> {
-    let raw = std::env::var(name).map_err(|_| format!("{name} is not set"))?;
-    let items: Vec<String> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if items.is_empty() {
-        return Err(format!("{name} is empty"));
-    }
-    Ok(items)
-}
-
-pub fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
-}
