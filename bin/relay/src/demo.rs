@@ -153,7 +153,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     show(ops.status().await.ok());
     bar.finish();
 
-    let verdict = Verdict::of(&sent, &target, "testBrand");
+    let verdict = Verdict::of(&sent, &target, relay_core::DEFAULT_BRAND);
     let status = ops.status().await?;
     let stats = target.stats();
     relay.stop().await?;

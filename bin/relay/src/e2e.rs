@@ -18,7 +18,7 @@ use crate::aws::AwsArgs;
 use crate::harness::{Backend, RelayProcess, Setup, Verdict, drained, post, post_batch};
 use crate::ops::table;
 
-pub(crate) const BRAND: &str = "testBrand";
+pub(crate) const BRAND: &str = relay_core::DEFAULT_BRAND;
 /// Fast retries so outage scenarios recover in seconds.
 const FAST_RETRIES: [&str; 4] = ["--backoff-base", "100ms", "--backoff-cap", "1s"];
 /// How long a scenario's backlog may take to reach the target before its events count as lost.

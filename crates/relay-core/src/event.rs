@@ -178,6 +178,9 @@ fn kind(value: &Value) -> &'static str {
     }
 }
 
+/// The `brand` every event gets unless the operator names another (`--brand`, `RELAY_BRAND`).
+pub const DEFAULT_BRAND: &str = "testBrand";
+
 /// The event as the target receives it: the source's object unchanged plus `brand`.
 pub fn enrich(payload: &Map<String, Value>, brand: &str) -> Value {
     let mut enriched = payload.clone();

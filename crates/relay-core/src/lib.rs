@@ -14,12 +14,13 @@ pub mod event;
 pub mod ops;
 pub mod ports;
 pub mod rate;
+pub mod settings;
 
 pub use classify::{Answer, BatchOutcome, Outcome, TransportError, classify, classify_batch};
 pub use delivery::{
     AttemptRecord, Claim, DeliveryPolicy, DeliveryStatus, Settlement, Trigger, decide,
 };
-pub use event::{Event, Rejection, enrich, event_from_value, parse_event};
+pub use event::{DEFAULT_BRAND, Event, Rejection, enrich, event_from_value, parse_event};
 pub use ports::{AcceptOutcome, Ingest, StoreError, WorkQueue};
 
 /// Milliseconds since the Unix epoch: the one timestamp representation relay stores.

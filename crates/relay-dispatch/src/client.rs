@@ -50,7 +50,7 @@ impl TargetConfig {
         TargetConfig {
             url: url.into(),
             document: DEFAULT_DOCUMENT.into(),
-            brand: "testBrand".into(),
+            brand: relay_core::DEFAULT_BRAND.into(),
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
             batch: 1,

@@ -1,0 +1,123 @@
+//! The settings' vocabulary, shared by every host (`relay up`, the Lambda functions): the value
+//! parsers behind each setting, so that a bad value gets the same message wherever it is
+//! given, and where a secret lives ([`SecretRef`]). The settings themselves are typed next to
+//! what they configure (`relay_dispatch::DeliverySettings`, `relay_ingest::IngestSettings`).
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A duration as people write it: `500ms`, `30s`, `5m`, `24h`.
+pub fn duration(raw: &str) -> Result<Duration, String> {
+    humantime::parse_duration(raw).map_err(|e| format!("{e} (examples: 500ms, 30s, 5m, 24h)"))
+}
+
+pub fn positive_rate(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(r) if r.is_finite() && r > 0.0 => Ok(r),
+        _ => Err("must be a positive number of requests per second".into()),
+    }
+}
+
+pub fn positive_count(raw: &str) -> Result<usize, String> {
+    match raw.parse::<usize>() {
+        Ok(n) if n > 0 => Ok(n),
+        _ => Err("must be a whole number of at least 1".into()),
+    }
+}
+
+pub fn share(raw: &str) -> Result<f64, String> {
+    match raw.parse::<f64>() {
+        Ok(p) if (0.0..=1.0).contains(&p) => Ok(p),
+        _ => Err("must be a number from 0 to 1".into()),
+    }
+}
+
+pub fn non_empty(raw: &str) -> Result<String, String> {
+    if raw.trim().is_empty() {
+        Err("must not be empty".into())
+    } else {
+        Ok(raw.to_owned())
+    }
+}
+
+/// An `http://` or `https://` URL.
+pub fn http_url(raw: &str) -> Result<String, String> {
+    let (scheme, rest) = raw
+        .split_once("://")
+        .ok_or("must be an http:// or https:// URL")?;
+    if !matches!(scheme, "http" | "https") || rest.is_empty() {
+        return Err("must be an http:// or https:// URL".into());
+    }
+    Ok(raw.to_owned())
+}
+
+/// Where a secret lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// A Secrets Manager secret, by name or ARN; its current version.
+    SecretsManager(String),
+    /// An SSM parameter (a `SecureString` is decrypted).
+    Ssm(String),
+}
+
+impl FromStr for SecretRef {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        let (kind, name) = raw.split_once(':').ok_or_else(|| {
+            format!("{raw:?}: expected secretsmanager:NAME or ssm:/PARAMETER/NAME")
+        })?;
+        if name.trim().is_empty() {
+            return Err(format!("{raw:?}: the secret's name is empty"));
+        }
+        match kind {
+            "secretsmanager" => Ok(SecretRef::SecretsManager(name.to_owned())),
+            "ssm" => Ok(SecretRef::Ssm(name.to_owned())),
+            other => Err(format!(
+                "{raw:?}: unknown store {other:?}; expected secretsmanager:NAME or ssm:/PARAMETER/NAME"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::SecretsManager(name) => write!(f, "secretsmanager:{name}"),
+            SecretRef::Ssm(name) => write!(f, "ssm:{name}"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parsers_refuse_nonsense() {
+        assert!(
+            positive_rate("0").is_err()
+                && positive_rate("nan").is_err()
+                && positive_rate("-1").is_err()
+        );
+        assert_eq!(positive_rate("12.5"), Ok(12.5));
+        assert!(share("1.1").is_err() && share("x").is_err());
+        assert!(duration("ten").is_err());
+        assert_eq!(duration("250ms"), Ok(Duration::from_millis(250)));
+        assert!(http_url("localhost:80").is_err() && http_url("ftp://x").is_err());
+        assert!(non_empty(" ").is_err());
+    }
+
+    #[test]
+    fn a_secret_lives_in_secrets_manager_or_ssm() {
+        assert_eq!(
+            "secretsmanager:relay/keys".parse(),
+            Ok(SecretRef::SecretsManager("relay/keys".into()))
+        );
+        assert_eq!("ssm:/relay/h".parse(), Ok(SecretRef::Ssm("/relay/h".into())));
+        assert!("vault:x".parse::<SecretRef>().is_err());
+        assert!("secretsmanager: ".parse::<SecretRef>().is_err());
+        assert!("plain".parse::<SecretRef>().is_err());
+    }
+}
