@@ -9,14 +9,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use relay_core::DeliveryPolicy;
-use relay_core::backoff::Backoff;
 use relay_core::ops::DispatcherReport;
-use relay_core::rate::RateConfig;
 use relay_dispatch::{
-    DEFAULT_DOCUMENT, DispatchConfig, Dispatcher, GraphqlClient, MetricsSnapshot, TargetConfig,
+    DeliverySettings, DispatchConfig, Dispatcher, GraphqlClient, MetricsSnapshot,
 };
-use relay_ingest::IngestConfig;
+use relay_ingest::{IngestConfig, IngestSettings};
 use relay_store::{Durability, FlushStats, SqliteStore, StoreOptions};
 use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
@@ -32,110 +29,40 @@ pub(crate) struct UpArgs {
     #[command(flatten)]
     edge: EdgeArgs,
 
-    /// GraphQL endpoint events are delivered to.
-    #[arg(long, env = "RELAY_TARGET_URL", value_parser = args::http_url)]
-    target_url: String,
+    #[command(flatten)]
+    ingest: IngestSettings,
 
-    /// API key clients must send as `x-api-key`. Repeat or comma-separate to accept several
-    /// (rotate keys without downtime).
-    #[arg(long = "api-key", env = "RELAY_API_KEY", required = true, value_delimiter = ',', hide_env_values = true, value_parser = args::non_empty)]
-    api_keys: Vec<String>,
-
-    /// Also require every request to be signed the Standard Webhooks way (`webhook-id`,
-    /// `webhook-timestamp` within 5 minutes, `webhook-signature: v1,…`) with this secret
-    /// (`whsec_…`). Repeat or comma-separate to accept two during a rotation.
-    #[arg(
-        long = "signing-secret",
-        env = "RELAY_SIGNING_SECRET",
-        value_delimiter = ',',
-        hide_env_values = true,
-        value_name = "WHSEC"
-    )]
-    signing_secrets: Vec<String>,
+    #[command(flatten)]
+    delivery: DeliverySettings,
 
     /// Where events are kept: the embedded store in --data-dir (local), or a stack's DynamoDB
     /// table and SQS queues (aws: the receiver, outbox and dispatcher handlers in this process).
-    #[arg(long, env = "RELAY_BACKEND", value_enum, default_value = "local")]
+    #[arg(
+        long,
+        help_heading = "Store",
+        env = "RELAY_BACKEND",
+        value_enum,
+        default_value = "local"
+    )]
     backend: Backend,
 
     /// Directory of the embedded store; created if missing. One `relay up` per directory.
     /// Required with --backend local.
-    #[arg(long, env = "RELAY_DATA_DIR", required_if_eq("backend", "local"))]
+    #[arg(
+        long,
+        help_heading = "Store",
+        env = "RELAY_DATA_DIR",
+        required_if_eq("backend", "local")
+    )]
     data_dir: Option<PathBuf>,
 
     #[command(flatten)]
-    aws: crate::aws::AwsArgs,
+    aws: relay_aws::AwsSettings,
 
     /// With --backend aws: create the stack's tables, stream and queues when missing (for a
     /// local AWS API; in an account, Terraform owns them).
-    #[arg(long, env = "RELAY_CREATE_RESOURCES")]
+    #[arg(long, help_heading = "Store", env = "RELAY_CREATE_RESOURCES")]
     create_resources: bool,
-
-    /// Never send more than this many requests/s to the target (with --batch, each request
-    /// holds up to that many events). The relay still slows down when the target asks. Without
-    /// it, the relay discovers the limit.
-    #[arg(long, env = "RELAY_TARGET_RATE", value_parser = args::positive_rate)]
-    target_rate: Option<f64>,
-
-    /// Value of the `brand` field added to every event.
-    #[arg(long, env = "RELAY_BRAND", default_value = "testBrand")]
-    brand: String,
-
-    /// GraphQL document sent for each event (the event is `$input`), or @FILE to read it.
-    /// Only with --batch 1: batches are relay's own aliased mutations.
-    #[arg(long, env = "RELAY_DOCUMENT", default_value = DEFAULT_DOCUMENT)]
-    document: String,
-
-    /// Up to this many events in one request, as aliased mutations (`e0: createEvent(input:
-    /// $e0) { id } e1: …`), for one rate token: for targets whose limit counts requests. Each
-    /// event's answer is its own: a refused event is dead-lettered alone.
-    #[arg(long, env = "RELAY_BATCH", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=500))]
-    batch: u16,
-
-    /// Extra header on every request to the target, as 'Name: value'; repeatable.
-    /// Example: --header 'Authorization: Bearer abc'. In the environment, one header per line.
-    #[arg(long = "header", env = "RELAY_HEADERS", value_delimiter = '\n', hide_env_values = true, value_parser = args::header)]
-    headers: Vec<(String, String)>,
-
-    /// Headers for the target (credentials) read at start from AWS: secretsmanager:NAME (or
-    /// ARN) or ssm:/PARAMETER/NAME. The value is a JSON object ({"Authorization": "Bearer …"})
-    /// or one 'Name: value' per line. Uses the AWS options below, with either backend.
-    #[arg(long, env = "RELAY_HEADER_SECRET", value_name = "REF", value_parser = clap::value_parser!(relay_aws::secrets::SecretRef))]
-    header_secret: Option<relay_aws::secrets::SecretRef>,
-
-    /// Attempts before an event goes to the dead-letter queue. Rate-limited answers do not count.
-    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
-    max_attempts: u32,
-
-    /// Oldest an undelivered event may get before it goes to the dead-letter queue.
-    #[arg(long, env = "RELAY_MAX_AGE", default_value = "24h", value_parser = args::duration)]
-    max_age: Duration,
-
-    /// Timeout of one request to the target.
-    #[arg(long, env = "RELAY_TARGET_TIMEOUT", default_value = "10s", value_parser = args::duration)]
-    target_timeout: Duration,
-
-    /// Most requests to the target in flight at once.
-    #[arg(long, env = "RELAY_MAX_IN_FLIGHT", default_value_t = 256, value_parser = args::positive_count)]
-    max_in_flight: usize,
-
-    /// First retry waits up to this long; each further retry doubles it (with jitter).
-    #[arg(long, env = "RELAY_BACKOFF_BASE", default_value = "500ms", value_parser = args::duration)]
-    backoff_base: Duration,
-
-    /// No retry waits longer than this (unless the target's Retry-After says so).
-    #[arg(long, env = "RELAY_BACKOFF_CAP", default_value = "5m", value_parser = args::duration)]
-    backoff_cap: Duration,
-
-    /// Longest an ingest request waits for the store before answering 503 (keep it under the
-    /// source's budget).
-    #[arg(long, env = "RELAY_STORE_TIMEOUT", default_value = "400ms", value_parser = args::duration)]
-    store_timeout: Duration,
-
-    /// The same for POST /events/batch (up to 500 events; senders of backlogs, such as relay
-    /// import, have no 500 ms budget). Never shorter than --store-timeout.
-    #[arg(long, env = "RELAY_BATCH_TIMEOUT", default_value = "5s", value_parser = args::duration)]
-    batch_timeout: Duration,
 
     /// When a 2xx may be sent relative to the flush (fsync) that makes the event survive a
     /// power cut. Either way it is sent only once the event is written, so it survives the
@@ -147,6 +74,7 @@ pub(crate) struct UpArgs {
     ///             answer is 503, and a source that never retries loses the event.
     #[arg(
         long,
+        help_heading = "Store",
         env = "RELAY_DURABILITY",
         value_enum,
         default_value = "deadline",
@@ -156,15 +84,8 @@ pub(crate) struct UpArgs {
 
     /// With --durability deadline, how long a 2xx waits for its flush. Must be under
     /// --store-timeout.
-    #[arg(long, env = "RELAY_FLUSH_WAIT", default_value = "50ms", value_parser = args::duration)]
+    #[arg(long, help_heading = "Store", env = "RELAY_FLUSH_WAIT", default_value = "50ms", value_parser = args::duration)]
     flush_wait: Duration,
-
-    /// Delivered events older than this (since delivery) move from the live store to
-    /// compressed JSON lines under DATA_DIR/archive/, where `relay trace` still finds them.
-    /// Dead letters stay until redriven or purged. Duplicates of an id are recognised while it
-    /// is in the live store.
-    #[arg(long, env = "RELAY_RETENTION", default_value = "7d", value_parser = args::duration)]
-    retention: Duration,
 }
 
 /// How the ingest server treats its clients: what it takes from slow or broken ones, and TLS.
@@ -256,67 +177,25 @@ enum DurabilityArg {
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
-    let show = humantime::format_duration;
-    if args.backoff_base > args.backoff_cap {
-        conflict(format!(
-            "--backoff-base ({}) must not exceed --backoff-cap ({})",
-            show(args.backoff_base),
-            show(args.backoff_cap)
-        ));
+    if let Err(e) = args.delivery.check() {
+        conflict(e);
     }
-    if args.flush_wait >= args.store_timeout {
+    if args.flush_wait >= args.ingest.store_timeout {
+        let show = humantime::format_duration;
         conflict(format!(
             "--flush-wait ({}) must be under --store-timeout ({}): past the store timeout the answer is 503",
             show(args.flush_wait),
-            show(args.store_timeout)
+            show(args.ingest.store_timeout)
         ));
     }
-    if args.batch > 1 && args.document != DEFAULT_DOCUMENT {
-        conflict(format!(
-            "--document cannot be combined with --batch {}: a batch is relay's own aliased \
-             `createEvent` mutations. Use --batch 1 to send your document, one event per request.",
-            args.batch
-        ));
-    }
-    let document = match args.document.strip_prefix('@') {
-        Some(path) => std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read --document file {path}"))?,
-        None => args.document.clone(),
-    };
-    let mut headers = args.headers.clone();
-    if let Some(secret) = &args.header_secret {
-        let aws = relay_aws::Aws::connect(&args.aws.options()).await?;
-        let from_secret = relay_aws::secrets::headers(&aws, secret)
-            .await
-            .with_context(|| format!("cannot read the target's headers from {secret}"))?;
-        let names: Vec<&str> = from_secret.iter().map(|(n, _)| n.as_str()).collect();
-        tracing::info!(%secret, headers = ?names, "target headers read from the secret");
-        headers.extend(from_secret);
-    }
-    let client = GraphqlClient::new(&TargetConfig {
-        url: args.target_url.clone(),
-        document,
-        brand: args.brand.clone(),
-        headers,
-        timeout: args.target_timeout,
-        batch: args.batch.into(),
-    })?;
-    let dispatch = DispatchConfig {
-        rate: RateConfig {
-            ceiling: args.target_rate,
-            ..RateConfig::default()
-        },
-        policy: DeliveryPolicy {
-            max_attempts: args.max_attempts,
-            max_age: args.max_age,
-            backoff: Backoff {
-                base: args.backoff_base,
-                cap: args.backoff_cap,
-            },
-        },
-        max_in_flight: args.max_in_flight,
-        ..DispatchConfig::default()
-    };
+    // The same start as the Lambda functions': secrets read, the settings' own errors.
+    let ingest = relay_lambda::start::ingest_config(&args.ingest, &args.aws)
+        .await
+        .unwrap_or_else(|e| usage(e.to_string()));
+    let target = relay_lambda::start::target_config(&args.delivery, &args.aws)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let client = GraphqlClient::new(&target)?;
     let edge = args.edge.options();
     if !args.listen.ip().is_loopback() && edge.tls.is_none() {
         tracing::warn!(
@@ -325,24 +204,11 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
              add --tls-cert and --tls-key"
         );
     }
-    let ingest = IngestConfig {
-        api_keys: args.api_keys.clone(),
-        store_timeout: args.store_timeout,
-        batch_timeout: args.batch_timeout,
-        signing_secrets: signing_secrets(&args.signing_secrets),
-    };
     if args.backend == Backend::Aws {
-        // A claim is a message's visibility: after a crash, that is how long its events wait.
-        // Long enough for a request and its settlement, no longer.
-        let lease = (args.target_timeout * 3).max(Duration::from_secs(30));
-        // An SQS receive takes up to ten messages for the price of one.
-        let dispatch = DispatchConfig {
-            lease,
-            claim_at_least: 10,
-            ..dispatch
-        };
+        let dispatch = args.delivery.dispatch_on_queue();
         return run_aws(args, client, dispatch, ingest, edge).await;
     }
+    let dispatch = args.delivery.dispatch();
     let data_dir = args
         .data_dir
         .clone()
@@ -355,7 +221,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
                 DurabilityArg::Flush => Durability::Flush,
             },
             flush_wait: args.flush_wait,
-            retention: Some(args.retention),
+            retention: Some(args.delivery.retention),
             ..StoreOptions::default()
         }
         .with_faults_from_env(),
@@ -374,7 +240,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     // another process; every 10 s they also go to the log.
     let reporter = {
         let (handle, store, mut rx) = (handle.clone(), store.clone(), stop_rx.clone());
-        let batch = u32::from(args.batch);
+        let batch = u32::from(args.delivery.batch);
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(2));
             for n in 0u64.. {
@@ -401,7 +267,7 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
         })
     };
 
-    tracing::info!(%addr, target = %args.target_url, data_dir = %data_dir.display(), "relay up");
+    tracing::info!(%addr, target = %args.delivery.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
     println!("relay listening on {}://{addr}", scheme(&edge));
 
@@ -462,23 +328,9 @@ fn stop_on_signals() -> watch::Receiver<bool> {
     stop_rx
 }
 
-/// The secrets, parsed; a bad one is a usage error that does not repeat it (clap's own error
-/// would).
-fn signing_secrets(given: &[String]) -> Vec<relay_ingest::SigningSecret> {
-    given
-        .iter()
-        .map(|secret| {
-            secret.parse().unwrap_or_else(|e| {
-                clap::Error::raw(
-                    clap::error::ErrorKind::InvalidValue,
-                    format!(
-                        "--signing-secret (RELAY_SIGNING_SECRET): {e}; the value is not shown\n"
-                    ),
-                )
-                .exit()
-            })
-        })
-        .collect()
+/// A setting that will not do: a usage error (exit 2) that names it.
+fn usage(message: String) -> ! {
+    clap::Error::raw(clap::error::ErrorKind::InvalidValue, format!("{message}\n")).exit()
 }
 
 fn scheme(edge: &relay_ingest::serve::ServeOptions) -> &'static str {
@@ -508,7 +360,7 @@ async fn run_aws(
         .context("cannot create the stack's resources")?;
     }
     let queue = relay_aws::retry_transient("the stack's queues", 6, || {
-        relay_aws::SqsQueue::new(aws.clone(), args.retention)
+        relay_aws::SqsQueue::new(aws.clone(), args.delivery.retention)
     })
     .await
     .with_context(|| format!("cannot reach stack {:?}", aws.stack))?;
@@ -547,7 +399,7 @@ async fn run_aws(
             }
         })
     };
-    tracing::info!(%addr, target = %args.target_url, stack = ?aws.stack, "relay up on AWS");
+    tracing::info!(%addr, target = %args.delivery.target_url, stack = ?aws.stack, "relay up on AWS");
     println!("relay listening on {}://{addr}", scheme(&edge));
     let server = serve_edge(
         listener,

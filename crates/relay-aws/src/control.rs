@@ -145,7 +145,8 @@ pub async fn heartbeat(aws: &Aws, beat: &Heartbeat) -> Result<FleetItem, AwsErro
             .expression_attribute_names(format!("#old{i}"), member)
             .expression_attribute_names(format!("#oldr{i}"), member.replacen(MEMBER, REPORT, 1));
     }
-    expression.push_str(" ADD delivered_total :delivered, retried_total :retried, dead_total :dead");
+    expression
+        .push_str(" ADD delivered_total :delivered, retried_total :retried, dead_total :dead");
     let item = update
         .update_expression(expression)
         .send()

@@ -24,6 +24,7 @@ pub mod outbox;
 mod queue;
 mod resources;
 pub mod secrets;
+mod settings;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod xray;
@@ -34,6 +35,7 @@ pub use config::{Aws, AwsOptions, Stack};
 pub use ingest::DynamoIngest;
 pub use queue::{Received, SqsQueue};
 pub use resources::create_resources;
+pub use settings::AwsSettings;
 
 use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 

@@ -592,7 +592,9 @@ impl Operations for AwsOps {
             .map_err(failed)?;
         let (dead_visible, dead_hidden, _) =
             self.queue_attributes(&self.dlq_url).await.map_err(failed)?;
-        let fleet = crate::control::read_status(&self.aws).await.map_err(failed)?;
+        let fleet = crate::control::read_status(&self.aws)
+            .await
+            .map_err(failed)?;
         Ok(StatusReport {
             now: now_millis(),
             queued: visible + delayed,

@@ -316,9 +316,13 @@ async fn messages_sqs_moved_to_the_dlq_are_dead_letters_to_redrive_never_deleted
         "the DLQ copies of redriven events are gone"
     );
     // They are claimable again, and delivered once settled.
-    let claims =
-        relay_core::contract::claim_until(&queue, 2, Duration::from_secs(30), Duration::from_secs(30))
-            .await;
+    let claims = relay_core::contract::claim_until(
+        &queue,
+        2,
+        Duration::from_secs(30),
+        Duration::from_secs(30),
+    )
+    .await;
     let mut delivered: Vec<String> = Vec::new();
     for claim in &claims {
         let attempt = AttemptRecord {
@@ -329,13 +333,20 @@ async fn messages_sqs_moved_to_the_dlq_are_dead_letters_to_redrive_never_deleted
             detail: "ok".into(),
             trigger: relay_core::Trigger::Scheduled,
         };
-        queue.settle(claim, attempt, Settlement::Delivered).await.unwrap();
+        queue
+            .settle(claim, attempt, Settlement::Delivered)
+            .await
+            .unwrap();
         delivered.push(claim.event_id.clone());
     }
     delivered.sort();
     for id in ["abandoned", "unclaimed"] {
         let trace = ops.trace(id).await.unwrap().unwrap();
-        assert_eq!(trace.delivery.status, relay_core::delivery::DeliveryStatus::Delivered, "{id}");
+        assert_eq!(
+            trace.delivery.status,
+            relay_core::delivery::DeliveryStatus::Delivered,
+            "{id}"
+        );
     }
     assert_eq!(delivered, ["abandoned", "unclaimed"]);
 }

@@ -115,7 +115,10 @@ mod tests {
             "secretsmanager:relay/keys".parse(),
             Ok(SecretRef::SecretsManager("relay/keys".into()))
         );
-        assert_eq!("ssm:/relay/h".parse(), Ok(SecretRef::Ssm("/relay/h".into())));
+        assert_eq!(
+            "ssm:/relay/h".parse(),
+            Ok(SecretRef::Ssm("/relay/h".into()))
+        );
         assert!("vault:x".parse::<SecretRef>().is_err());
         assert!("secretsmanager: ".parse::<SecretRef>().is_err());
         assert!("plain".parse::<SecretRef>().is_err());

@@ -8,6 +8,7 @@
 
 mod client;
 mod metrics;
+pub mod settings;
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -28,6 +29,7 @@ pub use client::{
     parse_header,
 };
 pub use metrics::{Metrics, MetricsSnapshot};
+pub use settings::DeliverySettings;
 
 #[derive(Debug, Clone)]
 pub struct DispatchConfig {

@@ -7,6 +7,7 @@
 mod error;
 #[cfg(feature = "server")]
 pub mod serve;
+pub mod settings;
 mod signing;
 
 use std::sync::Arc;
@@ -25,6 +26,7 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 
 pub use error::{ApiError, EventId, Refusal};
+pub use settings::IngestSettings;
 pub use signing::SigningSecret;
 
 /// Largest accepted request body (and batch item).

@@ -16,6 +16,16 @@ use serde_json::{Value, json};
 #[error("Unauthorized")]
 pub struct Unauthorized;
 
+/// The accepted keys of a function instance: the receiver's own settings
+/// (`RELAY_API_KEY_SECRET`, or `RELAY_API_KEY` for a local run), read the same way.
+pub async fn keys(
+    settings: &crate::start::ReceiverSettings,
+) -> Result<Vec<String>, crate::start::StartError> {
+    Ok(crate::start::ingest_config(&settings.ingest, &settings.aws)
+        .await?
+        .api_keys)
+}
+
 /// The authorizer's decision for one request, given the accepted keys.
 pub fn decide<K: AsRef<[u8]>>(
     keys: &[K],

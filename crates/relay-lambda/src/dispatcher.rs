@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
+use lambda_runtime::LambdaEvent;
 use relay_aws::{Received, SqsQueue};
 use relay_core::{AttemptRecord, Claim, Settlement, StoreError, WorkQueue};
 use relay_dispatch::{DispatchConfig, Dispatcher, DispatcherHandle, GraphqlClient};
@@ -14,6 +15,7 @@ use tokio::sync::Notify;
 
 use crate::emf::{Emf, Unit};
 use crate::fleet::{self, Fleet};
+use crate::start::{self, DispatcherSettings, StartError};
 
 /// The dispatcher of one Lambda instance: its rate control and counters outlive each
 /// invocation, so what it learned about the target carries over.
@@ -29,7 +31,37 @@ pub struct BatchDispatcher {
     synced: tokio::sync::Mutex<Option<tokio::time::Instant>>,
 }
 
+/// Left for giving unstarted work back before the function's deadline.
+const MARGIN: Duration = Duration::from_secs(5);
+
 impl BatchDispatcher {
+    /// A function instance's dispatcher, from its settings: the stack's queue, the target
+    /// (its headers read from `RELAY_HEADER_SECRET`), the delivery policy, in the stack's fleet.
+    pub async fn start(settings: &DispatcherSettings) -> Result<Self, StartError> {
+        let target = start::target_config(&settings.delivery, &settings.aws).await?;
+        let aws = relay_aws::Aws::connect(&settings.aws.options()).await?;
+        let queue = SqsQueue::new(aws.clone(), settings.delivery.retention).await?;
+        let client = GraphqlClient::new(&target)?;
+        Ok(
+            BatchDispatcher::new(queue, client, settings.delivery.dispatch_on_queue())
+                .in_fleet(aws),
+        )
+    }
+
+    /// One invocation: the batch, within the function's time left less a margin to give
+    /// unstarted work back.
+    pub async fn invoke(
+        &self,
+        event: LambdaEvent<SqsEvent>,
+    ) -> Result<SqsBatchResponse, StartError> {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let deadline = Duration::from_millis(event.context.deadline);
+        let budget = deadline.saturating_sub(now).saturating_sub(MARGIN);
+        Ok(self.dispatch(event.payload, budget).await)
+    }
+
     pub fn new(queue: SqsQueue, client: GraphqlClient, config: DispatchConfig) -> Self {
         let handle = Dispatcher::new(queue.clone(), client.clone(), config.clone()).handle();
         BatchDispatcher {
@@ -129,7 +161,10 @@ impl BatchDispatcher {
                 Some((v.get("id")?.as_str()?.to_owned(), m.message_id.clone()))
             })
             .collect();
-        let (claims, claim_failures) = self.queue.claim_messages(messages, self.config.lease).await;
+        // A claim outlasts the invocation that holds it, so no other dispatcher takes its
+        // events while this one may still deliver them.
+        let lease = self.config.lease.max(budget + MARGIN);
+        let (claims, claim_failures) = self.queue.claim_messages(messages, lease).await;
         let mut response = SqsBatchResponse::default();
         for (message_id, error) in claim_failures {
             tracing::warn!(%message_id, %error, "could not claim; the message is returned");
@@ -289,4 +324,3 @@ impl WorkQueue for BatchRef {
         tokio::time::sleep(at_most).await;
     }
 }
-

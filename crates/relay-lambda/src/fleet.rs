@@ -173,7 +173,10 @@ impl Fleet {
 
     /// Adopts another dispatcher's cut, if it is newer than any seen and not stale.
     fn follow(&self, cut: &SharedCut, members: usize, now: Instant, now_ms: i64) {
-        let newer = self.seen().shared_cut_ms.is_none_or(|seen| cut.at_ms > seen);
+        let newer = self
+            .seen()
+            .shared_cut_ms
+            .is_none_or(|seen| cut.at_ms > seen);
         let fresh = now_ms - cut.at_ms < STALE_CUT.as_millis() as i64;
         if !(newer && fresh && cut.by != self.id) {
             return;

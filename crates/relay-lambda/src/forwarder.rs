@@ -9,6 +9,29 @@ use relay_aws::Aws;
 use relay_aws::outbox::NewEvent;
 
 use crate::emf::Emf;
+use crate::start::{ForwarderSettings, StartError};
+
+/// A function instance's forwarder: the stack, and its work queue.
+#[derive(Debug)]
+pub struct Forwarder {
+    aws: Aws,
+    queue_url: String,
+}
+
+impl Forwarder {
+    pub async fn start(settings: &ForwarderSettings) -> Result<Self, StartError> {
+        let aws = Aws::connect(&settings.aws.options()).await?;
+        let (queue_url, _) = aws.queue_urls().await?;
+        Ok(Forwarder { aws, queue_url })
+    }
+
+    pub async fn invoke(
+        &self,
+        event: lambda_runtime::LambdaEvent<StreamEvent>,
+    ) -> Result<DynamoDbEventResponse, StartError> {
+        Ok(forward_stream(&self.aws, &self.queue_url, event.payload).await)
+    }
+}
 
 /// The forwarder: queues every new event in a batch of stream records. The first record that
 /// could not be queued is reported; Lambda retries from there (with bisection), and never
@@ -54,4 +77,3 @@ pub async fn forward_stream(
     }
     response
 }
-

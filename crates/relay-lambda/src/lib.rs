@@ -13,4 +13,4 @@ pub mod receiver;
 pub mod start;
 
 pub use dispatcher::BatchDispatcher;
-pub use forwarder::forward_stream;
+pub use forwarder::{Forwarder, forward_stream};

@@ -19,6 +19,27 @@ use lambda_http::lambda_runtime::{Context, LambdaEvent};
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, Service};
 
+/// The receiver of a function instance (and of `relay up --backend aws`), from its settings:
+/// the ingest router over the stack's events table, its keys and signing secrets read from
+/// their secrets, with a trace per event and an EMF line per request.
+pub async fn start(
+    settings: &crate::start::ReceiverSettings,
+) -> Result<Router, crate::start::StartError> {
+    let config = crate::start::ingest_config(&settings.ingest, &settings.aws).await?;
+    let aws = relay_aws::Aws::connect(&settings.aws.options()).await?;
+    Ok(with_metrics(app(aws, config)))
+}
+
+/// The ingest router over `aws`'s events table, with a trace per event (`relay up --backend
+/// aws` serves it as it is; the function adds its EMF lines).
+pub fn app(aws: relay_aws::Aws, config: relay_ingest::IngestConfig) -> Router {
+    let tracer = aws.tracer.clone();
+    with_tracing(
+        relay_ingest::router(relay_aws::DynamoIngest::new(aws), config),
+        tracer,
+    )
+}
+
 /// One EMF line per request (`Function=receiver`): `Accepted`, `Duplicate`, or `Rejected` with
 /// the `Reason` the source was answered, and the request's `event_id` and `status` as
 /// properties, so the line doubles as the access log.

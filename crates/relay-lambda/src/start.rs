@@ -1,13 +1,105 @@
-//! What every function does as it starts: its logs, and the stack it belongs to.
+//! What every function does as it starts: its logs, and its settings, read from the
+//! environment as `relay up` reads its flags. Each function's settings are the same typed
+//! structs (`AwsSettings`, `DeliverySettings`, `IngestSettings`), so a variable has the
+//! flag's default, range and error; a bad or missing one stops the start with a message that
+//! names the variable.
 
-use relay_aws::AwsOptions;
+use clap::error::{ContextKind, ContextValue, ErrorKind};
+use clap::{Args, Command, FromArgMatches};
+use relay_aws::AwsSettings;
+use relay_dispatch::DeliverySettings;
+use relay_ingest::IngestSettings;
 
-/// The stack a function belongs to, from its environment: `RELAY_STACK` (the names, as
-/// Terraform derives them), and the AWS runtime's own variables for the rest.
-pub fn options_from_env() -> AwsOptions {
-    AwsOptions {
-        stack: std::env::var("RELAY_STACK").unwrap_or_else(|_| "relay".into()),
-        ..AwsOptions::default()
+/// The dispatcher's settings: where the stack is, and how events are delivered.
+#[derive(Debug, Clone, Args)]
+pub struct DispatcherSettings {
+    #[command(flatten)]
+    pub aws: AwsSettings,
+    #[command(flatten)]
+    pub delivery: DeliverySettings,
+}
+
+/// The receiver's (and the authorizer's) settings: where the stack is, and who may send.
+#[derive(Debug, Clone, Args)]
+pub struct ReceiverSettings {
+    #[command(flatten)]
+    pub aws: AwsSettings,
+    #[command(flatten)]
+    pub ingest: IngestSettings,
+}
+
+/// The forwarder's settings: where the stack is.
+#[derive(Debug, Clone, Args)]
+pub struct ForwarderSettings {
+    #[command(flatten)]
+    pub aws: AwsSettings,
+}
+
+/// A setting that stops a function's start, in the words of its variable.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{0}")]
+pub struct SettingsError(pub String);
+
+/// Reads `T` from the environment alone (no arguments): each field from its `RELAY_*`
+/// variable, or its default.
+pub fn from_env<T: Args + FromArgMatches>(function: &'static str) -> Result<T, SettingsError> {
+    let command = T::augment_args(Command::new(function).no_binary_name(true));
+    let matches = command
+        .clone()
+        .try_get_matches_from(std::iter::empty::<String>())
+        .map_err(|e| SettingsError(in_variables(&command, &e)))?;
+    T::from_arg_matches(&matches).map_err(|e| SettingsError(in_variables(&command, &e)))
+}
+
+/// clap's message, with each flag it names replaced by its variable, and the offending value
+/// left out (it may be a secret).
+fn in_variables(command: &Command, error: &clap::Error) -> String {
+    let variable = |flag: &str| {
+        let long = flag
+            .trim_start_matches("--")
+            .split([' ', '='])
+            .next()
+            .unwrap_or_default();
+        command
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(|a| a.get_env())
+            .map_or_else(|| flag.to_owned(), |env| env.to_string_lossy().into_owned())
+    };
+    let flags: Vec<String> = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(flag)) => vec![variable(flag)],
+        Some(ContextValue::Strings(flags)) => flags.iter().map(|f| variable(f)).collect(),
+        _ => Vec::new(),
+    };
+    let named = flags.join(", ");
+    match error.kind() {
+        ErrorKind::MissingRequiredArgument => format!("{named} must be set"),
+        ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
+            let why = error
+                .source_message()
+                .unwrap_or_else(|| "not a valid value".into());
+            format!("{named} is not valid: {why}")
+        }
+        _ if !named.is_empty() => format!("{named}: {}", error.kind()),
+        _ => error.kind().to_string(),
+    }
+}
+
+trait SourceMessage {
+    fn source_message(&self) -> Option<String>;
+}
+
+impl SourceMessage for clap::Error {
+    /// What the value parser said, without clap's framing (which repeats the value).
+    fn source_message(&self) -> Option<String> {
+        std::error::Error::source(self)
+            .map(ToString::to_string)
+            .or_else(|| match self.get(ContextKind::ValidValue) {
+                Some(ContextValue::Strings(valid)) => {
+                    Some(format!("expected {}", valid.join(", ")))
+                }
+                _ => None,
+            })
     }
 }
 
@@ -29,21 +121,82 @@ pub fn init_tracing() {
         .init();
 }
 
-/// A comma-separated list from the environment (API keys, headers).
-pub fn list_from_env(name: &str) -> Result<Vec<String>, String> {
-    let raw = std::env::var(name).map_err(|_| format!("{name} is not set"))?;
-    let items: Vec<String> = raw
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(str::to_owned)
-        .collect();
-    if items.is_empty() {
-        return Err(format!("{name} is empty"));
+/// What stops a start: a setting, or AWS (a secret that cannot be read).
+pub type StartError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The ingest API's configuration, with the keys and signing secrets that live in AWS read
+/// (AWS is reached only when a secret is named).
+pub async fn ingest_config(
+    ingest: &IngestSettings,
+    aws: &AwsSettings,
+) -> Result<relay_ingest::IngestConfig, StartError> {
+    let mut keys = Vec::new();
+    let mut signing = Vec::new();
+    if ingest.api_key_secret.is_some() || ingest.signing_secret_ref.is_some() {
+        let aws = relay_aws::Aws::connect(&aws.options()).await?;
+        if let Some(secret) = &ingest.api_key_secret {
+            keys = relay_aws::secrets::api_keys(&aws, secret)
+                .await
+                .map_err(|e| format!("RELAY_API_KEY_SECRET ({secret}): {e}"))?;
+        }
+        if let Some(secret) = &ingest.signing_secret_ref {
+            signing = relay_aws::secrets::api_keys(&aws, secret)
+                .await
+                .map_err(|e| format!("RELAY_SIGNING_SECRET_REF ({secret}): {e}"))?;
+        }
     }
-    Ok(items)
+    Ok(ingest.config(keys, signing)?)
 }
 
-pub fn env_or(name: &str, default: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| default.to_owned())
+/// The target's configuration, with the headers that live in AWS read (AWS is reached only
+/// when `--header-secret` names a secret). The names of those headers are logged, never their
+/// values.
+pub async fn target_config(
+    delivery: &DeliverySettings,
+    aws: &AwsSettings,
+) -> Result<relay_dispatch::TargetConfig, StartError> {
+    delivery.check()?;
+    let mut extra = Vec::new();
+    if let Some(secret) = &delivery.header_secret {
+        let aws = relay_aws::Aws::connect(&aws.options()).await?;
+        extra = relay_aws::secrets::headers(&aws, secret)
+            .await
+            .map_err(|e| format!("cannot read the target's headers from {secret}: {e}"))?;
+        let names: Vec<&str> = extra.iter().map(|(n, _)| n.as_str()).collect();
+        tracing::info!(%secret, headers = ?names, "target headers read from the secret");
+    }
+    Ok(delivery.target(extra)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The same mapping `from_env` applies, exercised with flags (a test cannot set a
+    /// process's environment safely): each error names the variable, never the value.
+    fn named(args: &[&str]) -> String {
+        let command = DispatcherSettings::augment_args(Command::new("t").no_binary_name(true));
+        let error = command
+            .clone()
+            .try_get_matches_from(args)
+            .expect_err("refused");
+        in_variables(&command, &error)
+    }
+
+    #[test]
+    fn a_bad_setting_is_named_by_its_variable() {
+        assert_eq!(named(&[]), "RELAY_TARGET_URL must be set");
+        let url = ["--target-url", "http://127.0.0.1:1/graphql"];
+        let e = named(&[&url[..], &["--max-attempts", "0"]].concat());
+        assert!(e.starts_with("RELAY_MAX_ATTEMPTS is not valid"), "{e}");
+        let e = named(&[&url[..], &["--target-rate", "fast"]].concat());
+        assert_eq!(
+            e,
+            "RELAY_TARGET_RATE is not valid: must be a positive number of requests per second"
+        );
+        let e = named(&[&url[..], &["--header-secret", "vault:x"]].concat());
+        assert!(e.starts_with("RELAY_HEADER_SECRET is not valid"), "{e}");
+        let e = named(&["--target-url", "ftp://secret-host"]);
+        assert!(!e.contains("secret-host"), "the value is not repeated: {e}");
+    }
 }

@@ -10,12 +10,12 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use lambda_http::lambda_runtime::{Context, LambdaEvent};
 use lambda_http::request::LambdaRequest;
 use lambda_http::{Adapter, Service};
-use relay_lambda::{BatchDispatcher, forward_stream};
 use relay_aws::testing::MotoServer;
 use relay_aws::{DynamoIngest, SqsQueue};
 use relay_core::{Ingest, parse_event};
 use relay_dispatch::{DispatchConfig, GraphqlClient, TargetConfig};
 use relay_ingest::IngestConfig;
+use relay_lambda::{BatchDispatcher, forward_stream};
 use serde_json::{Value, json};
 
 /// Up to ten messages, waiting a second for them, hidden for a minute after.

@@ -10,11 +10,11 @@
 
 use std::time::{Duration, Instant};
 
-use relay_lambda::fleet::Fleet;
 use relay_aws::{Aws, DynamoIngest, SqsQueue};
 use relay_core::rate::RateConfig;
 use relay_core::{Ingest, parse_event};
 use relay_dispatch::{DispatchConfig, Dispatcher, GraphqlClient, TargetConfig};
+use relay_lambda::fleet::Fleet;
 use tokio::sync::watch;
 
 /// Where the fleet's work comes from.

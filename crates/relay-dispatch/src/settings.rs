@@ -1,0 +1,227 @@
+//! How events are delivered, as one typed set of settings: the flags of `relay up` and the
+//! `RELAY_*` variables of the dispatcher Lambda are the same fields, with the same defaults,
+//! ranges and errors (`docs/configuration.md` lists them, with their Terraform variables).
+
+use std::time::Duration;
+
+use clap::Args;
+use relay_core::DeliveryPolicy;
+use relay_core::backoff::Backoff;
+use relay_core::rate::RateConfig;
+use relay_core::settings::{self, SecretRef};
+
+use crate::{DEFAULT_DOCUMENT, DispatchConfig, TargetConfig};
+
+/// The target, and how hard and how long relay tries it.
+#[derive(Debug, Clone, Args)]
+#[command(next_help_heading = "Delivery")]
+pub struct DeliverySettings {
+    /// GraphQL endpoint events are delivered to.
+    #[arg(long, env = "RELAY_TARGET_URL", value_parser = settings::http_url)]
+    pub target_url: String,
+
+    /// Never send more than this many requests/s to the target (with --batch, each request
+    /// holds up to that many events). The relay still slows down when the target asks. Without
+    /// it, the relay discovers the limit.
+    #[arg(long, env = "RELAY_TARGET_RATE", value_parser = settings::positive_rate)]
+    pub target_rate: Option<f64>,
+
+    /// Value of the `brand` field added to every event.
+    #[arg(long, env = "RELAY_BRAND", default_value = relay_core::DEFAULT_BRAND)]
+    pub brand: String,
+
+    /// GraphQL document sent for each event (the event is `$input`), or @FILE to read it.
+    /// Only with --batch 1: batches are relay's own aliased mutations.
+    #[arg(long, env = "RELAY_DOCUMENT", default_value = DEFAULT_DOCUMENT)]
+    pub document: String,
+
+    /// Up to this many events in one request, as aliased mutations (`e0: createEvent(input:
+    /// $e0) { id } e1: …`), for one rate token: for targets whose limit counts requests. Each
+    /// event's answer is its own: a refused event is dead-lettered alone.
+    #[arg(long, env = "RELAY_BATCH", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=500))]
+    pub batch: u16,
+
+    /// Extra header on every request to the target, as 'Name: value'; repeatable.
+    /// Example: --header 'Authorization: Bearer abc'. In the environment, one header per line.
+    #[arg(long = "header", env = "RELAY_HEADERS", value_delimiter = '\n', hide_env_values = true, value_parser = header)]
+    pub headers: Vec<(String, String)>,
+
+    /// Headers for the target (credentials) read at start from AWS: secretsmanager:NAME (or
+    /// ARN) or ssm:/PARAMETER/NAME. The value is a JSON object ({"Authorization": "Bearer …"})
+    /// or one 'Name: value' per line. Uses the AWS options, with either backend.
+    #[arg(long, env = "RELAY_HEADER_SECRET", value_name = "REF", value_parser = clap::value_parser!(SecretRef))]
+    pub header_secret: Option<SecretRef>,
+
+    /// Attempts before an event goes to the dead-letter queue. Rate-limited answers do not count.
+    #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_attempts: u32,
+
+    /// Oldest an undelivered event may get before it goes to the dead-letter queue.
+    #[arg(long, env = "RELAY_MAX_AGE", default_value = "24h", value_parser = settings::duration)]
+    pub max_age: Duration,
+
+    /// Timeout of one request to the target.
+    #[arg(long, env = "RELAY_TARGET_TIMEOUT", default_value = "10s", value_parser = settings::duration)]
+    pub target_timeout: Duration,
+
+    /// Most requests to the target in flight at once.
+    #[arg(long, env = "RELAY_MAX_IN_FLIGHT", default_value_t = 256, value_parser = settings::positive_count)]
+    pub max_in_flight: usize,
+
+    /// First retry waits up to this long; each further retry doubles it (with jitter).
+    #[arg(long, env = "RELAY_BACKOFF_BASE", default_value = "500ms", value_parser = settings::duration)]
+    pub backoff_base: Duration,
+
+    /// No retry waits longer than this (unless the target's Retry-After says so).
+    #[arg(long, env = "RELAY_BACKOFF_CAP", default_value = "5m", value_parser = settings::duration)]
+    pub backoff_cap: Duration,
+
+    /// How long a delivered event stays where `relay trace` finds it at once: in the live
+    /// store (then it moves to compressed JSON lines under DATA_DIR/archive/, where `relay
+    /// trace` still finds it), or on AWS in the events table (then in the S3 archive). Dead
+    /// letters stay until redriven or purged. Duplicates of an id are recognised meanwhile.
+    #[arg(long, env = "RELAY_RETENTION", default_value = "7d", value_parser = settings::duration)]
+    pub retention: Duration,
+}
+
+fn header(raw: &str) -> Result<(String, String), String> {
+    crate::parse_header(raw).map_err(|e| e.to_string())
+}
+
+impl DeliverySettings {
+    /// Settings that contradict each other, in the words of the flags.
+    pub fn check(&self) -> Result<(), String> {
+        let show = humantime::format_duration;
+        if self.backoff_base > self.backoff_cap {
+            return Err(format!(
+                "--backoff-base ({}) must not exceed --backoff-cap ({})",
+                show(self.backoff_base),
+                show(self.backoff_cap)
+            ));
+        }
+        if self.target_timeout.is_zero() {
+            return Err("--target-timeout must be more than zero".into());
+        }
+        if self.batch > 1 && self.document != DEFAULT_DOCUMENT {
+            return Err(format!(
+                "--document cannot be combined with --batch {}: a batch is relay's own aliased \
+                 `createEvent` mutations. Use --batch 1 to send your document, one event per request.",
+                self.batch
+            ));
+        }
+        Ok(())
+    }
+
+    /// The target's configuration, with `extra` headers (read from `--header-secret`); the
+    /// document read if it is `@FILE`.
+    pub fn target(&self, extra: Vec<(String, String)>) -> Result<TargetConfig, String> {
+        let document = match self.document.strip_prefix('@') {
+            Some(path) => std::fs::read_to_string(path)
+                .map_err(|e| format!("cannot read --document file {path}: {e}"))?,
+            None => self.document.clone(),
+        };
+        let mut headers = self.headers.clone();
+        headers.extend(extra);
+        Ok(TargetConfig {
+            url: self.target_url.clone(),
+            document,
+            brand: self.brand.clone(),
+            headers,
+            timeout: self.target_timeout,
+            batch: self.batch.into(),
+        })
+    }
+
+    /// The dispatcher's configuration over the embedded store.
+    pub fn dispatch(&self) -> DispatchConfig {
+        DispatchConfig {
+            rate: RateConfig {
+                ceiling: self.target_rate,
+                ..RateConfig::default()
+            },
+            policy: DeliveryPolicy {
+                max_attempts: self.max_attempts,
+                max_age: self.max_age,
+                backoff: Backoff {
+                    base: self.backoff_base,
+                    cap: self.backoff_cap,
+                },
+            },
+            max_in_flight: self.max_in_flight,
+            ..DispatchConfig::default()
+        }
+    }
+
+    /// The dispatcher's configuration over a work queue whose claims are message visibilities
+    /// (SQS): a claim lasts long enough for a request and its settlement, no longer, since
+    /// after a crash that is how long its events wait; and a receive takes ten messages for
+    /// the price of one.
+    pub fn dispatch_on_queue(&self) -> DispatchConfig {
+        DispatchConfig {
+            lease: (self.target_timeout * 3).max(Duration::from_secs(30)),
+            claim_at_least: 10,
+            ..self.dispatch()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        delivery: DeliverySettings,
+    }
+
+    fn parse(args: &[&str]) -> Result<DeliverySettings, clap::Error> {
+        Cli::try_parse_from(std::iter::once("relay").chain(args.iter().copied()))
+            .map(|c| c.delivery)
+    }
+
+    #[test]
+    fn the_defaults_are_the_policys_and_the_lease_follows_the_target_timeout() {
+        let s = parse(&["--target-url", "http://127.0.0.1:1/graphql"]).unwrap();
+        assert_eq!(s.dispatch().policy, DeliveryPolicy::default());
+        assert_eq!(s.brand, relay_core::DEFAULT_BRAND);
+        assert_eq!(s.dispatch_on_queue().lease, Duration::from_secs(30));
+        let slow = parse(&[
+            "--target-url",
+            "http://127.0.0.1:1/graphql",
+            "--target-timeout",
+            "20s",
+        ])
+        .unwrap();
+        assert_eq!(slow.dispatch_on_queue().lease, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn contradictions_and_bad_values_are_refused_in_the_flags_words() {
+        let url = ["--target-url", "http://127.0.0.1:1/graphql"];
+        let both = |more: &[&str]| parse(&[&url[..], more].concat());
+        let e = both(&["--backoff-base", "10m"])
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(
+            e.contains("--backoff-base (10m) must not exceed --backoff-cap (5m)"),
+            "{e}"
+        );
+        let e = both(&["--batch", "5", "--document", "mutation { x }"])
+            .unwrap()
+            .check()
+            .unwrap_err();
+        assert!(
+            e.contains("--document cannot be combined with --batch 5"),
+            "{e}"
+        );
+        assert!(both(&["--batch", "501"]).is_err());
+        assert!(both(&["--max-attempts", "0"]).is_err());
+        assert!(both(&["--target-rate", "-2"]).is_err());
+        assert!(both(&["--header", "no colon"]).is_err());
+        assert!(parse(&["--target-url", "ftp://x"]).is_err());
+    }
+}
