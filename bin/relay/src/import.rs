@@ -478,7 +478,15 @@ fn read_batches(
     Ok(())
 }
 
-/// Sends one batch, trying again what may succeed later; `Err` stops the import.
+/// Why one try of a batch failed: worth another try later, or not.
+#[derive(Debug)]
+enum SendError {
+    Later(String),
+    Fatal(anyhow::Error),
+}
+
+/// Sends one batch, trying again what may succeed later (no answer, 408, 429, 5xx) with the
+/// core's backoff; `Err` stops the import.
 async fn send(
     client: &reqwest::Client,
     url: &str,
@@ -487,48 +495,60 @@ async fn send(
     items: usize,
     attempts: u32,
 ) -> anyhow::Result<Vec<Value>> {
-    let mut last = String::new();
-    for attempt in 0..attempts {
-        if attempt > 0 {
-            let wait = Duration::from_millis(250 << attempt.min(6)).min(Duration::from_secs(10));
-            tokio::time::sleep(wait.mul_f64(0.5 + fastrand::f64() / 2.0)).await;
-        }
-        let response = client
-            .post(url)
-            .header("x-api-key", key)
-            .header("content-type", "application/json")
-            .timeout(Duration::from_secs(30))
-            .body(body.clone())
-            .send()
-            .await;
-        let response = match response {
-            Ok(response) => response,
-            Err(e) => {
-                last = format!("no answer from {url}: {e}");
-                continue;
-            }
-        };
-        let status = response.status();
-        let answer: Value = response.json().await.unwrap_or(Value::Null);
-        if status.is_success() {
-            let results = answer["results"].as_array().cloned().unwrap_or_default();
-            if results.len() != items {
-                bail!(
-                    "{url} answered {} results for {items} events: is it a relay?",
-                    results.len()
-                );
-            }
-            return Ok(results);
-        }
-        let message = answer["message"].as_str().unwrap_or("").to_owned();
-        last = format!("{url} answered {status}: {message}");
-        let retryable =
-            status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error();
-        if !retryable {
-            bail!("{last}");
-        }
+    let backoff = relay_core::backoff::Backoff {
+        base: Duration::from_millis(500),
+        cap: Duration::from_secs(10),
+    };
+    let sent = relay_core::backoff::retry(
+        backoff,
+        attempts,
+        |e| matches!(e, SendError::Later(_)),
+        |attempt, e, wait| tracing::debug!(attempt, error = ?e, ?wait, "batch not taken; trying again"),
+        || send_once(client, url, key, body.clone(), items),
+    )
+    .await;
+    match sent {
+        Ok(results) => Ok(results),
+        Err(SendError::Later(last)) => bail!("{last} (after {attempts} attempts)"),
+        Err(SendError::Fatal(e)) => Err(e),
     }
-    bail!("{last} (after {attempts} attempts)")
+}
+
+async fn send_once(
+    client: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: String,
+    items: usize,
+) -> Result<Vec<Value>, SendError> {
+    let response = client
+        .post(url)
+        .header("x-api-key", key)
+        .header("content-type", "application/json")
+        .timeout(Duration::from_secs(30))
+        .body(body)
+        .send()
+        .await
+        .map_err(|e| SendError::Later(format!("no answer from {url}: {e}")))?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        let results = answer["results"].as_array().cloned().unwrap_or_default();
+        if results.len() != items {
+            return Err(SendError::Fatal(anyhow::anyhow!(
+                "{url} answered {} results for {items} events: is it a relay?",
+                results.len()
+            )));
+        }
+        return Ok(results);
+    }
+    let message = answer["message"].as_str().unwrap_or("");
+    let last = format!("{url} answered {status}: {message}");
+    if status.as_u16() == 408 || status.as_u16() == 429 || status.is_server_error() {
+        Err(SendError::Later(last))
+    } else {
+        Err(SendError::Fatal(anyhow::anyhow!(last)))
+    }
 }
 
 fn account(tally: &mut Tally, batch: Batch, results: &[Value]) {

@@ -127,7 +127,7 @@ async fn write(aws: &Aws, records: Vec<ArchiveRecord>) {
         let key = format!(
             "{PREFIX}/date={date}/{}-{:08x}.jsonl.gz",
             records[0].settled_at,
-            fastrand_u32()
+            fastrand::u32(..)
         );
         let body = match gzip_lines(&records) {
             Ok(body) => body,
@@ -136,23 +136,23 @@ async fn write(aws: &Aws, records: Vec<ArchiveRecord>) {
                 continue;
             }
         };
-        let mut tries = 0;
-        loop {
-            tries += 1;
-            match put(aws, &key, body.clone()).await {
-                Ok(()) => {
-                    tracing::debug!(%key, events = records.len(), "archived");
-                    break;
-                }
-                Err(e) if tries < 3 => {
-                    tracing::debug!(%key, error = %e, "archive write failed; trying again");
-                    tokio::time::sleep(Duration::from_millis(200 * tries)).await;
-                }
-                Err(e) => {
-                    let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).take(5).collect();
-                    tracing::error!(%key, error = %e, events = records.len(), first = ?ids, "could not archive settled events to S3; they stay in DynamoDB until their TTL");
-                    break;
-                }
+        let backoff = relay_core::backoff::Backoff {
+            base: Duration::from_millis(200),
+            cap: Duration::from_secs(2),
+        };
+        let written = relay_core::backoff::retry(
+            backoff,
+            3,
+            |_| true,
+            |_, e, _| tracing::debug!(%key, error = %e, "archive write failed; trying again"),
+            || put(aws, &key, body.clone()),
+        )
+        .await;
+        match written {
+            Ok(()) => tracing::debug!(%key, events = records.len(), "archived"),
+            Err(e) => {
+                let ids: Vec<&str> = records.iter().map(|r| r.id.as_str()).take(5).collect();
+                tracing::error!(%key, error = %e, events = records.len(), first = ?ids, "could not archive settled events to S3; they stay in DynamoDB until their TTL");
             }
         }
     }
@@ -165,7 +165,7 @@ pub(crate) async fn write_now(aws: &Aws, records: &[ArchiveRecord]) -> Result<St
     let key = format!(
         "{PREFIX}/date={}/{now}-{:08x}.jsonl.gz",
         date_of(now),
-        fastrand_u32()
+        fastrand::u32(..)
     );
     let body = gzip_lines(records).map_err(|e| AwsError::Config(format!("archive: {e}")))?;
     put(aws, &key, body).await?;
@@ -269,14 +269,6 @@ fn gzip_lines(records: &[ArchiveRecord]) -> std::io::Result<Vec<u8>> {
 pub fn date_of(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()[..10].to_owned()
-}
-
-fn fastrand_u32() -> u32 {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .subsec_nanos();
-    nanos ^ std::process::id().rotate_left(16)
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ fn is_transient(code: &str) -> bool {
 /// Runs `call` until it works or fails for good, for what a start needs from AWS (the stack's
 /// queues, its resources): a transient error (unreachable, throttled, AWS's own failure) is
 /// tried again with jittered backoff, up to `tries` times, each logged.
-pub async fn retry_transient<T, F, Fut>(what: &str, tries: u32, mut call: F) -> Result<T, AwsError>
+pub async fn retry_transient<T, F, Fut>(what: &str, tries: u32, call: F) -> Result<T, AwsError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, AwsError>>,
@@ -136,18 +136,16 @@ where
         base: std::time::Duration::from_millis(500),
         cap: std::time::Duration::from_secs(8),
     };
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Err(e) if e.is_transient() && attempt < tries => {
-                let wait = backoff.delay(attempt, fastrand::f64());
-                tracing::warn!(%what, attempt, error = %e, ?wait, "AWS call failed; trying again");
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-            done => return done,
-        }
-    }
+    relay_core::backoff::retry(
+        backoff,
+        tries,
+        AwsError::is_transient,
+        |attempt, e, wait| {
+            tracing::warn!(%what, attempt, error = %e, ?wait, "AWS call failed; trying again");
+        },
+        call,
+    )
+    .await
 }
 
 #[cfg(test)]

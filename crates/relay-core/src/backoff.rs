@@ -1,5 +1,6 @@
-//! Exponential backoff with full jitter, capped. Pure: the caller supplies the randomness, so the
-//! math is testable and the dispatcher stays the only place that touches an RNG.
+//! Exponential backoff with full jitter, capped. The math is pure (the caller supplies the
+//! randomness); [`retry`] is the one loop every "try again later" in relay uses, on tokio's
+//! clock, so its tests run on paused time.
 
 use std::time::Duration;
 
@@ -48,6 +49,34 @@ impl Backoff {
     }
 }
 
+/// Runs `call` until it succeeds, fails for good, or `tries` calls are spent. A failure that
+/// `worth_retrying` says may pass is tried again after [`Backoff::delay`] (jitter from
+/// `fastrand`); `on_retry` hears of each, with the attempt that failed and the wait.
+pub async fn retry<T, E, F, Fut>(
+    backoff: Backoff,
+    tries: u32,
+    worth_retrying: impl Fn(&E) -> bool,
+    mut on_retry: impl FnMut(u32, &E, Duration),
+    mut call: F,
+) -> Result<T, E>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut attempt = 1;
+    loop {
+        match call().await {
+            Err(e) if attempt < tries && worth_retrying(&e) => {
+                let wait = backoff.delay(attempt, fastrand::f64());
+                on_retry(attempt, &e, wait);
+                tokio::time::sleep(wait).await;
+                attempt += 1;
+            }
+            done => return done,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -72,6 +101,63 @@ mod tests {
         assert_eq!(B.delay(3, 1.0), Duration::from_millis(400));
         assert_eq!(B.delay(3, 0.5), Duration::from_millis(200));
         assert_eq!(B.delay(3, 7.0), Duration::from_millis(400));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn retry_tries_again_what_may_pass_and_gives_up_on_what_will_not() {
+        let calls = std::cell::Cell::new(0);
+        let mut waits = Vec::new();
+        let done: Result<u32, &str> = retry(
+            B,
+            5,
+            |e| *e == "busy",
+            |n, _, wait| waits.push((n, wait)),
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move { if n < 3 { Err("busy") } else { Ok(n) } }
+            },
+        )
+        .await;
+        assert_eq!(done, Ok(3), "the third call worked");
+        assert_eq!(waits.len(), 2);
+        assert!(waits.iter().all(|(n, w)| *w <= B.ceiling(*n)), "{waits:?}");
+
+        calls.set(0);
+        let refused: Result<(), &str> = retry(
+            B,
+            5,
+            |e| *e == "busy",
+            |_, _, _| {},
+            || {
+                calls.set(calls.get() + 1);
+                async { Err("no") }
+            },
+        )
+        .await;
+        assert_eq!(
+            (refused, calls.get()),
+            (Err("no"), 1),
+            "a refusal is not tried again"
+        );
+
+        calls.set(0);
+        let spent: Result<(), &str> = retry(
+            B,
+            4,
+            |_| true,
+            |_, _, _| {},
+            || {
+                calls.set(calls.get() + 1);
+                async { Err("busy") }
+            },
+        )
+        .await;
+        assert_eq!(
+            (spent, calls.get()),
+            (Err("busy"), 4),
+            "no more than the tries"
+        );
     }
 
     #[test]
