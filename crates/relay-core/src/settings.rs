@@ -65,17 +65,18 @@ impl FromStr for SecretRef {
     type Err = String;
 
     fn from_str(raw: &str) -> Result<Self, Self::Err> {
-        let (kind, name) = raw.split_once(':').ok_or_else(|| {
-            format!("{raw:?}: expected secretsmanager:NAME or ssm:/PARAMETER/NAME")
-        })?;
+        // The name is not repeated: a reference may sit next to what it guards.
+        let (kind, name) = raw
+            .split_once(':')
+            .ok_or("expected secretsmanager:NAME or ssm:/PARAMETER/NAME")?;
         if name.trim().is_empty() {
-            return Err(format!("{raw:?}: the secret's name is empty"));
+            return Err("the secret's name is empty".into());
         }
         match kind {
             "secretsmanager" => Ok(SecretRef::SecretsManager(name.to_owned())),
             "ssm" => Ok(SecretRef::Ssm(name.to_owned())),
             other => Err(format!(
-                "{raw:?}: unknown store {other:?}; expected secretsmanager:NAME or ssm:/PARAMETER/NAME"
+                "unknown store {other:?}; expected secretsmanager:NAME or ssm:/PARAMETER/NAME"
             )),
         }
     }
