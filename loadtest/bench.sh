@@ -307,7 +307,7 @@ fleet() {
   if [ ! -x .venv-moto/bin/moto_server ]; then
     python3 -m venv .venv-moto && .venv-moto/bin/pip install --quiet "moto[server]==5.2.5"
   fi
-  cargo build --release --quiet -p relay-aws --example fleet
+  cargo build --release --quiet -p relay-lambda --example fleet
   "$BIN/examples/fleet" 30 2>/dev/null
   echo "### the same with the work through SQS and the events table on moto (moto-bound)"
   "$BIN/examples/fleet" 20 stack 2>/dev/null | tail -n 3

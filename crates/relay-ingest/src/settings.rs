@@ -139,7 +139,7 @@ mod tests {
         assert!(!e.contains("notbase64"), "{e}");
         let e = parse(&["--api-key", "a"])
             .unwrap()
-            .config(vec![], vec!["nope".into()])
+            .config(vec![], vec!["!!not base64!!".into()])
             .unwrap_err();
         assert!(e.starts_with("--signing-secret-ref"), "{e}");
     }

@@ -3,7 +3,7 @@
 //! table on a private moto server. `loadtest/bench.sh fleet` runs it (release build).
 //!
 //! ```text
-//! cargo run --release -p relay-aws --example fleet -- [SECONDS] [stack]
+//! cargo run --release -p relay-lambda --example fleet -- [SECONDS] [stack]
 //! ```
 //! With `stack`, the work also comes through SQS and the events table, so moto's throughput
 //! bounds the figures (informational only).

@@ -36,9 +36,16 @@ pub struct ForwarderSettings {
 }
 
 /// A setting that stops a function's start, in the words of its variable.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(thiserror::Error, PartialEq, Eq)]
 #[error("{0}")]
 pub struct SettingsError(pub String);
+
+/// The message alone: a `main` that returns the error prints its `Debug`.
+impl std::fmt::Debug for SettingsError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
 
 /// Reads `T` from the environment alone (no arguments): each field from its `RELAY_*`
 /// variable, or its default.

@@ -157,6 +157,8 @@ locals {
       {
         RELAY_STACK                          = var.stack
         RELAY_API_KEY_SECRET                 = "secretsmanager:${aws_secretsmanager_secret.api_keys.name}"
+        RELAY_STORE_TIMEOUT                  = var.store_timeout
+        RELAY_BATCH_TIMEOUT                  = var.batch_timeout
         AWS_LAMBDA_HTTP_IGNORE_STAGE_IN_PATH = "true"
         RUST_LOG                             = "info"
       },
@@ -168,15 +170,22 @@ locals {
     }
     dispatcher = merge(
       {
-        RELAY_STACK         = var.stack
-        RELAY_TARGET_URL    = var.target_url
-        RELAY_HEADER_SECRET = "secretsmanager:${aws_secretsmanager_secret.target_headers.name}"
-        RELAY_BRAND         = var.brand
-        RELAY_BATCH         = tostring(var.events_per_request)
-        RELAY_RETENTION     = var.retention
-        RUST_LOG            = "info"
+        RELAY_STACK          = var.stack
+        RELAY_TARGET_URL     = var.target_url
+        RELAY_HEADER_SECRET  = "secretsmanager:${aws_secretsmanager_secret.target_headers.name}"
+        RELAY_BRAND          = var.brand
+        RELAY_BATCH          = tostring(var.events_per_request)
+        RELAY_MAX_ATTEMPTS   = tostring(var.max_attempts)
+        RELAY_MAX_AGE        = var.max_age
+        RELAY_TARGET_TIMEOUT = var.target_timeout
+        RELAY_MAX_IN_FLIGHT  = tostring(var.max_in_flight)
+        RELAY_BACKOFF_BASE   = var.backoff_base
+        RELAY_BACKOFF_CAP    = var.backoff_cap
+        RELAY_RETENTION      = var.retention
+        RUST_LOG             = "info"
       },
       var.target_rate > 0 ? { RELAY_TARGET_RATE = tostring(var.target_rate) } : {},
+      var.document != "" ? { RELAY_DOCUMENT = var.document } : {},
     )
   }
 }

@@ -30,6 +30,64 @@ variable "brand" {
   default     = "testBrand"
 }
 
+variable "max_attempts" {
+  description = "Attempts before an event goes to the dead-letter queue (`--max-attempts`). Rate-limited answers do not count."
+  type        = number
+  default     = 10
+  validation {
+    condition     = var.max_attempts >= 1
+    error_message = "max_attempts must be at least 1."
+  }
+}
+
+variable "max_age" {
+  description = "Oldest an undelivered event may get before it is dead-lettered (`--max-age`, e.g. 24h)."
+  type        = string
+  default     = "24h"
+}
+
+variable "target_timeout" {
+  description = "Timeout of one request to the target (`--target-timeout`). Keep it well under `dispatcher_timeout`."
+  type        = string
+  default     = "10s"
+}
+
+variable "max_in_flight" {
+  description = "Most requests to the target in flight at once, per dispatcher instance (`--max-in-flight`)."
+  type        = number
+  default     = 256
+}
+
+variable "backoff_base" {
+  description = "First retry waits up to this long; each further retry doubles it, with jitter (`--backoff-base`)."
+  type        = string
+  default     = "500ms"
+}
+
+variable "backoff_cap" {
+  description = "No retry waits longer than this unless the target's Retry-After says so (`--backoff-cap`)."
+  type        = string
+  default     = "5m"
+}
+
+variable "document" {
+  description = "GraphQL document sent for each event, the event being `$input` (`--document`); empty sends relay's own `createEvent` mutation. Only with events_per_request = 1."
+  type        = string
+  default     = ""
+}
+
+variable "store_timeout" {
+  description = "Longest an ingest request waits for DynamoDB before answering 503 (`--store-timeout`); keep it under the source's budget."
+  type        = string
+  default     = "400ms"
+}
+
+variable "batch_timeout" {
+  description = "The same for POST /events/batch (`--batch-timeout`)."
+  type        = string
+  default     = "5s"
+}
+
 variable "retention" {
   description = "How long a delivered event's DynamoDB item stays before TTL removes it (the S3 archive keeps it)."
   type        = string
