@@ -1,5 +1,6 @@
 //! `relay trace <id>`: one event's timeline.
 
+use relay_core::{AttemptOutcome, DeliveryStatus};
 use std::process::ExitCode;
 
 use clap::Args;
@@ -33,11 +34,11 @@ pub(crate) async fn run(args: TraceArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn outcome_colour(outcome: &str) -> Color {
+fn outcome_colour(outcome: AttemptOutcome) -> Color {
     match outcome {
-        "delivered" => Color::Green,
-        "rate_limited" | "transient" => Color::Yellow,
-        _ => Color::Red,
+        AttemptOutcome::Delivered => Color::Green,
+        AttemptOutcome::RateLimited | AttemptOutcome::Transient => Color::Yellow,
+        AttemptOutcome::Permanent => Color::Red,
     }
 }
 
@@ -60,11 +61,11 @@ fn print(t: &EventTrace, flags: &str) {
     );
     summary.add_row(vec![
         Cell::new("status"),
-        Cell::new(status).fg(outcome_colour(match d.status.as_str() {
-            "delivered" => "delivered",
-            "dead" => "permanent",
-            _ => "transient",
-        })),
+        Cell::new(status).fg(match d.status {
+            DeliveryStatus::Delivered => Color::Green,
+            DeliveryStatus::Dead => Color::Red,
+            DeliveryStatus::Queued | DeliveryStatus::Leased => Color::Yellow,
+        }),
     ]);
     match (d.status.as_str(), d.due_at) {
         ("queued", Some(at)) => {
@@ -138,7 +139,7 @@ fn print(t: &EventTrace, flags: &str) {
                 Cell::new(a.n),
                 Cell::new(timestamp(a.started_at)),
                 Cell::new(&a.trigger),
-                Cell::new(&a.outcome).fg(outcome_colour(&a.outcome)),
+                Cell::new(a.outcome).fg(outcome_colour(a.outcome)),
                 Cell::new(a.http_status.map_or("—".into(), |s| s.to_string())),
                 Cell::new(a.duration_ms),
                 Cell::new(&a.detail),

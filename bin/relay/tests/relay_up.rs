@@ -206,7 +206,7 @@ async fn sigkill_during_a_drain_then_restart_delivers_everything_once() {
             .attempts(id)
             .unwrap()
             .iter()
-            .filter(|a| a.outcome == "delivered")
+            .filter(|a| a.outcome.as_str() == "delivered")
             .count();
         assert_eq!(delivered, 1, "{id} recorded as delivered {delivered} times");
     }

@@ -48,7 +48,7 @@ pub(crate) fn attempt_item(n_: u32, attempt: &AttemptRecord) -> AttributeValue {
         ("trigger".to_owned(), s(attempt.trigger.as_str())),
         ("started_at".to_owned(), n(attempt.started_at)),
         ("duration_ms".to_owned(), n(attempt.duration_ms)),
-        ("outcome".to_owned(), s(attempt.outcome)),
+        ("outcome".to_owned(), s(attempt.outcome.as_str())),
         ("detail".to_owned(), s(attempt.detail.clone())),
     ]);
     if let Some(status) = attempt.http_status {
@@ -64,7 +64,7 @@ fn attempt_view(v: &AttributeValue) -> Option<AttemptView> {
         trigger: get_s(m, "trigger")?.to_owned(),
         started_at: get_n(m, "started_at")?,
         duration_ms: get_n(m, "duration_ms")?,
-        outcome: get_s(m, "outcome")?.to_owned(),
+        outcome: relay_core::AttemptOutcome::parse(get_s(m, "outcome")?)?,
         http_status: get_n(m, "http_status"),
         detail: get_s(m, "detail").unwrap_or_default().to_owned(),
     })

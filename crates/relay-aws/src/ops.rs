@@ -436,7 +436,8 @@ impl AwsOps {
                     Some(id) => {
                         let (meta, state) = self.items(id).await?;
                         let status = state.as_ref().and_then(|st| get_s(st, "status"));
-                        status == Some("delivered") || (meta.is_none() && state.is_none())
+                        status == Some(DeliveryStatus::Delivered.as_str())
+                            || (meta.is_none() && state.is_none())
                     }
                 };
                 deleted += usize::from(stale);

@@ -21,7 +21,8 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use aws_sdk_sqs::types::{MessageSystemAttributeName, MessageSystemAttributeNameForSends};
 use relay_core::{
-    AttemptRecord, Claim, DeliveryStatus, Settlement, StoreError, Trigger, WorkQueue, now_millis,
+    AttemptOutcome, AttemptRecord, Claim, DeliveryStatus, Settlement, StoreError, Trigger,
+    WorkQueue, now_millis,
 };
 use serde_json::json;
 
@@ -302,10 +303,10 @@ impl SqsQueue {
             Settlement::Dead { .. } => "dead",
         };
         let flag = match attempt.outcome {
-            "delivered" => None,
-            "rate_limited" => Some(Flag::Throttle),
-            "permanent" => Some(Flag::Error),
-            _ => Some(Flag::Fault),
+            AttemptOutcome::Delivered => None,
+            AttemptOutcome::RateLimited => Some(Flag::Throttle),
+            AttemptOutcome::Permanent => Some(Flag::Error),
+            AttemptOutcome::Transient => Some(Flag::Fault),
         };
         let mut target = Segment::new("target", new_segment_id(), trace, start, end).http(
             "POST",
@@ -315,7 +316,7 @@ impl SqsQueue {
         let mut segment = Segment::new("relay-dispatcher", new_segment_id(), trace, start, end)
             .annotate("event_id", claim.event_id.as_str())
             .annotate("attempt", claim.tries + 1)
-            .annotate("outcome", attempt.outcome)
+            .annotate("outcome", attempt.outcome.as_str())
             .annotate("settled", settled)
             .annotate("trigger", attempt.trigger.as_str())
             .metadata("detail", attempt.detail.as_str());
@@ -576,8 +577,7 @@ impl WorkQueue for SqsQueue {
     ) -> Result<(), StoreError> {
         let aws = &self.inner.aws;
         let now = now_millis();
-        let rate_limited = attempt.outcome == "rate_limited";
-        let counted = i64::from(!rate_limited);
+        let counted = i64::from(attempt.outcome.counts_toward_max_attempts());
         let mut update = aws
             .dynamodb
             .update_item()
@@ -593,7 +593,7 @@ impl WorkQueue for SqsQueue {
             .expression_attribute_values(":scheduled", s("scheduled"));
         // Rate-limited answers are counted, not kept: they can be many, and say the same.
         // (DynamoDB refuses values an expression does not use: each branch sets its own.)
-        let history = if rate_limited {
+        let history = if attempt.outcome == AttemptOutcome::RateLimited {
             update = update.expression_attribute_values(":zero", n(0));
             "rate_limited = if_not_exists(rate_limited, :zero) + :one"
         } else {
@@ -614,7 +614,7 @@ impl WorkQueue for SqsQueue {
                     .update_expression(format!(
                         "SET #status = :delivered, delivered_at = :now, expires_at = :expires, {common}, {history} REMOVE last_error"
                     ))
-                    .expression_attribute_values(":delivered", s("delivered"))
+                    .expression_attribute_values(":delivered", s(DeliveryStatus::Delivered.as_str()))
                     .expression_attribute_values(":expires", n(expires))
             }
             Settlement::Retry { at, .. } => update
@@ -654,7 +654,7 @@ impl WorkQueue for SqsQueue {
         }
         self.note_waiting(claim, &settlement, now);
         let (status, reason) = match &settlement {
-            Settlement::Delivered => (Some("delivered"), None),
+            Settlement::Delivered => (Some(DeliveryStatus::Delivered.as_str()), None),
             Settlement::Dead { reason } => (Some("dead"), Some(reason.clone())),
             Settlement::Retry { .. } => (None, None),
         };

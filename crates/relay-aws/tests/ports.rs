@@ -328,7 +328,7 @@ async fn messages_sqs_moved_to_the_dlq_are_dead_letters_to_redrive_never_deleted
         let attempt = AttemptRecord {
             started_at: relay_core::now_millis(),
             duration_ms: 1,
-            outcome: "delivered",
+            outcome: relay_core::AttemptOutcome::Delivered,
             http_status: Some(200),
             detail: "ok".into(),
             trigger: relay_core::Trigger::Scheduled,
@@ -426,7 +426,7 @@ async fn a_conditional_write_whose_answer_was_lost_is_known_for_what_it_did() {
     let attempt = AttemptRecord {
         started_at: 0,
         duration_ms: 1,
-        outcome: "delivered",
+        outcome: relay_core::AttemptOutcome::Delivered,
         http_status: Some(200),
         detail: "ok".into(),
         trigger: relay_core::Trigger::Scheduled,

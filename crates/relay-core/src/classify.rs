@@ -79,13 +79,14 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    /// Short machine-friendly name, used in the attempt history and metrics.
-    pub fn kind(&self) -> &'static str {
+    /// What the attempt history keeps of it (and metrics name it by).
+    pub fn kind(&self) -> crate::delivery::AttemptOutcome {
+        use crate::delivery::AttemptOutcome;
         match self {
-            Outcome::Delivered => "delivered",
-            Outcome::RateLimited { .. } => "rate_limited",
-            Outcome::Transient { .. } => "transient",
-            Outcome::Permanent { .. } => "permanent",
+            Outcome::Delivered => AttemptOutcome::Delivered,
+            Outcome::RateLimited { .. } => AttemptOutcome::RateLimited,
+            Outcome::Transient { .. } => AttemptOutcome::Transient,
+            Outcome::Permanent { .. } => AttemptOutcome::Permanent,
         }
     }
 
@@ -357,9 +358,9 @@ mod tests {
     fn kind_and_wait(result: Result<Answer, TransportError>) -> (&'static str, Option<Duration>) {
         match classify(&result) {
             Outcome::RateLimited { retry_after, .. } | Outcome::Transient { retry_after, .. } => {
-                (classify(&result).kind(), retry_after)
+                (classify(&result).kind().as_str(), retry_after)
             }
-            other => (other.kind(), None),
+            other => (other.kind().as_str(), None),
         }
     }
 
@@ -421,8 +422,8 @@ mod tests {
 
     fn kinds(outcome: BatchOutcome) -> Vec<&'static str> {
         match outcome {
-            BatchOutcome::Each(each) => each.iter().map(Outcome::kind).collect(),
-            BatchOutcome::Refused(o) => vec!["refused", o.kind()],
+            BatchOutcome::Each(each) => each.iter().map(|o| o.kind().as_str()).collect(),
+            BatchOutcome::Refused(o) => vec!["refused", o.kind().as_str()],
         }
     }
 

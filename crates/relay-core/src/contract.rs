@@ -9,8 +9,8 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::{
-    AcceptOutcome, AttemptRecord, Event, Ingest, Settlement, StoreError, Trigger, WorkQueue,
-    parse_event,
+    AcceptOutcome, AttemptOutcome, AttemptRecord, Event, Ingest, Settlement, StoreError, Trigger,
+    WorkQueue, parse_event,
 };
 
 fn event(id: &str, variant: u32) -> Event {
@@ -18,7 +18,7 @@ fn event(id: &str, variant: u32) -> Event {
     parse_event(raw.to_string().as_bytes()).unwrap()
 }
 
-fn attempt(outcome: &'static str) -> AttemptRecord {
+fn attempt(outcome: AttemptOutcome) -> AttemptRecord {
     AttemptRecord {
         started_at: crate::now_millis(),
         duration_ms: 2,
@@ -141,14 +141,18 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
         it.next().unwrap(),
     );
     queue
-        .settle(&delivered, attempt("delivered"), Settlement::Delivered)
+        .settle(
+            &delivered,
+            attempt(AttemptOutcome::Delivered),
+            Settlement::Delivered,
+        )
         .await
         .unwrap();
     let due = crate::now_millis() + 1_500;
     queue
         .settle(
             &retried,
-            attempt("transient"),
+            attempt(AttemptOutcome::Transient),
             Settlement::Retry {
                 at: due,
                 counted: true,
@@ -159,7 +163,7 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
     queue
         .settle(
             &dead,
-            attempt("permanent"),
+            attempt(AttemptOutcome::Permanent),
             Settlement::Dead {
                 reason: "contract".into(),
             },
@@ -172,7 +176,11 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
     assert_eq!(back.len(), 1, "released work comes back");
     assert_eq!(back[0].event_id, released.event_id);
     let stale = queue
-        .settle(&released, attempt("delivered"), Settlement::Delivered)
+        .settle(
+            &released,
+            attempt(AttemptOutcome::Delivered),
+            Settlement::Delivered,
+        )
         .await;
     assert_eq!(
         stale,
@@ -180,7 +188,11 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
         "a settlement under a lease given back is refused"
     );
     queue
-        .settle(&back[0], attempt("delivered"), Settlement::Delivered)
+        .settle(
+            &back[0],
+            attempt(AttemptOutcome::Delivered),
+            Settlement::Delivered,
+        )
         .await
         .unwrap();
 
@@ -190,7 +202,11 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
     assert_eq!(again[0].event_id, retried.event_id);
     assert_eq!((again[0].attempts, again[0].tries), (1, 1));
     queue
-        .settle(&again[0], attempt("delivered"), Settlement::Delivered)
+        .settle(
+            &again[0],
+            attempt(AttemptOutcome::Delivered),
+            Settlement::Delivered,
+        )
         .await
         .unwrap();
     assert!(

@@ -45,6 +45,52 @@ impl fmt::Display for DeliveryStatus {
     }
 }
 
+/// What one attempt's answer meant, as the history keeps it: the attempt side of
+/// [`Outcome`]. Whether an attempt counts toward `max_attempts` is decided here, once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttemptOutcome {
+    Delivered,
+    /// The target asked relay to slow down; the event itself is fine.
+    RateLimited,
+    Transient,
+    Permanent,
+}
+
+impl AttemptOutcome {
+    pub const ALL: [AttemptOutcome; 4] = [
+        Self::Delivered,
+        Self::RateLimited,
+        Self::Transient,
+        Self::Permanent,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Delivered => "delivered",
+            Self::RateLimited => "rate_limited",
+            Self::Transient => "transient",
+            Self::Permanent => "permanent",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|v| v.as_str() == s)
+    }
+
+    /// Whether the attempt spends one of the event's `max_attempts`: every answer but "slow
+    /// down", which says nothing about the event.
+    pub fn counts_toward_max_attempts(self) -> bool {
+        self != Self::RateLimited
+    }
+}
+
+impl fmt::Display for AttemptOutcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// What started an attempt: the schedule, or an operator's redrive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Trigger {
@@ -88,8 +134,7 @@ pub struct Claim {
 pub struct AttemptRecord {
     pub started_at: UnixMillis,
     pub duration_ms: u64,
-    /// [`Outcome::kind`].
-    pub outcome: &'static str,
+    pub outcome: AttemptOutcome,
     pub http_status: Option<u16>,
     /// The reason, or an excerpt of the answer.
     pub detail: String,
@@ -143,8 +188,9 @@ pub fn decide(
                 reason: format!("permanent failure: {reason}"),
             };
         }
-        Outcome::RateLimited { retry_after, .. } => (*retry_after, false),
-        Outcome::Transient { retry_after, .. } => (*retry_after, true),
+        Outcome::RateLimited { retry_after, .. } | Outcome::Transient { retry_after, .. } => {
+            (*retry_after, outcome.kind().counts_toward_max_attempts())
+        }
     };
     let attempts = claim.attempts + u32::from(counted);
     if attempts >= policy.max_attempts {
@@ -188,6 +234,25 @@ fn humanize(d: Duration) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_attempts_outcome_reads_back_as_written_and_only_slow_down_is_free() {
+        for outcome in AttemptOutcome::ALL {
+            assert_eq!(AttemptOutcome::parse(outcome.as_str()), Some(outcome));
+            let json = serde_json::to_value(outcome).unwrap();
+            assert_eq!(
+                json,
+                serde_json::json!(outcome.as_str()),
+                "the JSON output's word"
+            );
+        }
+        assert_eq!(AttemptOutcome::parse("refused"), None);
+        let free: Vec<_> = AttemptOutcome::ALL
+            .into_iter()
+            .filter(|o| !o.counts_toward_max_attempts())
+            .collect();
+        assert_eq!(free, [AttemptOutcome::RateLimited]);
+    }
 
     fn claim(attempts: u32, tries: u32) -> Claim {
         Claim {

@@ -18,7 +18,8 @@ pub mod settings;
 
 pub use classify::{Answer, BatchOutcome, Outcome, TransportError, classify, classify_batch};
 pub use delivery::{
-    AttemptRecord, Claim, DeliveryPolicy, DeliveryStatus, Settlement, Trigger, decide,
+    AttemptOutcome, AttemptRecord, Claim, DeliveryPolicy, DeliveryStatus, Settlement, Trigger,
+    decide,
 };
 pub use event::{DEFAULT_BRAND, Event, Rejection, enrich, event_from_value, parse_event};
 pub use ports::{AcceptOutcome, Ingest, StoreError, WorkQueue};

@@ -78,7 +78,7 @@ pub struct AttemptView {
     pub trigger: String,
     pub started_at: UnixMillis,
     pub duration_ms: u64,
-    pub outcome: String,
+    pub outcome: crate::delivery::AttemptOutcome,
     pub http_status: Option<u16>,
     pub detail: String,
 }

@@ -377,7 +377,7 @@ async fn attempt<Q: WorkQueue>(
                 Settlement::Delivered => tracing::debug!(ms = attempt.duration_ms, "delivered"),
                 Settlement::Retry { at, .. } => {
                     tracing::debug!(
-                        outcome = outcome.kind(),
+                        outcome = outcome.kind().as_str(),
                         reason = outcome.reason(),
                         in_ms = at - now_millis(),
                         "will retry"

@@ -264,9 +264,9 @@ async fn server_errors_are_retried_with_backoff_until_delivered() {
         .map(|e| reader.attempts(e["id"].as_str().unwrap()).unwrap())
         .find(|a| a.len() > 1)
         .expect("some event was retried");
-    assert_eq!(retried[0].outcome, "transient");
+    assert_eq!(retried[0].outcome.as_str(), "transient");
     assert_eq!(retried[0].http_status, Some(503));
-    assert_eq!(retried.last().unwrap().outcome, "delivered");
+    assert_eq!(retried.last().unwrap().outcome.as_str(), "delivered");
     r.stop().await;
 }
 
@@ -617,7 +617,7 @@ async fn an_answer_past_one_mebibyte_is_not_read_and_the_attempt_is_retried() {
             "chunked: {chunked}"
         );
         let outcome = relay_core::classify(&Err(relay_core::TransportError::TooLarge));
-        assert_eq!(outcome.kind(), "transient");
+        assert_eq!(outcome.kind(), relay_core::AttemptOutcome::Transient);
         assert!(
             outcome.reason().contains("answer too large"),
             "{}",
@@ -664,7 +664,7 @@ async fn a_target_announcing_absurd_numbers_is_paced_within_bounds_and_the_attem
     };
     let _ = stop.send(());
     task.await.unwrap();
-    assert_eq!(attempt.outcome, "rate_limited");
+    assert_eq!(attempt.outcome.as_str(), "rate_limited");
     for said in [
         r#"Retry-After: "99999999999", read as 3600 s"#,
         r#"X-RateLimit-Remaining "1e300", read as 1000000"#,

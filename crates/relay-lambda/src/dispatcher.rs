@@ -271,7 +271,7 @@ impl WorkQueue for BatchRef {
         attempt: AttemptRecord,
         settlement: Settlement,
     ) -> Result<(), StoreError> {
-        let rate_limited = attempt.outcome == "rate_limited";
+        let rate_limited = attempt.outcome == relay_core::AttemptOutcome::RateLimited;
         let kind = match &settlement {
             Settlement::Delivered => 0,
             Settlement::Retry { .. } => 1,

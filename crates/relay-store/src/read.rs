@@ -245,7 +245,7 @@ impl Reader {
                         || {
                             a.attempts
                                 .iter()
-                                .filter(|x| x.outcome != "rate_limited")
+                                .filter(|x| x.outcome.counts_toward_max_attempts())
                                 .count() as u32
                         },
                         |d| d.attempts,
@@ -434,7 +434,16 @@ pub(crate) fn attempts(conn: &Connection, id: &str) -> rusqlite::Result<Vec<Atte
             trigger: r.get(1)?,
             started_at: r.get(2)?,
             duration_ms: r.get::<_, i64>(3)? as u64,
-            outcome: r.get(4)?,
+            outcome: {
+                let outcome: String = r.get(4)?;
+                relay_core::AttemptOutcome::parse(&outcome).ok_or_else(|| {
+                    rusqlite::Error::FromSqlConversionFailure(
+                        4,
+                        rusqlite::types::Type::Text,
+                        format!("unknown attempt outcome {outcome:?}").into(),
+                    )
+                })?
+            },
             http_status: r.get(5)?,
             detail: r.get(6)?,
         })

@@ -38,6 +38,7 @@ fn event(id: &str, variant: u8) -> Event {
 }
 
 fn attempt(outcome: &'static str) -> AttemptRecord {
+    let outcome = relay_core::AttemptOutcome::parse(outcome).expect("an outcome");
     AttemptRecord {
         started_at: 0,
         duration_ms: 3,

@@ -534,7 +534,7 @@ fn settle(
             attempt.trigger.as_str(),
             attempt.started_at,
             attempt.duration_ms as i64,
-            attempt.outcome,
+            attempt.outcome.as_str(),
             attempt.http_status,
             attempt.detail,
         ])
@@ -551,7 +551,7 @@ fn settle(
     if held != Some(("leased".to_owned(), Some(claim.lease))) {
         return Err(StoreError::LeaseLost(claim.event_id.clone()));
     }
-    let counted = i64::from(attempt.outcome != "rate_limited");
+    let counted = i64::from(attempt.outcome.counts_toward_max_attempts());
     match settlement {
         Settlement::Delivered => conn
             .prepare_cached(
