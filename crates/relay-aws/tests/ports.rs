@@ -76,6 +76,29 @@ async fn the_port_contract_holds_on_aws() {
     poller.await.unwrap();
 }
 
+/// The operations' contract, which the embedded store runs too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operations_contract_holds_on_aws() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("operations").await;
+    let stack = Stack {
+        ingest: DynamoIngest::new(aws.clone()),
+        queue: SqsQueue::new(aws.clone(), Duration::from_secs(3600))
+            .await
+            .unwrap(),
+    };
+    let (stop, stopped) = oneshot::channel::<()>();
+    let poller = tokio::spawn(
+        StreamPoller::new(aws.clone(), stack.queue.queue_url().to_owned()).run(async {
+            let _ = stopped.await;
+        }),
+    );
+    let ops = relay_aws::ops::AwsOps::connect(aws).await.unwrap();
+    relay_core::contract::operations(&stack, &ops, "aws", Duration::from_secs(10)).await;
+    let _ = stop.send(());
+    poller.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_stored_but_not_yet_queued_is_still_delivered() {
     let moto = MotoServer::start();

@@ -216,3 +216,183 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
         "delivered and dead work never comes back"
     );
 }
+
+/// Polls `check` every 100 ms until it gives `Some`, for `within`; the operations of one
+/// backend read what another process (or AWS) settled, a moment later.
+async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        if let Some(found) = check().await {
+            return found;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}, within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The `Operations` port over what `Ingest` and `WorkQueue` did, on a queue holding nothing
+/// else: `trace` tells an event's story (received, each attempt, delivered or dead), an unknown
+/// id has none; `dead_letters` lists the dead with their reason and filters by it; `redrive`
+/// puts a dead letter back with a fresh budget and a `redrive` trigger and says what it skipped;
+/// `purge` removes dead letters (a dry run only says which), after which they are not
+/// redriven. `poll` is how long asynchronous hand-offs may take.
+pub async fn operations<Q, O>(queue: &Q, ops: &O, prefix: &str, poll: Duration)
+where
+    Q: Ingest + WorkQueue,
+    O: crate::ops::Operations,
+{
+    use crate::delivery::DeliveryStatus;
+    use crate::ops::DlqFilter;
+
+    let lease = Duration::from_secs(30);
+    let id = |name: &str| format!("{prefix}-ops-{name}");
+    let (fine, refused, doomed) = (id("fine"), id("refused"), id("doomed"));
+    for name in [&fine, &refused, &doomed] {
+        assert_eq!(
+            queue.accept(event(name, 3)).await,
+            Ok(AcceptOutcome::Accepted)
+        );
+    }
+    assert_eq!(
+        ops.trace(&id("unknown")).await,
+        Ok(None),
+        "no story for an unknown id"
+    );
+    let told = ops
+        .trace(&fine)
+        .await
+        .unwrap()
+        .expect("an accepted event has a story");
+    assert_eq!(
+        told.payload,
+        serde_json::Value::Object(event(&fine, 3).payload)
+    );
+    assert!(told.attempts.is_empty() && told.dead_letter.is_none());
+
+    let claims = claim_until(queue, 3, lease, poll).await;
+    assert_eq!(claims.len(), 3, "every accepted event is claimable");
+    for claim in &claims {
+        let (outcome, settlement) = if claim.event_id == fine {
+            (AttemptOutcome::Delivered, Settlement::Delivered)
+        } else {
+            (
+                AttemptOutcome::Permanent,
+                Settlement::Dead {
+                    reason: format!("permanent failure: contract {}", claim.event_id),
+                },
+            )
+        };
+        queue
+            .settle(claim, attempt(outcome), settlement)
+            .await
+            .unwrap();
+    }
+
+    let delivered = ops.trace(&fine).await.unwrap().unwrap();
+    assert_eq!(delivered.delivery.status, DeliveryStatus::Delivered);
+    assert_eq!(delivered.attempts.len(), 1);
+    assert_eq!(delivered.attempts[0].outcome, AttemptOutcome::Delivered);
+    let dead = eventually(poll, "the dead event traced as dead", || async {
+        ops.trace(&refused)
+            .await
+            .unwrap()
+            .filter(|t| t.delivery.status == DeliveryStatus::Dead && t.dead_letter.is_some())
+    })
+    .await;
+    assert_eq!(dead.attempts[0].outcome, AttemptOutcome::Permanent);
+    let letter = dead
+        .dead_letter
+        .expect("a dead event's story ends in the dead-letter queue");
+    assert!(letter.reason.contains(&refused), "{}", letter.reason);
+
+    // Listed with their reasons, and filtered by them.
+    let by_reason = |reason: &str| DlqFilter {
+        reason: Some(reason.to_owned()),
+        ..DlqFilter::default()
+    };
+    let listed = eventually(poll, "both dead letters listed", || async {
+        let listed = ops.dead_letters(&DlqFilter::default()).await.unwrap();
+        let ids: Vec<&str> = listed.iter().map(|d| d.event_id.as_str()).collect();
+        (ids.contains(&refused.as_str()) && ids.contains(&doomed.as_str())).then_some(listed)
+    })
+    .await;
+    assert!(
+        listed.iter().all(|d| d.reason.contains("contract")),
+        "{listed:?}"
+    );
+    let one = ops
+        .dead_letters(&by_reason(&refused.to_uppercase()))
+        .await
+        .unwrap();
+    let ids: Vec<&str> = one.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, [refused.as_str()], "the reason filter ignores case");
+    assert!(
+        ops.dead_letters(&by_reason("no such reason"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(ops.status().await.is_ok(), "a status can be read");
+
+    // A redrive puts the dead letter back, with a fresh budget, triggered `redrive`.
+    let report = ops
+        .redrive(&[refused.clone(), id("unknown")], Duration::ZERO)
+        .await
+        .unwrap();
+    assert_eq!(report.redriven, [refused.clone()]);
+    assert_eq!(report.skipped, [id("unknown")]);
+    let back = claim_until(queue, 1, lease, poll).await;
+    assert_eq!(back.len(), 1, "a redriven event is claimable");
+    assert_eq!(back[0].event_id, refused);
+    assert_eq!((back[0].attempts, back[0].trigger), (0, Trigger::Redrive));
+    queue
+        .settle(
+            &back[0],
+            attempt(AttemptOutcome::Delivered),
+            Settlement::Delivered,
+        )
+        .await
+        .unwrap();
+    let redriven = ops.trace(&refused).await.unwrap().unwrap();
+    assert_eq!(redriven.delivery.status, DeliveryStatus::Delivered);
+    assert_eq!(redriven.attempts.len(), 2, "both attempts are in its story");
+
+    // A purge: the dry run says which and removes nothing; the purge removes them.
+    let doomed_only = by_reason(&doomed);
+    let dry = ops.purge(&doomed_only, true).await.unwrap();
+    assert_eq!(dry.purged, [doomed.clone()]);
+    assert_eq!(
+        ops.dead_letters(&doomed_only).await.unwrap().len(),
+        1,
+        "a dry run removes nothing"
+    );
+    let purged = ops.purge(&doomed_only, false).await.unwrap();
+    assert_eq!(purged.purged, [doomed.clone()]);
+    eventually(
+        poll,
+        "the purged dead letter gone from the list",
+        || async {
+            ops.dead_letters(&doomed_only)
+                .await
+                .unwrap()
+                .is_empty()
+                .then_some(())
+        },
+    )
+    .await;
+    let after = ops
+        .redrive(&[doomed.clone()], Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(
+        after.redriven.is_empty(),
+        "a purged dead letter is not redriven: {after:?}"
+    );
+}

@@ -275,6 +275,16 @@ async fn the_port_contract_holds_on_the_embedded_store() {
     relay_core::contract::ingest_batch(&store, "local").await;
 }
 
+/// The operations' contract, which the AWS backend runs too: the operator's reader, from its
+/// own connection, over what the store did.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_operations_contract_holds_on_the_embedded_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let reader = crate::Reader::open(dir.path()).unwrap();
+    relay_core::contract::operations(&store, &reader, "local", Duration::from_secs(2)).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_same_id_at_once_is_accepted_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
