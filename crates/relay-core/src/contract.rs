@@ -346,7 +346,7 @@ where
         .redrive(&[refused.clone(), id("unknown")], Duration::ZERO)
         .await
         .unwrap();
-    assert_eq!(report.redriven, [refused.clone()]);
+    assert_eq!(report.redriven, std::slice::from_ref(&refused));
     assert_eq!(report.skipped, [id("unknown")]);
     let back = claim_until(queue, 1, lease, poll).await;
     assert_eq!(back.len(), 1, "a redriven event is claimable");
@@ -367,14 +367,14 @@ where
     // A purge: the dry run says which and removes nothing; the purge removes them.
     let doomed_only = by_reason(&doomed);
     let dry = ops.purge(&doomed_only, true).await.unwrap();
-    assert_eq!(dry.purged, [doomed.clone()]);
+    assert_eq!(dry.purged, std::slice::from_ref(&doomed));
     assert_eq!(
         ops.dead_letters(&doomed_only).await.unwrap().len(),
         1,
         "a dry run removes nothing"
     );
     let purged = ops.purge(&doomed_only, false).await.unwrap();
-    assert_eq!(purged.purged, [doomed.clone()]);
+    assert_eq!(purged.purged, std::slice::from_ref(&doomed));
     eventually(
         poll,
         "the purged dead letter gone from the list",
