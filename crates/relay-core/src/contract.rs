@@ -388,7 +388,7 @@ where
     )
     .await;
     let after = ops
-        .redrive(&[doomed.clone()], Duration::ZERO)
+        .redrive(std::slice::from_ref(&doomed), Duration::ZERO)
         .await
         .unwrap();
     assert!(
