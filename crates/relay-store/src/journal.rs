@@ -784,107 +784,141 @@ fn flush_loop(shared: &Shared) {
     let mut last_started = Instant::now();
     loop {
         if shared.health.recovering() {
-            let (upto, waiters, closed) = {
-                let mut request = lock(&shared.flush);
-                // The old files are not flushed again: a success there would prove nothing.
-                request.files.clear();
-                (
-                    std::mem::take(&mut request.upto),
-                    std::mem::take(&mut request.waiters),
-                    request.closed,
-                )
-            };
-            if closed {
-                tracing::error!(
-                    "stopping before the journal recovered: events written since its last good flush may be lost to a power cut"
-                );
+            if !keep_recovering(shared) {
                 return;
-            }
-            if !recover_from_failed_flush(shared, waiters, upto) {
-                let request = lock(&shared.flush);
-                let _ = shared
-                    .flush_wanted
-                    .wait_timeout(request, RECOVERY_RETRY)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
             continue;
         }
-        let (upto, files, dir_changed, waiters) = {
-            let mut request = lock(&shared.flush);
-            while request.files.is_empty() && !request.closed {
-                request = shared
-                    .flush_wanted
-                    .wait(request)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            if request.files.is_empty() {
-                return;
-            }
-            // Right after a flush, or while a burst is being written, let the next writes join
-            // this flush, briefly.
-            let floor = last_started + MIN_FLUSH_INTERVAL;
-            let gather_until = Instant::now() + GATHER_MAX;
-            while (request.more_coming || Instant::now() < floor) && !request.closed {
-                let until = if request.more_coming {
-                    gather_until.max(floor)
-                } else {
-                    floor
-                };
-                let Some(left) = until.checked_duration_since(Instant::now()) else {
-                    break;
-                };
-                request = shared
-                    .flush_wanted
-                    .wait_timeout(request, left)
-                    .map(|(guard, _)| guard)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner().0);
-            }
-            (
-                std::mem::take(&mut request.upto),
-                std::mem::take(&mut request.files),
-                std::mem::take(&mut request.dir_changed),
-                std::mem::take(&mut request.waiters),
-            )
+        let Some(batch) = next_flush(shared, last_started) else {
+            return;
         };
-        let started = Instant::now();
-        last_started = started;
-        let mut result = files.iter().try_for_each(|f| f.sync_data());
-        if result.is_ok() && dir_changed {
-            result = shared.disk.sync_dir(&shared.dir);
+        last_started = Instant::now();
+        flush(shared, batch);
+    }
+}
+
+/// What one flush covers: the journal up to `upto`, its files, and the answers waiting for it.
+struct FlushBatch {
+    upto: u64,
+    files: Vec<Arc<DiskFile>>,
+    dir_changed: bool,
+    waiters: Vec<Waiter>,
+}
+
+/// While the journal recovers from a failed flush: tries the recovery again (waiting a while
+/// between tries). `false` when the journal closed first.
+fn keep_recovering(shared: &Shared) -> bool {
+    let (upto, waiters, closed) = {
+        let mut request = lock(&shared.flush);
+        // The old files are not flushed again: a success there would prove nothing.
+        request.files.clear();
+        (
+            std::mem::take(&mut request.upto),
+            std::mem::take(&mut request.waiters),
+            request.closed,
+        )
+    };
+    if closed {
+        tracing::error!(
+            "stopping before the journal recovered: events written since its last good flush may be lost to a power cut"
+        );
+        return false;
+    }
+    if !recover_from_failed_flush(shared, waiters, upto) {
+        let request = lock(&shared.flush);
+        let _ = shared
+            .flush_wanted
+            .wait_timeout(request, RECOVERY_RETRY)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+    true
+}
+
+/// Waits for writes to flush, and gathers the ones that follow at once: right after a flush, or
+/// while a burst is being written, the next writes join this flush, briefly. `None` when the
+/// journal closed with nothing left to flush.
+fn next_flush(shared: &Shared, last_started: Instant) -> Option<FlushBatch> {
+    let mut request = lock(&shared.flush);
+    while request.files.is_empty() && !request.closed {
+        request = shared
+            .flush_wanted
+            .wait(request)
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+    }
+    if request.files.is_empty() {
+        return None;
+    }
+    let floor = last_started + MIN_FLUSH_INTERVAL;
+    let gather_until = Instant::now() + GATHER_MAX;
+    while (request.more_coming || Instant::now() < floor) && !request.closed {
+        let until = if request.more_coming {
+            gather_until.max(floor)
+        } else {
+            floor
+        };
+        let Some(left) = until.checked_duration_since(Instant::now()) else {
+            break;
+        };
+        request = shared
+            .flush_wanted
+            .wait_timeout(request, left)
+            .map(|(guard, _)| guard)
+            .unwrap_or_else(|poisoned| poisoned.into_inner().0);
+    }
+    Some(FlushBatch {
+        upto: std::mem::take(&mut request.upto),
+        files: std::mem::take(&mut request.files),
+        dir_changed: std::mem::take(&mut request.dir_changed),
+        waiters: std::mem::take(&mut request.waiters),
+    })
+}
+
+/// Flushes the batch's files (and the directory, when a segment was created); tells its
+/// waiters their events are durable, or starts the recovery when the flush failed.
+fn flush(shared: &Shared, batch: FlushBatch) {
+    let FlushBatch {
+        upto,
+        files,
+        dir_changed,
+        waiters,
+    } = batch;
+    let started = Instant::now();
+    let mut result = files.iter().try_for_each(|f| f.sync_data());
+    if result.is_ok() && dir_changed {
+        result = shared.disk.sync_dir(&shared.dir);
+    }
+    let took = started.elapsed();
+    let stats = &shared.stats;
+    stats
+        .flushes
+        .fetch_add(files.len() as u64 + u64::from(dir_changed), Relaxed);
+    stats
+        .longest_flush_us
+        .fetch_max(took.as_micros() as u64, Relaxed);
+    if took > Duration::from_millis(500) {
+        tracing::warn!(
+            ms = took.as_millis() as u64,
+            "the disk took long to flush the journal"
+        );
+    }
+    match result {
+        Ok(()) => {
+            lock(&shared.unflushed).retain(|(last, _)| *last > upto);
+            shared.publish(upto);
+            for waiter in waiters {
+                // A dropped receiver: that answer went out at its deadline already.
+                let _ = waiter.send(Ok(()));
+            }
         }
-        let took = started.elapsed();
-        let stats = &shared.stats;
-        stats
-            .flushes
-            .fetch_add(files.len() as u64 + u64::from(dir_changed), Relaxed);
-        stats
-            .longest_flush_us
-            .fetch_max(took.as_micros() as u64, Relaxed);
-        if took > Duration::from_millis(500) {
-            tracing::warn!(
-                ms = took.as_millis() as u64,
-                "the disk took long to flush the journal"
+        Err(e) => {
+            stats.failed_flushes.fetch_add(1, Relaxed);
+            shared.health.set_recovering(true);
+            shared.health.set(
+                "journal",
+                format!("a journal flush failed ({e}); writing what it covered again"),
+                shared.clock.now(),
             );
-        }
-        match result {
-            Ok(()) => {
-                lock(&shared.unflushed).retain(|(last, _)| *last > upto);
-                shared.publish(upto);
-                for waiter in waiters {
-                    // A dropped receiver: that answer went out at its deadline already.
-                    let _ = waiter.send(Ok(()));
-                }
-            }
-            Err(e) => {
-                stats.failed_flushes.fetch_add(1, Relaxed);
-                shared.health.set_recovering(true);
-                shared.health.set(
-                    "journal",
-                    format!("a journal flush failed ({e}); writing what it covered again"),
-                    shared.clock.now(),
-                );
-                recover_from_failed_flush(shared, waiters, upto);
-            }
+            recover_from_failed_flush(shared, waiters, upto);
         }
     }
 }
