@@ -1,6 +1,9 @@
 //! `relay import`: a JSON-lines file (or stdin) into the relay through `POST /events/batch`, with
 //! progress, resuming, retries of what may be retried, and a summary.
 //!
+//! Why one file over 600 lines: the reader thread, the batcher, the sender and the resumable
+//! tally are one pipeline with one state file; each is its own function.
+//!
 //! Lines are read on a thread of their own and cut into batches (at most `--batch-size` events
 //! and the API's 1 MiB); up to `--concurrency` batches are in flight, and they are accounted in
 //! order, so the state file always says "every line before this one is answered". A batch is

@@ -1,6 +1,10 @@
 //! The operator's port on AWS: `relay trace`, `relay dlq` and `relay status` with
 //! `--backend aws`, from a laptop or a CI job with credentials for the stack.
 //!
+//! Why one file over 700 lines: the five operations read the same items (`META`, `STATE`, the
+//! archive lines, the DLQ's messages) through the same private readers; each operation's own
+//! code is short.
+//!
 //! - **trace** joins the event's `META` and `STATE` items (one `Query`), its X-Ray trace
 //!   (`BatchGetTraces` by the id stored on it), and, once the items have expired, its line in
 //!   the S3 archive.

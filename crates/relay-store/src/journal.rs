@@ -3,6 +3,12 @@
 //! durable with `fdatasync`. Writing and flushing are pipelined: while one flush waits on the
 //! disk, the next groups are written, and the next flush covers them all.
 //!
+//! Why one file of about a thousand lines: the write path, the flusher thread, its recovery
+//! from a failed flush and the replay at open share the journal's private state (`Shared`,
+//! `FlushRequest`, the open segments) and one invariant, that a 2xx follows a flush or its
+//! deadline. Split, each part would reach into the others' internals; each function here does
+//! one of those things.
+//!
 //! SQLite (the index and work queue) is updated from the journal by the writer thread, off the
 //! ingest path; its checkpoints and their fsyncs never hold an acknowledgement back. A segment
 //! is deleted once SQLite holds every event in it durably (after a checkpoint), and a restart

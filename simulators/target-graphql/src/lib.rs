@@ -1,5 +1,8 @@
 //! A mock of the rate-limited GraphQL target relay delivers to.
 //!
+//! Why one file over 700 lines: a test peer is read top to bottom by whoever wonders what a
+//! target did; it never imports relay's crates, and its tests live in `tests.rs`.
+//!
 //! It serves the `createEvent(input: EventInput!)` mutation relay calls by default, limits
 //! requests with a token bucket or a fixed window (signalled as HTTP 429 + `Retry-After`, as
 //! GraphQL `RATE_LIMITED` errors, or with the remaining budget announced on every answer in one
