@@ -225,8 +225,64 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         (None, false) => Some(PathBuf::from(format!("{}.relay-import", args.input))),
         (None, true) => None,
     };
+    let mut tally = earlier_progress(&args, state_path.as_deref())?;
+    let (input, total) = open_input(&args, from_stdin, &tally)?;
+    let bar = progress_bar(total, tally.bytes);
+
+    let (tx, batches) = mpsc::channel::<std::io::Result<Batch>>(args.concurrency * 2);
+    let reader = {
+        let (skip_lines, start) = match from_stdin {
+            // Stdin cannot seek: the lines answered before are read again and skipped.
+            true => (tally.lines, (0, 0)),
+            false => (0, (tally.lines, tally.bytes)),
+        };
+        let max = usize::from(args.batch_size);
+        std::thread::Builder::new()
+            .name("relay-import-reader".into())
+            .spawn(move || read_batches(input, skip_lines, start, max, &tx))?
+    };
+    let started = Instant::now();
+    let already = (tally.accepted, tally.duplicate, tally.failed());
+    // The batches' receiver goes with the pump: a reader blocked on stdin never holds the
+    // exit up.
+    let outcome = pump(
+        &args,
+        &url,
+        batches,
+        &mut tally,
+        state_path.as_deref(),
+        &bar,
+    )
+    .await;
+    bar.finish_and_clear();
+    if let Err(e) = outcome {
+        let resume = match &state_path {
+            Some(_) if from_stdin => " (rerun with --resume, sending the same input)",
+            Some(_) => " (rerun with --resume to continue)",
+            None => "",
+        };
+        anyhow::bail!(
+            "{e:#}: import stopped; every line up to {} is answered{resume}",
+            tally.lines
+        );
+    }
+    reader
+        .join()
+        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))?
+        .with_context(|| format!("cannot read {}", args.input))?;
+    report(
+        &args,
+        &tally,
+        state_path.as_deref(),
+        started.elapsed(),
+        already,
+    )
+}
+
+/// The progress of an earlier run, with `--resume` (and what a user should know without it).
+fn earlier_progress(args: &ImportArgs, state_path: Option<&Path>) -> anyhow::Result<Tally> {
     let mut tally = Tally::default();
-    match (&state_path, args.resume) {
+    match (state_path, args.resume) {
         (None, true) => bail!("--resume needs --state FILE when reading stdin"),
         (Some(path), true) => match std::fs::read_to_string(path) {
             Ok(text) => {
@@ -256,7 +312,16 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         _ => {}
     }
 
-    let (input, total): (Box<dyn Read + Send>, Option<u64>) = if from_stdin {
+    Ok(tally)
+}
+
+/// The input, from where the earlier run stopped, and its length when it has one.
+fn open_input(
+    args: &ImportArgs,
+    from_stdin: bool,
+    tally: &Tally,
+) -> anyhow::Result<(Box<dyn Read + Send>, Option<u64>)> {
+    Ok(if from_stdin {
         (Box::new(std::io::stdin()), None)
     } else {
         let mut file =
@@ -272,8 +337,10 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         }
         file.seek(SeekFrom::Start(tally.bytes))?;
         (Box::new(file), Some(len))
-    };
+    })
+}
 
+fn progress_bar(total: Option<u64>, position: u64) -> ProgressBar {
     let bar = match total {
         Some(len) => ProgressBar::new(len).with_style(
             ProgressStyle::with_template(
@@ -286,33 +353,30 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
                 .expect("valid template"),
         ),
     };
-    bar.set_position(tally.bytes);
+    bar.set_position(position);
     bar.enable_steady_tick(Duration::from_millis(120));
+    bar
+}
 
-    let (tx, mut batches) = mpsc::channel::<std::io::Result<Batch>>(args.concurrency * 2);
-    let reader = {
-        let (skip_lines, start) = match from_stdin {
-            // Stdin cannot seek: the lines answered before are read again and skipped.
-            true => (tally.lines, (0, 0)),
-            false => (0, (tally.lines, tally.bytes)),
-        };
-        let max = usize::from(args.batch_size);
-        std::thread::Builder::new()
-            .name("relay-import-reader".into())
-            .spawn(move || read_batches(input, skip_lines, start, max, &tx))?
-    };
-
+/// Keeps up to `--concurrency` batches in flight and accounts for each in order, saving the
+/// progress after each; stops at the first batch that fails for good, or at a signal.
+async fn pump(
+    args: &ImportArgs,
+    url: &str,
+    mut batches: mpsc::Receiver<std::io::Result<Batch>>,
+    tally: &mut Tally,
+    state_path: Option<&Path>,
+    bar: &ProgressBar,
+) -> anyhow::Result<()> {
     let client = reqwest::Client::builder()
         .user_agent(concat!("relay-import/", env!("CARGO_PKG_VERSION")))
         .build()?;
-    let started = Instant::now();
-    let already = (tally.accepted, tally.duplicate, tally.failed());
     let mut in_flight: VecDeque<(Batch, tokio::task::JoinHandle<anyhow::Result<Vec<Value>>>)> =
         VecDeque::new();
     let mut reading = true;
     let stop = crate::signals::stop_requested();
     tokio::pin!(stop);
-    let outcome: anyhow::Result<()> = 'import: loop {
+    'import: loop {
         // Keep the pipeline full, then account for the oldest batch.
         while reading && in_flight.len() < args.concurrency {
             let next = tokio::select! {
@@ -334,7 +398,7 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             let request = (!batch.items.is_empty()).then(|| batch.body());
             let (client, url, key, attempts) = (
                 client.clone(),
-                url.clone(),
+                url.to_owned(),
                 args.api_key.clone(),
                 args.attempts,
             );
@@ -358,9 +422,9 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             },
             () = &mut stop => break Err(anyhow::anyhow!("interrupted")),
         };
-        account(&mut tally, batch, &results);
-        if let Some(path) = &state_path {
-            save(path, &tally)?;
+        account(tally, batch, &results);
+        if let Some(path) = state_path {
+            save(path, tally)?;
         }
         bar.set_position(tally.bytes);
         bar.set_message(format!(
@@ -369,28 +433,18 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
             tally.duplicate,
             tally.failed()
         ));
-    };
-    bar.finish_and_clear();
-    // Not joined on failure: a reader blocked on stdin would hold the exit up.
-    drop(batches);
-    if let Err(e) = outcome {
-        let resume = match &state_path {
-            Some(_) if from_stdin => " (rerun with --resume, sending the same input)",
-            Some(_) => " (rerun with --resume to continue)",
-            None => "",
-        };
-        anyhow::bail!(
-            "{e:#}: import stopped; every line up to {} is answered{resume}",
-            tally.lines
-        );
     }
-    reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("the reader thread panicked"))?
-        .with_context(|| format!("cannot read {}", args.input))?;
+}
 
-    let elapsed = started.elapsed();
-    if let Some(path) = &state_path {
+/// The summary (or JSON report) and the errors file; the state file is no longer needed.
+fn report(
+    args: &ImportArgs,
+    tally: &Tally,
+    state_path: Option<&Path>,
+    elapsed: Duration,
+    already: (u64, u64, u64),
+) -> anyhow::Result<ExitCode> {
+    if let Some(path) = state_path {
         let _ = std::fs::remove_file(path);
     }
     if let Some(path) = &args.errors {
@@ -418,7 +472,7 @@ pub(crate) async fn run(args: ImportArgs) -> anyhow::Result<ExitCode> {
         });
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        print_summary(&tally, per_s, elapsed, args.errors.as_deref());
+        print_summary(tally, per_s, elapsed, args.errors.as_deref());
     }
     Ok(if tally.failed() == 0 {
         ExitCode::SUCCESS
