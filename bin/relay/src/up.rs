@@ -10,9 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use relay_core::ops::DispatcherReport;
-use relay_dispatch::{
-    DeliverySettings, DispatchConfig, Dispatcher, GraphqlClient, MetricsSnapshot,
-};
+use relay_dispatch::{DeliverySettings, Dispatcher, GraphqlClient, MetricsSnapshot};
 use relay_ingest::{IngestConfig, IngestSettings};
 use relay_store::{Durability, FlushStats, SqliteStore, StoreOptions};
 use std::sync::atomic::Ordering::Relaxed;
@@ -177,6 +175,22 @@ enum DurabilityArg {
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let start = start(&args).await?;
+    match args.backend {
+        Backend::Local => run_local(args, start).await,
+        Backend::Aws => run_aws(args, start).await,
+    }
+}
+
+/// What both backends start from: the settings checked (a contradiction is a usage error),
+/// secrets read, the target's client, the edge.
+struct Start {
+    client: GraphqlClient,
+    ingest: IngestConfig,
+    edge: relay_ingest::serve::ServeOptions,
+}
+
+async fn start(args: &UpArgs) -> anyhow::Result<Start> {
     if let Err(e) = args.delivery.check() {
         conflict(e);
     }
@@ -204,10 +218,20 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
              add --tls-cert and --tls-key"
         );
     }
-    if args.backend == Backend::Aws {
-        let dispatch = args.delivery.dispatch_on_queue();
-        return run_aws(args, client, dispatch, ingest, edge).await;
-    }
+    Ok(Start {
+        client,
+        ingest,
+        edge,
+    })
+}
+
+/// Ingest and the dispatcher over one embedded store.
+async fn run_local(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
+    let Start {
+        client,
+        ingest,
+        edge,
+    } = start;
     let dispatch = args.delivery.dispatch();
     let data_dir = args
         .data_dir
@@ -236,36 +260,12 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     let app = relay_ingest::router(store.clone(), ingest);
     let stop_rx = stop_on_signals();
 
-    // Every 2 s the dispatcher's figures go to the store, where `relay status` reads them from
-    // another process; every 10 s they also go to the log.
-    let reporter = {
-        let (handle, store, mut rx) = (handle.clone(), store.clone(), stop_rx.clone());
-        let batch = u32::from(args.delivery.batch);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_secs(2));
-            for n in 0u64.. {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = rx.wait_for(|stop| *stop) => break,
-                }
-                let m = handle.snapshot();
-                let report = DispatcherReport {
-                    rate: m.rate,
-                    estimated_limit: m.estimated_limit,
-                    announced: m.announced,
-                    in_flight: m.in_flight,
-                    reported_at: relay_core::now_millis(),
-                    events_per_request: (batch > 1).then_some(batch),
-                };
-                if let Err(e) = store.publish_dispatcher(&report).await {
-                    tracing::debug!(error = %e, "could not publish dispatcher figures");
-                }
-                if n % 5 == 4 {
-                    log_progress(&m, Some(store.flush_stats()));
-                }
-            }
-        })
-    };
+    let reporter = report_to_store(
+        handle.clone(),
+        store.clone(),
+        stop_rx.clone(),
+        args.delivery.batch,
+    );
 
     tracing::info!(%addr, target = %args.delivery.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
@@ -284,6 +284,41 @@ pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     );
     drop(store);
     Ok(ExitCode::SUCCESS)
+}
+
+/// Every 2 s the dispatcher's figures go to the store, where `relay status` reads them from
+/// another process; every 10 s they also go to the log.
+fn report_to_store(
+    handle: relay_dispatch::DispatcherHandle,
+    store: SqliteStore,
+    mut rx: watch::Receiver<bool>,
+    batch: u16,
+) -> tokio::task::JoinHandle<()> {
+    let batch = u32::from(batch);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        for n in 0u64.. {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = rx.wait_for(|stop| *stop) => break,
+            }
+            let m = handle.snapshot();
+            let report = DispatcherReport {
+                rate: m.rate,
+                estimated_limit: m.estimated_limit,
+                announced: m.announced,
+                in_flight: m.in_flight,
+                reported_at: relay_core::now_millis(),
+                events_per_request: (batch > 1).then_some(batch),
+            };
+            if let Err(e) = store.publish_dispatcher(&report).await {
+                tracing::debug!(error = %e, "could not publish dispatcher figures");
+            }
+            if n % 5 == 4 {
+                log_progress(&m, Some(store.flush_stats()));
+            }
+        }
+    })
 }
 
 /// The line both backends log every 10 s; the local store adds how its flushes go.
@@ -343,13 +378,13 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// The AWS handlers in one process, against a stack's resources: the receiver behind a local
 /// API Gateway stand-in, the outbox fed by a stream poller, the dispatcher by an SQS poller.
-async fn run_aws(
-    args: UpArgs,
-    client: GraphqlClient,
-    dispatch: DispatchConfig,
-    ingest: IngestConfig,
-    edge: relay_ingest::serve::ServeOptions,
-) -> anyhow::Result<ExitCode> {
+async fn run_aws(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
+    let Start {
+        client,
+        ingest,
+        edge,
+    } = start;
+    let dispatch = args.delivery.dispatch_on_queue();
     let aws = relay_aws::Aws::connect(&args.aws.options()).await?;
     // A start must not fail on one throttled or dropped call: each is tried a few times.
     if args.create_resources {
