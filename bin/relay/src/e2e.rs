@@ -3,19 +3,20 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+mod scenarios;
+
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Args, ValueEnum};
 use comfy_table::{Cell, Color};
-use relay_core::ops::{DlqFilter, Operations};
 use serde::Serialize;
 use serde_json::{Value, json};
 use source_sim::SourceConfig;
 use target_sim::{Faults, LimitMode, TargetConfig, TargetHandle};
 
 use crate::aws::AwsArgs;
-use crate::harness::{Backend, RelayProcess, Setup, Verdict, drained, post, post_batch};
+use crate::harness::{Backend, RelayProcess, Setup, Verdict, drained};
 use crate::ops::table;
 
 pub(crate) const BRAND: &str = relay_core::DEFAULT_BRAND;
@@ -254,6 +255,7 @@ fn limited(rate: f64, mode: LimitMode) -> TargetConfig {
     }
 }
 
+/// Drives one scenario, then judges what reached the target.
 async fn run_scenario(
     setup: &Setup,
     scenario: Scenario,
@@ -261,204 +263,65 @@ async fn run_scenario(
     inject: Option<Inject>,
 ) -> anyhow::Result<Outcome> {
     std::fs::create_dir_all(dir)?;
-    let data = dir.join("data");
-    let mut notes = Vec::new();
-    let mut failures = Vec::new();
-    let mut allowed_duplicates = 0;
-    let (target, relay, sent, report) = match scenario {
-        Scenario::Steady => {
-            let target = start_target(roomy(), inject).await?;
-            let relay = setup
-                .start(&name(scenario), &data, &target.url(), &[])
-                .await?;
-            let report = source(&relay, 200.0, 600).await?;
-            (target, relay, report.acked_events.clone(), report)
-        }
-        Scenario::Outage => {
-            let target = start_target(roomy(), inject).await?;
-            let mut faults = target.faults();
-            faults.outage = true;
-            target.set_faults(faults.clone());
-            let relay = setup
-                .start(&name(scenario), &data, &target.url(), &FAST_RETRIES)
-                .await?;
-            let report = source(&relay, 100.0, 300).await?;
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let failed = target.stats().failed;
-            if failed == 0 {
-                failures.push("the outage was never hit".into());
-            }
-            faults.outage = false;
-            target.set_faults(faults);
-            notes.push(format!("{failed} requests failed during the outage"));
-            (target, relay, report.acked_events.clone(), report)
-        }
-        Scenario::Storm429 | Scenario::GraphqlLimits => {
-            let mode = if scenario == Scenario::Storm429 {
-                LimitMode::Http429
-            } else {
-                LimitMode::Graphql
-            };
-            // Through a local AWS API the relay's own pace is moto's (about 35–40 deliveries/s
-            // on two cores, with X-Ray segments on): a limit it can barely reach would make no
-            // storm. Half of that is a limit it must be pushed down to.
-            let limit = if setup.backend == Backend::Aws {
-                20.0
-            } else {
-                40.0
-            };
-            let target = start_target(limited(limit, mode), inject).await?;
-            // A ceiling five times the real limit: the relay starts there and must be pushed
-            // down by the target's answers alone.
-            let relay = setup
-                .start(
-                    &name(scenario),
-                    &data,
-                    &target.url(),
-                    &["--target-rate", "200"],
-                )
-                .await?;
-            let report = source(&relay, 200.0, 400).await?;
-            (target, relay, report.acked_events.clone(), report)
-        }
-        Scenario::DlqRedrive => {
-            let target = start_target(roomy(), inject).await?;
-            let mut faults = target.faults();
-            faults.reject_names = vec!["poison".into()];
-            target.set_faults(faults.clone());
-            let relay = setup
-                .start(&name(scenario), &data, &target.url(), &[])
-                .await?;
-            let report = source(&relay, 100.0, 200).await?;
-            let poison: Vec<Value> = (0..10)
-                .map(|i| json!({"id": format!("poison-{i}"), "name": "poison", "body": "rejected until fixed", "timestamp": 1_763_800_000 + i}))
-                .collect();
-            let accepted_poison = post(&relay, &poison).await?;
-            let ops = setup.ops(&name(scenario), &data).await?;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            while ops.dead_letters(&DlqFilter::default()).await?.len() < accepted_poison.len() {
-                anyhow::ensure!(
-                    tokio::time::Instant::now() < deadline,
-                    "the rejected events never reached the DLQ"
-                );
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            faults.reject_names.clear();
-            target.set_faults(faults);
-            let ids: Vec<String> = accepted_poison
-                .iter()
-                .filter_map(|e| e["id"].as_str().map(str::to_owned))
-                .collect();
-            let redriven = ops.redrive(&ids, Duration::ZERO).await?;
-            notes.push(format!(
-                "{} dead-lettered, {} redriven",
-                ids.len(),
-                redriven.redriven.len()
-            ));
-            let mut sent = report.acked_events.clone();
-            sent.extend(accepted_poison);
-            (target, relay, sent, report)
-        }
-        Scenario::Sigkill => {
-            let target = start_target(
-                TargetConfig {
-                    rate: 100.0,
-                    burst: Some(10.0),
-                    ..TargetConfig::default()
-                },
-                inject,
-            )
-            .await?;
-            let in_flight = 16;
-            allowed_duplicates = in_flight;
-            let mut relay = setup
-                .start(
-                    &name(scenario),
-                    &data,
-                    &target.url(),
-                    &["--max-in-flight", "16"],
-                )
-                .await?;
-            let mut config =
-                SourceConfig::new(relay.events_url(), relay.api_key.clone(), 200.0, 800);
-            config.keep_ids = true;
-            let sending = tokio::spawn(source_sim::run(config, Arc::default()));
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            relay.kill().await;
-            let delivered_at_kill = target.stats().events;
-            // Sends fail while the relay is down, as a real source's would; the restarted relay
-            // listens on the same address.
-            relay.restart().await?;
-            let report = sending.await??;
-            notes.push(format!(
-                "killed mid-stream with {delivered_at_kill} delivered; {} sends failed while down",
-                report.errors + report.rejected
-            ));
-            (target, relay, report.acked_events.clone(), report)
-        }
-        Scenario::Batches => {
-            let target = start_target(
-                TargetConfig {
-                    rate: 20.0,
-                    burst: Some(20.0),
-                    faults: Faults {
-                        reject_names: vec!["poison".into()],
-                        ..Faults::default()
-                    },
-                    ..TargetConfig::default()
-                },
-                inject,
-            )
-            .await?;
-            let relay = setup
-                .start(&name(scenario), &data, &target.url(), &["--batch", "10"])
-                .await?;
-            let live = tokio::spawn({
-                let (url, key) = (relay.events_url(), relay.api_key.clone());
-                async move {
-                    let mut config = SourceConfig::new(url, key, 100.0, 200);
-                    config.keep_ids = true;
-                    source_sim::run(config, Arc::default()).await
-                }
-            });
-            let mut backlog: Vec<Value> = (0..400)
-                .map(|i| json!({"id": format!("backlog-{i:03}"), "name": "order.imported", "body": format!("line {i}"), "timestamp": 1_763_800_000 + i, "batch": {"part": i / 200}}))
-                .collect();
-            backlog[123]["name"] = json!("poison");
-            let mut stored = Vec::new();
-            for part in backlog.chunks(200) {
-                stored.extend(post_batch(&relay, part).await?);
-            }
-            if stored.len() != backlog.len() {
-                failures.push(format!(
-                    "{} of {} batch items accepted",
-                    stored.len(),
-                    backlog.len()
-                ));
-            }
-            let report = live.await??;
-            let ops = setup.ops(&name(scenario), &data).await?;
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-            let dead = loop {
-                let dead = ops.dead_letters(&DlqFilter::default()).await?;
-                if !dead.is_empty() || tokio::time::Instant::now() > deadline {
-                    break dead;
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            };
-            let dead_ids: Vec<&str> = dead.iter().map(|d| d.event_id.as_str()).collect();
-            if dead_ids != ["backlog-123"] {
-                failures.push(format!(
-                    "expected backlog-123 alone in the DLQ, found {dead_ids:?}"
-                ));
-            }
-            let mut sent = report.acked_events.clone();
-            sent.extend(stored.into_iter().filter(|e| e["name"] != "poison"));
-            (target, relay, sent, report)
-        }
+    let run = Run {
+        setup,
+        scenario,
+        data: dir.join("data"),
+        inject,
     };
+    let mut found = Findings::default();
+    let driven = match scenario {
+        Scenario::Steady => scenarios::steady(&run).await?,
+        Scenario::Outage => scenarios::outage(&run, &mut found).await?,
+        Scenario::Storm429 | Scenario::GraphqlLimits => scenarios::storm(&run).await?,
+        Scenario::DlqRedrive => scenarios::dlq_redrive(&run, &mut found).await?,
+        Scenario::Sigkill => scenarios::sigkill(&run, &mut found).await?,
+        Scenario::Batches => scenarios::batches(&run, &mut found).await?,
+    };
+    judge(&run, driven, found).await
+}
 
-    let complete = drained(&sent, &target, &data, DRAIN_TIMEOUT).await;
+/// One scenario's run: where, against what.
+struct Run<'a> {
+    setup: &'a Setup,
+    scenario: Scenario,
+    data: PathBuf,
+    inject: Option<Inject>,
+}
+
+/// What a scenario's drive leaves to judge: the target, the relay, and what was acknowledged.
+struct Driven {
+    target: TargetHandle,
+    relay: RelayProcess,
+    sent: Vec<Value>,
+    report: source_sim::Report,
+}
+
+/// What a scenario noticed on the way, failed, and how many duplicates it allows.
+#[derive(Debug, Default)]
+struct Findings {
+    notes: Vec<String>,
+    failures: Vec<String>,
+    allowed_duplicates: usize,
+}
+
+/// Waits for the acknowledged events to reach the target, and judges: every one exactly once
+/// (within the duplicates the scenario allows), no late acknowledgement, and what the scenario
+/// set out to make happen did happen.
+async fn judge(run: &Run<'_>, driven: Driven, found: Findings) -> anyhow::Result<Outcome> {
+    let Driven {
+        target,
+        relay,
+        sent,
+        report,
+    } = driven;
+    let Findings {
+        mut notes,
+        mut failures,
+        mut allowed_duplicates,
+    } = found;
+    let (setup, scenario, data) = (run.setup, run.scenario, &run.data);
+    let complete = drained(&sent, &target, data, DRAIN_TIMEOUT).await;
     if !complete {
         notes.push("not every acknowledged event reached the target".into());
     }
