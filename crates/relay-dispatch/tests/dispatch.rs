@@ -425,9 +425,11 @@ async fn a_batch_refused_whole_is_sent_again_one_event_per_request() {
         assert_eq!(attempts.len(), 1, "{e}");
         alone += usize::from(attempts[0].detail.contains("createEvent"));
     }
+    // The refused batch's other events (at most 9 in batches of 10) were each sent alone;
+    // every other event went in a batch.
     assert!(
-        alone >= 1,
-        "the refused batch's other events were each sent alone"
+        (1..=9).contains(&alone),
+        "only the refused batch's other events go alone: {alone} of 39 did"
     );
     r.stop().await;
 }
