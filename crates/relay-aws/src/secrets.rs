@@ -131,22 +131,6 @@ mod tests {
     }
 
     #[test]
-    fn references_parse_or_say_what_is_expected() {
-        assert_eq!(
-            "secretsmanager:relay/target".parse(),
-            Ok(SecretRef::SecretsManager("relay/target".into()))
-        );
-        assert_eq!(
-            "ssm:/relay/target".parse(),
-            Ok(SecretRef::Ssm("/relay/target".into()))
-        );
-        for bad in ["relay/target", "vault:x", "ssm:", "secretsmanager: "] {
-            let e = bad.parse::<SecretRef>().unwrap_err();
-            assert!(e.contains("expected") || e.contains("empty"), "{bad}: {e}");
-        }
-    }
-
-    #[test]
     fn headers_come_as_json_or_lines_and_errors_never_show_the_value() {
         let want = vec![("Authorization".to_owned(), "Bearer s3cret".to_owned())];
         assert_eq!(

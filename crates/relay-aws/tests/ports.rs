@@ -51,52 +51,51 @@ impl WorkQueue for Stack {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_port_contract_holds_on_aws() {
+/// Runs `contract` against a fresh stack, with the outbox feeding the queue as the stream's
+/// Lambda does in an account.
+async fn on_a_stack<F, Fut>(name: &str, contract: F)
+where
+    F: FnOnce(Stack, relay_aws::Aws) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let moto = MotoServer::start();
-    let aws = moto.stack("contract").await;
+    let aws = moto.stack(name).await;
     let stack = Stack {
         ingest: DynamoIngest::new(aws.clone()),
         queue: SqsQueue::new(aws.clone(), Duration::from_secs(3600))
             .await
             .unwrap(),
     };
-    // The outbox feeds the queue, as the stream's Lambda does in an account.
     let (stop, stopped) = oneshot::channel::<()>();
     let poller = tokio::spawn(
         StreamPoller::new(aws.clone(), stack.queue.queue_url().to_owned()).run(async {
             let _ = stopped.await;
         }),
     );
-    // The queue's part first: it expects to see only its own events.
-    relay_core::contract::queue(&stack, "aws", Duration::from_secs(10)).await;
-    relay_core::contract::ingest(&stack.ingest, "aws").await;
-    relay_core::contract::ingest_batch(&stack.ingest, "aws").await;
+    contract(stack, aws).await;
     let _ = stop.send(());
     poller.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_port_contract_holds_on_aws() {
+    on_a_stack("contract", |stack, _| async move {
+        // The queue's part first: it expects to see only its own events.
+        relay_core::contract::queue(&stack, "aws", Duration::from_secs(10)).await;
+        relay_core::contract::ingest(&stack.ingest, "aws").await;
+        relay_core::contract::ingest_batch(&stack.ingest, "aws").await;
+    })
+    .await;
 }
 
 /// The operations' contract, which the embedded store runs too.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_operations_contract_holds_on_aws() {
-    let moto = MotoServer::start();
-    let aws = moto.stack("operations").await;
-    let stack = Stack {
-        ingest: DynamoIngest::new(aws.clone()),
-        queue: SqsQueue::new(aws.clone(), Duration::from_secs(3600))
-            .await
-            .unwrap(),
-    };
-    let (stop, stopped) = oneshot::channel::<()>();
-    let poller = tokio::spawn(
-        StreamPoller::new(aws.clone(), stack.queue.queue_url().to_owned()).run(async {
-            let _ = stopped.await;
-        }),
-    );
-    let ops = relay_aws::ops::AwsOps::connect(aws).await.unwrap();
-    relay_core::contract::operations(&stack, &ops, "aws", Duration::from_secs(10)).await;
-    let _ = stop.send(());
-    poller.await.unwrap();
+    on_a_stack("operations", |stack, aws| async move {
+        let ops = relay_aws::ops::AwsOps::connect(aws).await.unwrap();
+        relay_core::contract::operations(&stack, &ops, "aws", Duration::from_secs(10)).await;
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,8 +120,10 @@ mod tests {
             "ssm:/relay/h".parse(),
             Ok(SecretRef::Ssm("/relay/h".into()))
         );
-        assert!("vault:x".parse::<SecretRef>().is_err());
-        assert!("secretsmanager: ".parse::<SecretRef>().is_err());
-        assert!("plain".parse::<SecretRef>().is_err());
+        for bad in ["relay/target", "vault:x", "ssm:", "secretsmanager: "] {
+            let e = bad.parse::<SecretRef>().unwrap_err();
+            assert!(e.contains("expected") || e.contains("empty"), "{bad}: {e}");
+            assert!(!e.contains("target"), "the name is not repeated: {e}");
+        }
     }
 }
