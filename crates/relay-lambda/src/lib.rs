@@ -11,6 +11,8 @@ pub mod fleet;
 pub mod forwarder;
 pub mod receiver;
 pub mod start;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 pub use dispatcher::BatchDispatcher;
 pub use forwarder::{Forwarder, forward_stream};

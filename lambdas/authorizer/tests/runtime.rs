@@ -6,63 +6,14 @@
 
 #![allow(clippy::unwrap_used)] // test code: a panic is the failure report
 
-use std::net::TcpListener;
 use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use relay_aws::testing::MotoServer;
+use relay_lambda::testing::{RuntimeApi, answer};
 use serde_json::Value;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn cargo_lambda() -> PathBuf {
-    let exe = std::env::var_os("RELAY_CARGO_LAMBDA").map_or_else(
-        || root().join(".venv-lambda/bin/cargo-lambda"),
-        PathBuf::from,
-    );
-    assert!(
-        exe.exists(),
-        "{} not found: run scripts/test.sh (it installs cargo-lambda into .venv-lambda), or set RELAY_CARGO_LAMBDA",
-        exe.display()
-    );
-    exe
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .unwrap()
-        .port()
-}
-
-/// Stops the process when dropped.
-struct Running(Child);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn invoke(port: u16, event: &Value) -> Output {
-    Command::new("timeout")
-        .arg("60")
-        .arg(cargo_lambda())
-        .args([
-            "lambda",
-            "invoke",
-            "-A",
-            "127.0.0.1",
-            "-P",
-            &port.to_string(),
-        ])
-        .args(["--data-ascii", &event.to_string()])
-        .output()
-        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -76,57 +27,28 @@ async fn the_built_authorizer_allows_a_key_of_the_secret_and_refuses_any_other()
         .send()
         .await
         .unwrap();
-    let port = free_port();
-    let _runtime = Running(
-        Command::new(cargo_lambda())
-            .args(["lambda", "watch", "--only-lambda-apis", "-A", "127.0.0.1"])
-            .args(["-P", &port.to_string()])
-            .current_dir(root())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let started = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "the Runtime API did not start"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _function = Running(
-        Command::new(env!("CARGO_BIN_EXE_relay-authorizer"))
-            .envs(moto.env())
-            .env("AWS_ENDPOINT_URL", &moto.url)
-            .env("RELAY_STACK", "authorizer")
-            .env("RELAY_API_KEY_SECRET", "secretsmanager:authorizer/api-keys")
-            .env(
-                "AWS_LAMBDA_RUNTIME_API",
-                format!("http://127.0.0.1:{port}/.rt"),
-            )
-            .env("AWS_LAMBDA_FUNCTION_NAME", "_")
-            .env("AWS_LAMBDA_FUNCTION_VERSION", "1")
-            .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let runtime = RuntimeApi::start(&root());
+    let mut env: Vec<(String, String)> = moto
+        .env()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    env.extend([
+        ("AWS_ENDPOINT_URL".to_owned(), moto.url.clone()),
+        ("RELAY_STACK".to_owned(), "authorizer".to_owned()),
+        (
+            "RELAY_API_KEY_SECRET".to_owned(),
+            "secretsmanager:authorizer/api-keys".to_owned(),
+        ),
+    ]);
+    let _function = runtime.function(env!("CARGO_BIN_EXE_relay-authorizer"), &env);
     let fixture: Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("lambdas/events/apigw-authorizer-request.json"))
             .unwrap(),
     )
     .unwrap();
 
-    let allowed = invoke(port, &fixture);
-    let answer: Value = serde_json::from_slice(&allowed.stdout).unwrap_or_else(|e| {
-        panic!(
-            "not JSON ({e}): {}{}",
-            String::from_utf8_lossy(&allowed.stdout),
-            String::from_utf8_lossy(&allowed.stderr)
-        )
-    });
+    let answer = answer(&runtime.invoke(&fixture));
     let statement = &answer["policyDocument"]["Statement"][0];
     assert_eq!(statement["Effect"], "Allow", "{answer}");
     assert_eq!(
@@ -137,7 +59,7 @@ async fn the_built_authorizer_allows_a_key_of_the_secret_and_refuses_any_other()
     let mut wrong = fixture.clone();
     wrong["headers"]["x-api-key"] = "fixture-kez".into();
     wrong["multiValueHeaders"]["x-api-key"] = serde_json::json!(["fixture-kez"]);
-    let refused = invoke(port, &wrong);
+    let refused = runtime.invoke(&wrong);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&refused.stdout),
