@@ -209,11 +209,26 @@ fn usage_errors_exit_2_and_name_the_flag() {
 #[test]
 fn flags_fall_back_to_relay_environment_variables() {
     let dir = tempfile::tempdir().unwrap();
-    // Every required flag of `up` comes from the environment; a bad rate proves they were read.
+    // Every required flag of `up` comes from the environment, so parsing succeeds and the start
+    // reaches its own check of two settings that contradict each other: a binary that ignored
+    // any of the variables would stop earlier, at a missing argument.
     relay()
         .args(["up"])
         .env("RELAY_TARGET_URL", "http://127.0.0.1:9/graphql")
         .env("RELAY_API_KEY", "k1,k2")
+        .env("RELAY_DATA_DIR", dir.path())
+        .env("RELAY_BACKOFF_BASE", "10m")
+        .env("RELAY_BACKOFF_CAP", "1m")
+        .assert()
+        .code(2)
+        .stderr(predicates::str::contains(
+            "--backoff-base (10m) must not exceed --backoff-cap (1m)",
+        ));
+    // And a bad value from the environment is refused as the flag's would be.
+    relay()
+        .args(["up"])
+        .env("RELAY_TARGET_URL", "http://127.0.0.1:9/graphql")
+        .env("RELAY_API_KEY", "k")
         .env("RELAY_DATA_DIR", dir.path())
         .env("RELAY_TARGET_RATE", "nope")
         .assert()
