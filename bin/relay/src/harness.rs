@@ -248,8 +248,13 @@ pub(crate) async fn drained(
     }
 }
 
-/// Posts events directly (not open-loop), for scenarios that need particular payloads;
-/// returns the ones answered 202.
+/// Why one try of a batch failed: worth another try later, or not.
+#[derive(Debug)]
+enum Refused {
+    Later(String),
+    Fatal(anyhow::Error),
+}
+
 /// Posts `events` in one `POST /events/batch`, as `relay import` does: a request answered
 /// 429 or 5xx, or not at all, is sent again (a few times, backing off). Returns the events it
 /// stored: answered `accepted`, or `duplicate` when the request was sent more than once.
@@ -257,35 +262,53 @@ pub(crate) async fn post_batch(
     relay: &RelayProcess,
     events: &[Value],
 ) -> anyhow::Result<Vec<Value>> {
-    let client = reqwest::Client::new();
-    let mut tries = 0;
-    let answer: Value = loop {
-        tries += 1;
-        let sent = client
-            .post(format!("{}/batch", relay.events_url()))
-            .header("x-api-key", &relay.api_key)
-            .json(events)
-            .send()
-            .await;
-        let retry = match sent {
-            Ok(response) if response.status().as_u16() == 200 => break response.json().await?,
-            Ok(response)
-                if response.status().as_u16() == 429 || response.status().is_server_error() =>
-            {
-                format!("answered {}", response.status())
-            }
-            Ok(response) => {
-                let status = response.status();
-                anyhow::bail!(
-                    "the batch was answered {status}: {}",
-                    response.text().await?
-                )
-            }
-            Err(e) => format!("not answered: {e}"),
-        };
-        anyhow::ensure!(tries < 6, "the batch was {retry}, {tries} times");
-        tokio::time::sleep(Duration::from_millis(200 << tries)).await;
+    let client = &reqwest::Client::new();
+    let tries = &std::cell::Cell::new(0u32);
+    let url = &format!("{}/batch", relay.events_url());
+    let backoff = relay_core::backoff::Backoff {
+        base: Duration::from_millis(400),
+        cap: Duration::from_secs(7),
     };
+    let answer: Value = relay_core::backoff::retry(
+        backoff,
+        6,
+        |e: &Refused| matches!(e, Refused::Later(_)),
+        |_, _, _| {},
+        move || async move {
+            tries.set(tries.get() + 1);
+            let sent = client
+                .post(url)
+                .header("x-api-key", &relay.api_key)
+                .json(events)
+                .send()
+                .await;
+            match sent {
+                Ok(response) if response.status().as_u16() == 200 => response
+                    .json()
+                    .await
+                    .map_err(|e| Refused::Fatal(anyhow::anyhow!("the answer is not JSON: {e}"))),
+                Ok(response)
+                    if response.status().as_u16() == 429 || response.status().is_server_error() =>
+                {
+                    Err(Refused::Later(format!("answered {}", response.status())))
+                }
+                Ok(response) => {
+                    let status = response.status();
+                    let text = response.text().await.unwrap_or_default();
+                    Err(Refused::Fatal(anyhow::anyhow!(
+                        "the batch was answered {status}: {text}"
+                    )))
+                }
+                Err(e) => Err(Refused::Later(format!("not answered: {e}"))),
+            }
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        Refused::Later(why) => anyhow::anyhow!("the batch was {why}, {} times", tries.get()),
+        Refused::Fatal(e) => e,
+    })?;
+    let tries = tries.get();
     let results = answer["results"].as_array().cloned().unwrap_or_default();
     anyhow::ensure!(
         results.len() == events.len(),
@@ -301,6 +324,8 @@ pub(crate) async fn post_batch(
         .collect())
 }
 
+/// Posts events directly (not open-loop), for scenarios that need particular payloads;
+/// returns the ones answered 202.
 pub(crate) async fn post(relay: &RelayProcess, events: &[Value]) -> anyhow::Result<Vec<Value>> {
     let client = reqwest::Client::new();
     let mut accepted = Vec::new();
