@@ -297,6 +297,22 @@ struct Driven {
     report: source_sim::Report,
 }
 
+impl Driven {
+    /// What the source had acknowledged is what must arrive.
+    fn acked(
+        target: TargetHandle,
+        relay: RelayProcess,
+        report: source_sim::Report,
+    ) -> anyhow::Result<Self> {
+        Ok(Driven {
+            sent: report.acked_events.clone(),
+            target,
+            relay,
+            report,
+        })
+    }
+}
+
 /// What a scenario noticed on the way, failed, and how many duplicates it allows.
 #[derive(Debug, Default)]
 struct Findings {

@@ -3,7 +3,7 @@
 //! a faulty AWS API on AWS), then a clean start and a drain. It ends in one table: acknowledged,
 //! delivered, dead-lettered, lost (must be 0), duplicates on the wire.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,9 +12,9 @@ use clap::Args;
 use comfy_table::{Cell, Color};
 use relay_core::ops::{DlqFilter, Operations};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use source_sim::SourceConfig;
-use target_sim::{Faults, TargetConfig};
+use target_sim::{Faults, TargetConfig, TargetHandle};
 
 use crate::args;
 use crate::aws::AwsArgs;
@@ -102,37 +102,8 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     let mut notes = Vec::new();
 
     let (setup, proxy) = Setup::new(args.backend, &args.aws, Some(args.aws_faults)).await?;
-    // A flaky target with a limit to find: 5 % of requests fail, each answer takes 20 ms.
-    let target = target_sim::start(
-        "127.0.0.1:0".parse()?,
-        TargetConfig {
-            rate: 200.0,
-            burst: Some(20.0),
-            faults: Faults {
-                fail_rate: 0.05,
-                latency_ms: 20,
-                ..Faults::default()
-            },
-            ..TargetConfig::default()
-        },
-    )
-    .await?;
-    // A restart listens where the first start did (the harness sees to it).
-    let (relay_args, mut env) = setup.relay("soak");
-    if args.backend == Backend::Local && args.disk_faults != "off" {
-        env.push(("RELAY_FAULTS".into(), args.disk_faults.clone()));
-    }
-    let arg_refs: Vec<&str> = relay_args.iter().map(String::as_str).collect();
-    let mut relay = RelayProcess::start_with(&data, &target.url(), &arg_refs, env).await?;
-    let disk_faults_on = std::fs::read_to_string(&relay.log)
-        .unwrap_or_default()
-        .contains("fault injection:");
-    if args.backend == Backend::Local && args.disk_faults != "off" && !disk_faults_on {
-        notes.push(
-            "disk faults are not built into this binary (cargo build --features fault-injection); ran without them"
-                .into(),
-        );
-    }
+    let target = flaky_target().await?;
+    let mut relay = start_faulty(&args, &setup, &data, &target, &mut notes).await?;
 
     let mut config = SourceConfig::new(
         relay.events_url(),
@@ -145,54 +116,22 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     let prefix = config.id_prefix.clone();
     let progress = Arc::new(source_sim::Progress::default());
     let sending = tokio::spawn(source_sim::run(config, Arc::clone(&progress)));
-    let mut kills = 0;
-    while !sending.is_finished() {
-        tokio::select! {
-            () = tokio::time::sleep(args.kill_every) => {}
-            () = wait_for(&sending) => break,
-        }
-        if sending.is_finished() {
-            break;
-        }
-        relay.kill().await;
-        kills += 1;
-        relay.restart().await?;
-        if !args.json {
-            eprintln!(
-                "{:>5.0} s: SIGKILL #{kills}; {} sent, {} delivered so far",
-                started.elapsed().as_secs_f64(),
-                progress.sent.load(std::sync::atomic::Ordering::Relaxed),
-                target.stats().events
-            );
-        }
-    }
+    let kills = keep_killing(
+        &mut relay,
+        &sending,
+        args.kill_every,
+        (!args.json).then_some((&progress, &target, started)),
+    )
+    .await?;
     let report = sending.await??;
     // A clean start without faults, and the drain.
     if let Err(e) = relay.stop().await {
         notes.push(format!("the last faulty relay did not stop cleanly: {e:#}"));
     }
-    let clean = Setup {
-        relay_endpoint: None,
-        ..setup.clone()
-    };
-    let (clean_args, clean_env) = clean.relay("soak");
-    let clean_refs: Vec<&str> = clean_args.iter().map(String::as_str).collect();
-    let relay = RelayProcess::start_with(&data, &target.url(), &clean_refs, clean_env).await?;
-    let complete = drained(
-        &report.acked_events,
-        &target,
-        &data,
-        Duration::from_secs(600),
-    )
-    .await;
+    let (complete, dead) = drain_clean(&setup, &data, &target, &report.acked_events).await?;
     if !complete {
         notes.push("not every acknowledged event reached the target".into());
     }
-    let ops = clean.ops("soak", &data).await?;
-    let dead = ops.dead_letters(&DlqFilter::default()).await?;
-    drop(ops);
-    relay.stop().await?;
-
     let verdict = Verdict::of(&report.acked_events, &target, crate::e2e::BRAND);
     let lost: Vec<String> = verdict
         .lost
@@ -240,13 +179,54 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
         notes,
     };
     let passed = soak.lost.is_empty() && strangers == 0 && verdict.altered.is_empty();
-    if args.json {
+    say(&soak, passed, args.json)?;
+    if !passed && args.work_dir.is_none() {
+        eprintln!("data and logs kept in {}", temp.keep().display());
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// The relay under its faults (disk faults locally, when built in; the AWS faults proxy is the
+/// setup's). A restart listens where the first start did (the harness sees to it).
+async fn start_faulty(
+    args: &SoakArgs,
+    setup: &Setup,
+    data: &Path,
+    target: &TargetHandle,
+    notes: &mut Vec<String>,
+) -> anyhow::Result<RelayProcess> {
+    let (relay_args, mut env) = setup.relay("soak");
+    let disk_faults = args.backend == Backend::Local && args.disk_faults != "off";
+    if disk_faults {
+        env.push(("RELAY_FAULTS".into(), args.disk_faults.clone()));
+    }
+    let arg_refs: Vec<&str> = relay_args.iter().map(String::as_str).collect();
+    let relay = RelayProcess::start_with(data, &target.url(), &arg_refs, env).await?;
+    let disk_faults_on = std::fs::read_to_string(&relay.log)
+        .unwrap_or_default()
+        .contains("fault injection:");
+    if disk_faults && !disk_faults_on {
+        notes.push(
+            "disk faults are not built into this binary (cargo build --features fault-injection); ran without them"
+                .into(),
+        );
+    }
+    Ok(relay)
+}
+
+/// The report, as JSON or a table and a verdict line.
+fn say(soak: &SoakReport, passed: bool, json: bool) -> anyhow::Result<()> {
+    if json {
         println!(
             "{}",
             serde_json::to_string_pretty(&json!({"passed": passed, "soak": soak}))?
         );
     } else {
-        print_table(&soak);
+        print_table(soak);
         println!(
             "{}",
             if passed {
@@ -256,14 +236,80 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
             }
         );
     }
-    if !passed && args.work_dir.is_none() {
-        eprintln!("data and logs kept in {}", temp.keep().display());
+    Ok(())
+}
+
+/// A flaky target with a limit to find: 5 % of requests fail, each answer takes 20 ms.
+async fn flaky_target() -> anyhow::Result<TargetHandle> {
+    Ok(target_sim::start(
+        "127.0.0.1:0".parse()?,
+        TargetConfig {
+            rate: 200.0,
+            burst: Some(20.0),
+            faults: Faults {
+                fail_rate: 0.05,
+                latency_ms: 20,
+                ..Faults::default()
+            },
+            ..TargetConfig::default()
+        },
+    )
+    .await?)
+}
+
+/// SIGKILLs the relay every `every` and restarts it where it listened, until the source is
+/// done; with `say`, a line on stderr each time. Returns how many kills.
+async fn keep_killing<T>(
+    relay: &mut RelayProcess,
+    sending: &tokio::task::JoinHandle<T>,
+    every: Duration,
+    say: Option<(&Arc<source_sim::Progress>, &TargetHandle, Instant)>,
+) -> anyhow::Result<u32> {
+    let mut kills = 0;
+    while !sending.is_finished() {
+        tokio::select! {
+            () = tokio::time::sleep(every) => {}
+            () = wait_for(sending) => break,
+        }
+        if sending.is_finished() {
+            break;
+        }
+        relay.kill().await;
+        kills += 1;
+        relay.restart().await?;
+        if let Some((progress, target, started)) = say {
+            eprintln!(
+                "{:>5.0} s: SIGKILL #{kills}; {} sent, {} delivered so far",
+                started.elapsed().as_secs_f64(),
+                progress.sent.load(std::sync::atomic::Ordering::Relaxed),
+                target.stats().events
+            );
+        }
     }
-    Ok(if passed {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(kills)
+}
+
+/// Starts the relay again without faults and waits for `acked` to drain; whether all did,
+/// and the dead letters.
+async fn drain_clean(
+    setup: &Setup,
+    data: &Path,
+    target: &TargetHandle,
+    acked: &[Value],
+) -> anyhow::Result<(bool, Vec<relay_core::ops::DeadLetterView>)> {
+    let clean = Setup {
+        relay_endpoint: None,
+        ..setup.clone()
+    };
+    let (clean_args, clean_env) = clean.relay("soak");
+    let clean_refs: Vec<&str> = clean_args.iter().map(String::as_str).collect();
+    let relay = RelayProcess::start_with(data, &target.url(), &clean_refs, clean_env).await?;
+    let complete = drained(acked, target, data, Duration::from_secs(600)).await;
+    let ops = clean.ops("soak", data).await?;
+    let dead = ops.dead_letters(&DlqFilter::default()).await?;
+    drop(ops);
+    relay.stop().await?;
+    Ok((complete, dead))
 }
 
 async fn wait_for<T>(task: &tokio::task::JoinHandle<T>) {

@@ -43,6 +43,21 @@ fn outcome_colour(outcome: AttemptOutcome) -> Color {
 }
 
 fn print(t: &EventTrace, flags: &str) {
+    println!("{}", summary(t));
+    print_attempts(t);
+    print_dead_letter(t, flags);
+    print_segments(t);
+    if t.trace_ids.is_empty() {
+        println!("trace ids: none (the local backend keeps its own timeline above)");
+    } else {
+        for r in &t.trace_ids {
+            println!("trace id ({}): {}", r.system, r.id);
+        }
+    }
+}
+
+/// The event, where its delivery stands, and how durable and archived it is.
+fn summary(t: &EventTrace) -> comfy_table::Table {
     let now = relay_core::now_millis();
     let d = &t.delivery;
     let mut summary = table();
@@ -93,6 +108,13 @@ fn print(t: &EventTrace, flags: &str) {
     if let Some(error) = &d.last_error {
         summary.add_row(vec![Cell::new("last error"), Cell::new(error)]);
     }
+    storage_rows(t, &mut summary);
+    summary.add_row(vec![Cell::new("payload"), Cell::new(t.payload.to_string())]);
+    summary
+}
+
+/// How durable the event's acknowledgement was, and where it is archived.
+fn storage_rows(t: &EventTrace, table: &mut comfy_table::Table) {
     if let Some(early) = &t.acked_before_flush {
         let flushed = early.flushed_at.map_or_else(
             || {
@@ -101,7 +123,7 @@ fn print(t: &EventTrace, flags: &str) {
             },
             |at| format!("flushed {} ms later", at - early.acked_at),
         );
-        summary.add_row(vec![
+        table.add_row(vec![
             Cell::new("durability"),
             Cell::new(format!(
                 "acknowledged before its flush to disk, at {}; {flushed}",
@@ -111,7 +133,7 @@ fn print(t: &EventTrace, flags: &str) {
         ]);
     }
     if let Some(a) = &t.archived {
-        summary.add_row(vec![
+        table.add_row(vec![
             Cell::new("archived"),
             Cell::new(format!(
                 "{} ({}) in {}",
@@ -126,9 +148,9 @@ fn print(t: &EventTrace, flags: &str) {
             )),
         ]);
     }
-    summary.add_row(vec![Cell::new("payload"), Cell::new(t.payload.to_string())]);
-    println!("{summary}");
+}
 
+fn print_attempts(t: &EventTrace) {
     if t.attempts.is_empty() {
         println!("no attempts yet");
     } else {
@@ -147,6 +169,9 @@ fn print(t: &EventTrace, flags: &str) {
         }
         println!("{attempts}");
     }
+}
+
+fn print_dead_letter(t: &EventTrace, flags: &str) {
     if let Some(dl) = &t.dead_letter {
         let mut dead = table();
         dead.set_header(["dead letter", ""]);
@@ -168,6 +193,10 @@ fn print(t: &EventTrace, flags: &str) {
             );
         }
     }
+}
+
+/// The event's trace segments (X-Ray on AWS), each with what it says of itself.
+fn print_segments(t: &EventTrace) {
     if !t.segments.is_empty() {
         let mut segments = table();
         segments.set_header(["trace segment", "started", "ms", "parent", "says"]);
@@ -203,13 +232,6 @@ fn print(t: &EventTrace, flags: &str) {
             ]);
         }
         println!("{segments}");
-    }
-    if t.trace_ids.is_empty() {
-        println!("trace ids: none (the local backend keeps its own timeline above)");
-    } else {
-        for r in &t.trace_ids {
-            println!("trace id ({}): {}", r.system, r.id);
-        }
     }
 }
 

@@ -17,6 +17,15 @@ const VISIBILITY_SECS: u32 = 360;
 
 /// Creates whatever of the stack is missing; leaves what exists alone.
 pub async fn create_resources(aws: &Aws) -> Result<(), AwsError> {
+    create_tables(aws).await?;
+    create_bucket(aws).await?;
+    create_queues(aws).await?;
+    tracing::info!(stack = ?aws.stack, "stack resources ready");
+    Ok(())
+}
+
+/// The events table (its stream the outbox, `expires_at` its TTL) and the control table.
+async fn create_tables(aws: &Aws) -> Result<(), AwsError> {
     let stack = &aws.stack;
     let key = |name: &str, kind: KeyType| {
         KeySchemaElement::builder()
@@ -77,7 +86,12 @@ pub async fn create_resources(aws: &Aws) -> Result<(), AwsError> {
         .await;
     ignore_existing(control, "ResourceInUseException", &stack.control_table)?;
 
-    let bucket = &stack.archive_bucket;
+    Ok(())
+}
+
+/// The archive bucket, in the stack's region.
+async fn create_bucket(aws: &Aws) -> Result<(), AwsError> {
+    let bucket = &aws.stack.archive_bucket;
     let mut create = aws_sdk_s3::Client::new(&aws.config)
         .create_bucket()
         .bucket(bucket);
@@ -100,6 +114,12 @@ pub async fn create_resources(aws: &Aws) -> Result<(), AwsError> {
         Err(e) => return Err(AwsError::from_sdk(&format!("bucket {bucket}"), e)),
     }
 
+    Ok(())
+}
+
+/// The DLQ, then the work queue that dead-letters into it.
+async fn create_queues(aws: &Aws) -> Result<(), AwsError> {
+    let stack = &aws.stack;
     let dlq_url = aws
         .sqs
         .create_queue()
@@ -135,7 +155,6 @@ pub async fn create_resources(aws: &Aws) -> Result<(), AwsError> {
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(&format!("queue {}", stack.queue), e))?;
-    tracing::info!(stack = ?stack, "stack resources ready");
     Ok(())
 }
 

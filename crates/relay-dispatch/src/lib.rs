@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 
 use relay_core::rate::{RateConfig, RateController, Ticket};
 use relay_core::{
-    AttemptRecord, BatchOutcome, Claim, DeliveryPolicy, Outcome, Settlement, WorkQueue,
-    classify_batch, decide, now_millis,
+    Answer, AttemptRecord, BatchOutcome, Claim, DeliveryPolicy, Outcome, Settlement,
+    TransportError, WorkQueue, classify_batch, decide, now_millis,
 };
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
@@ -298,36 +298,7 @@ async fn attempt<Q: WorkQueue>(
             return Some(claims);
         }
     };
-    let reading = result
-        .as_ref()
-        .map(|answer| {
-            relay_core::budget::read(
-                &answer.budget_headers,
-                &answer.body,
-                std::time::SystemTime::now(),
-            )
-        })
-        .unwrap_or_default();
-    // Values out of bounds are read within them; the attempt keeps what the target said.
-    let said = reading.said();
-    let budget = reading.budget;
-    {
-        // One request, one signal: slow down if any of it was refused for the rate.
-        let mut rate = lock(&handle.rate);
-        let now = tokio::time::Instant::now();
-        if let Some(budget) = budget {
-            rate.on_budget(now, ticket, budget);
-        }
-        let limited = outcomes.iter().find_map(|o| match o {
-            Outcome::RateLimited { retry_after, .. } => Some(*retry_after),
-            _ => None,
-        });
-        match limited {
-            Some(retry_after) => rate.on_rate_limited(now, ticket, retry_after),
-            None if outcomes.contains(&Outcome::Delivered) => rate.on_delivered(now, ticket),
-            None => {}
-        }
-    }
+    let said = learn(handle, ticket, &result, &outcomes);
     // A batch's answer, once, for each delivered alias's own result in its attempt's detail.
     let data = match &result {
         Ok(answer) if n > 1 => serde_json::from_slice::<serde_json::Value>(&answer.body)
@@ -341,28 +312,8 @@ async fn attempt<Q: WorkQueue>(
         .enumerate()
         .map(|(i, (claim, outcome))| {
             let settlement = decide(&outcome, claim, policy, now_millis(), fastrand::f64());
-            let (http_status, mut detail) = match &result {
-                Ok(answer) if outcome == Outcome::Delivered => (
-                    Some(answer.status),
-                    relay_core::classify::excerpt(&answer.body),
-                ),
-                Ok(answer) => (Some(answer.status), outcome.reason().to_owned()),
-                Err(_) => (None, outcome.reason().to_owned()),
-            };
-            detail.push_str(&said);
-            if n > 1 {
-                let alias = relay_core::classify::alias(i);
-                detail = match outcome {
-                    Outcome::Delivered => {
-                        let own = data
-                            .as_ref()
-                            .and_then(|d| d.get(&alias))
-                            .map_or(String::new(), |r| format!(": {r}"));
-                        format!("delivered in a batch of {n} as {alias}{own}")
-                    }
-                    _ => format!("in a batch of {n} as {alias}: {detail}"),
-                };
-            }
+            let (http_status, detail) =
+                attempt_detail(&result, &outcome, &said, (i, n), data.as_ref());
             let attempt = AttemptRecord {
                 started_at,
                 duration_ms: duration.as_millis() as u64,
@@ -373,23 +324,98 @@ async fn attempt<Q: WorkQueue>(
             };
             let _span =
                 (n > 1).then(|| tracing::info_span!("event", event_id = ?claim.event_id).entered());
-            match &settlement {
-                Settlement::Delivered => tracing::debug!(ms = attempt.duration_ms, "delivered"),
-                Settlement::Retry { at, .. } => {
-                    tracing::debug!(
-                        outcome = outcome.kind().as_str(),
-                        reason = outcome.reason(),
-                        in_ms = at - now_millis(),
-                        "will retry"
-                    )
-                }
-                Settlement::Dead { reason } => tracing::warn!(%reason, "dead-lettered"),
-            }
+            log_settlement(&outcome, &settlement, attempt.duration_ms);
             metrics.finished(&outcome, &settlement);
             settle(queue, claim, attempt, settlement)
         });
     futures_util::future::join_all(settles).await;
     None
+}
+
+/// What one answer teaches the rate controller: an announced budget, a refusal for the rate
+/// (one request, one signal, however many of its events were refused), or a delivery. Returns
+/// what the target said of its budget, for the attempts' details (values out of bounds are
+/// read within them; the attempt keeps what the target said).
+fn learn(
+    handle: &DispatcherHandle,
+    ticket: Ticket,
+    result: &Result<Answer, TransportError>,
+    outcomes: &[Outcome],
+) -> String {
+    let reading = result
+        .as_ref()
+        .map(|answer| {
+            relay_core::budget::read(
+                &answer.budget_headers,
+                &answer.body,
+                std::time::SystemTime::now(),
+            )
+        })
+        .unwrap_or_default();
+    let mut rate = lock(&handle.rate);
+    let now = tokio::time::Instant::now();
+    if let Some(budget) = reading.budget {
+        rate.on_budget(now, ticket, budget);
+    }
+    let limited = outcomes.iter().find_map(|o| match o {
+        Outcome::RateLimited { retry_after, .. } => Some(*retry_after),
+        _ => None,
+    });
+    match limited {
+        Some(retry_after) => rate.on_rate_limited(now, ticket, retry_after),
+        None if outcomes.contains(&Outcome::Delivered) => rate.on_delivered(now, ticket),
+        None => {}
+    }
+    reading.said()
+}
+
+/// An attempt's HTTP status and detail: the answer's excerpt or the reason, what the target
+/// said of its budget, and in a batch of `n`, the event's alias (with its own result when
+/// delivered).
+fn attempt_detail(
+    result: &Result<Answer, TransportError>,
+    outcome: &Outcome,
+    said: &str,
+    (i, n): (usize, usize),
+    data: Option<&serde_json::Value>,
+) -> (Option<u16>, String) {
+    let (http_status, mut detail) = match result {
+        Ok(answer) if *outcome == Outcome::Delivered => (
+            Some(answer.status),
+            relay_core::classify::excerpt(&answer.body),
+        ),
+        Ok(answer) => (Some(answer.status), outcome.reason().to_owned()),
+        Err(_) => (None, outcome.reason().to_owned()),
+    };
+    detail.push_str(said);
+    if n > 1 {
+        let alias = relay_core::classify::alias(i);
+        detail = match outcome {
+            Outcome::Delivered => {
+                let own = data
+                    .and_then(|d| d.get(&alias))
+                    .map_or(String::new(), |r| format!(": {r}"));
+                format!("delivered in a batch of {n} as {alias}{own}")
+            }
+            _ => format!("in a batch of {n} as {alias}: {detail}"),
+        };
+    }
+    (http_status, detail)
+}
+
+fn log_settlement(outcome: &Outcome, settlement: &Settlement, duration_ms: u64) {
+    match settlement {
+        Settlement::Delivered => tracing::debug!(ms = duration_ms, "delivered"),
+        Settlement::Retry { at, .. } => {
+            tracing::debug!(
+                outcome = outcome.kind().as_str(),
+                reason = outcome.reason(),
+                in_ms = at - now_millis(),
+                "will retry"
+            )
+        }
+        Settlement::Dead { reason } => tracing::warn!(%reason, "dead-lettered"),
+    }
 }
 
 /// Settles, retrying briefly if the store is busy. If it never succeeds, the claim is given

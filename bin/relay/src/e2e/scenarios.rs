@@ -21,12 +21,7 @@ pub(super) async fn steady(run: &Run<'_>) -> anyhow::Result<Driven> {
         .start(&name(run.scenario), &run.data, &target.url(), &[])
         .await?;
     let report = source(&relay, 200.0, 600).await?;
-    Ok(Driven {
-        target,
-        relay,
-        sent: report.acked_events.clone(),
-        report,
-    })
+    Driven::acked(target, relay, report)
 }
 
 /// The target down while events arrive, then back.
@@ -50,12 +45,7 @@ pub(super) async fn outage(run: &Run<'_>, found: &mut Findings) -> anyhow::Resul
     found
         .notes
         .push(format!("{failed} requests failed during the outage"));
-    Ok(Driven {
-        target,
-        relay,
-        sent: report.acked_events.clone(),
-        report,
-    })
+    Driven::acked(target, relay, report)
 }
 
 /// A limit the relay starts five times above, signalled by 429s or GraphQL errors.
@@ -86,12 +76,7 @@ pub(super) async fn storm(run: &Run<'_>) -> anyhow::Result<Driven> {
         )
         .await?;
     let report = source(&relay, 200.0, 400).await?;
-    Ok(Driven {
-        target,
-        relay,
-        sent: report.acked_events.clone(),
-        report,
-    })
+    Driven::acked(target, relay, report)
 }
 
 /// Events the target rejects, dead-lettered, then redriven once it takes them.
@@ -176,12 +161,7 @@ pub(super) async fn sigkill(run: &Run<'_>, found: &mut Findings) -> anyhow::Resu
         "killed mid-stream with {delivered_at_kill} delivered; {} sends failed while down",
         report.errors + report.rejected
     ));
-    Ok(Driven {
-        target,
-        relay,
-        sent: report.acked_events.clone(),
-        report,
-    })
+    Driven::acked(target, relay, report)
 }
 
 /// A backlog through the batch API beside a live stream, delivered in batches of 10, one poison event dead alone.
