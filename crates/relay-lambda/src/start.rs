@@ -82,9 +82,7 @@ fn in_variables(command: &Command, error: &clap::Error) -> String {
     match error.kind() {
         ErrorKind::MissingRequiredArgument => format!("{named} must be set"),
         ErrorKind::ValueValidation | ErrorKind::InvalidValue => {
-            let why = error
-                .source_message()
-                .unwrap_or_else(|| "not a valid value".into());
+            let why = parser_said(error).unwrap_or_else(|| "not a valid value".into());
             format!("{named} is not valid: {why}")
         }
         _ if !named.is_empty() => format!("{named}: {}", error.kind()),
@@ -92,22 +90,14 @@ fn in_variables(command: &Command, error: &clap::Error) -> String {
     }
 }
 
-trait SourceMessage {
-    fn source_message(&self) -> Option<String>;
-}
-
-impl SourceMessage for clap::Error {
-    /// What the value parser said, without clap's framing (which repeats the value).
-    fn source_message(&self) -> Option<String> {
-        std::error::Error::source(self)
-            .map(ToString::to_string)
-            .or_else(|| match self.get(ContextKind::ValidValue) {
-                Some(ContextValue::Strings(valid)) => {
-                    Some(format!("expected {}", valid.join(", ")))
-                }
-                _ => None,
-            })
-    }
+/// What the value parser said, without clap's framing (which repeats the value).
+fn parser_said(error: &clap::Error) -> Option<String> {
+    std::error::Error::source(error)
+        .map(ToString::to_string)
+        .or_else(|| match error.get(ContextKind::ValidValue) {
+            Some(ContextValue::Strings(valid)) => Some(format!("expected {}", valid.join(", "))),
+            _ => None,
+        })
 }
 
 /// JSON logs, as CloudWatch Logs takes them, filtered by `RUST_LOG` (default `info`): one
