@@ -188,6 +188,8 @@ struct Start {
     client: GraphqlClient,
     ingest: IngestConfig,
     edge: relay_ingest::serve::ServeOptions,
+    /// The stack's clients, built at most once (for secrets, or for `--backend aws`).
+    aws: relay_lambda::start::LazyAws,
 }
 
 async fn start(args: &UpArgs) -> anyhow::Result<Start> {
@@ -203,10 +205,11 @@ async fn start(args: &UpArgs) -> anyhow::Result<Start> {
         ));
     }
     // The same start as the Lambda functions': secrets read, the settings' own errors.
-    let ingest = relay_lambda::start::ingest_config(&args.ingest, &args.aws)
+    let aws = relay_lambda::start::LazyAws::new(&args.aws);
+    let ingest = relay_lambda::start::ingest_config(&args.ingest, &aws)
         .await
         .unwrap_or_else(|e| usage(e.to_string()));
-    let target = relay_lambda::start::target_config(&args.delivery, &args.aws)
+    let target = relay_lambda::start::target_config(&args.delivery, &aws)
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     let client = GraphqlClient::new(&target)?;
@@ -222,6 +225,7 @@ async fn start(args: &UpArgs) -> anyhow::Result<Start> {
         client,
         ingest,
         edge,
+        aws,
     })
 }
 
@@ -231,6 +235,7 @@ async fn run_local(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
         client,
         ingest,
         edge,
+        ..
     } = start;
     let dispatch = args.delivery.dispatch();
     let data_dir = args
@@ -383,9 +388,10 @@ async fn run_aws(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
         client,
         ingest,
         edge,
+        aws,
     } = start;
     let dispatch = args.delivery.dispatch_on_queue();
-    let aws = relay_aws::Aws::connect(&args.aws.options()).await?;
+    let aws = aws.get().await?.clone();
     // A start must not fail on one throttled or dropped call: each is tried a few times.
     if args.create_resources {
         relay_aws::retry_transient("creating the stack's resources", 6, || {

@@ -21,7 +21,8 @@ pub struct Unauthorized;
 pub async fn keys(
     settings: &crate::start::ReceiverSettings,
 ) -> Result<Vec<String>, crate::start::StartError> {
-    Ok(crate::start::ingest_config(&settings.ingest, &settings.aws)
+    let aws = crate::start::LazyAws::new(&settings.aws);
+    Ok(crate::start::ingest_config(&settings.ingest, &aws)
         .await?
         .api_keys)
 }

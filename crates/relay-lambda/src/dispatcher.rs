@@ -38,8 +38,10 @@ impl BatchDispatcher {
     /// A function instance's dispatcher, from its settings: the stack's queue, the target
     /// (its headers read from `RELAY_HEADER_SECRET`), the delivery policy, in the stack's fleet.
     pub async fn start(settings: &DispatcherSettings) -> Result<Self, StartError> {
-        let target = start::target_config(&settings.delivery, &settings.aws).await?;
-        let aws = relay_aws::Aws::connect(&settings.aws.options()).await?;
+        settings.delivery.check()?;
+        let aws = start::LazyAws::new(&settings.aws);
+        let target = start::target_config(&settings.delivery, &aws).await?;
+        let aws = aws.get().await?.clone();
         let queue = SqsQueue::new(aws.clone(), settings.delivery.retention).await?;
         let client = GraphqlClient::new(&target)?;
         Ok(

@@ -25,9 +25,9 @@ use lambda_http::{Adapter, Service};
 pub async fn start(
     settings: &crate::start::ReceiverSettings,
 ) -> Result<Router, crate::start::StartError> {
-    let config = crate::start::ingest_config(&settings.ingest, &settings.aws).await?;
-    let aws = relay_aws::Aws::connect(&settings.aws.options()).await?;
-    Ok(with_metrics(app(aws, config)))
+    let aws = crate::start::LazyAws::new(&settings.aws);
+    let config = crate::start::ingest_config(&settings.ingest, &aws).await?;
+    Ok(with_metrics(app(aws.get().await?.clone(), config)))
 }
 
 /// The ingest router over `aws`'s events table, with a trace per event (`relay up --backend

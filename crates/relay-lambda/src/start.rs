@@ -121,42 +121,61 @@ pub fn init_tracing() {
 /// What stops a start: a setting, or AWS (a secret that cannot be read).
 pub type StartError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The stack's clients, built the first time a start needs them and then shared: a start that
+/// reads a secret and then uses the stack builds them once, and one that needs nothing from
+/// AWS (`relay up` on the embedded store, without secrets) never does.
+#[derive(Debug)]
+pub struct LazyAws {
+    settings: AwsSettings,
+    aws: tokio::sync::OnceCell<relay_aws::Aws>,
+}
+
+impl LazyAws {
+    pub fn new(settings: &AwsSettings) -> Self {
+        LazyAws {
+            settings: settings.clone(),
+            aws: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    pub async fn get(&self) -> Result<&relay_aws::Aws, relay_aws::AwsError> {
+        self.aws
+            .get_or_try_init(|| async { relay_aws::Aws::connect(&self.settings.options()).await })
+            .await
+    }
+}
+
 /// The ingest API's configuration, with the keys and signing secrets that live in AWS read
 /// (AWS is reached only when a secret is named).
 pub async fn ingest_config(
     ingest: &IngestSettings,
-    aws: &AwsSettings,
+    aws: &LazyAws,
 ) -> Result<relay_ingest::IngestConfig, StartError> {
     let mut keys = Vec::new();
     let mut signing = Vec::new();
-    if ingest.api_key_secret.is_some() || ingest.signing_secret_ref.is_some() {
-        let aws = relay_aws::Aws::connect(&aws.options()).await?;
-        if let Some(secret) = &ingest.api_key_secret {
-            keys = relay_aws::secrets::api_keys(&aws, secret)
-                .await
-                .map_err(|e| format!("RELAY_API_KEY_SECRET ({secret}): {e}"))?;
-        }
-        if let Some(secret) = &ingest.signing_secret_ref {
-            signing = relay_aws::secrets::api_keys(&aws, secret)
-                .await
-                .map_err(|e| format!("RELAY_SIGNING_SECRET_REF ({secret}): {e}"))?;
-        }
+    if let Some(secret) = &ingest.api_key_secret {
+        keys = relay_aws::secrets::api_keys(aws.get().await?, secret)
+            .await
+            .map_err(|e| format!("RELAY_API_KEY_SECRET ({secret}): {e}"))?;
+    }
+    if let Some(secret) = &ingest.signing_secret_ref {
+        signing = relay_aws::secrets::api_keys(aws.get().await?, secret)
+            .await
+            .map_err(|e| format!("RELAY_SIGNING_SECRET_REF ({secret}): {e}"))?;
     }
     Ok(ingest.config(keys, signing)?)
 }
 
 /// The target's configuration, with the headers that live in AWS read (AWS is reached only
 /// when `--header-secret` names a secret). The names of those headers are logged, never their
-/// values.
+/// values. The caller has checked the settings (`DeliverySettings::check`).
 pub async fn target_config(
     delivery: &DeliverySettings,
-    aws: &AwsSettings,
+    aws: &LazyAws,
 ) -> Result<relay_dispatch::TargetConfig, StartError> {
-    delivery.check()?;
     let mut extra = Vec::new();
     if let Some(secret) = &delivery.header_secret {
-        let aws = relay_aws::Aws::connect(&aws.options()).await?;
-        extra = relay_aws::secrets::headers(&aws, secret)
+        extra = relay_aws::secrets::headers(aws.get().await?, secret)
             .await
             .map_err(|e| format!("cannot read the target's headers from {secret}: {e}"))?;
         let names: Vec<&str> = extra.iter().map(|(n, _)| n.as_str()).collect();
