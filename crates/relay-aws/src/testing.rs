@@ -104,6 +104,19 @@ impl MotoServer {
             ("RELAY_ENDPOINT_URL", self.url.clone()),
         ]
     }
+
+    /// A function's environment for stack `stack` on this server: [`MotoServer::env`], the
+    /// SDK's endpoint, and `RELAY_STACK`.
+    pub fn function_env(&self, stack: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = self
+            .env()
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
+        env.push(("AWS_ENDPOINT_URL".into(), self.url.clone()));
+        env.push(("RELAY_STACK".into(), stack.into()));
+        env
+    }
 }
 
 /// Every line of every object in today's partition of the stack's S3 archive.

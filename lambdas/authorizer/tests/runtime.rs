@@ -28,19 +28,11 @@ async fn the_built_authorizer_allows_a_key_of_the_secret_and_refuses_any_other()
         .await
         .unwrap();
     let runtime = RuntimeApi::start(&root());
-    let mut env: Vec<(String, String)> = moto
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    env.extend([
-        ("AWS_ENDPOINT_URL".to_owned(), moto.url.clone()),
-        ("RELAY_STACK".to_owned(), "authorizer".to_owned()),
-        (
-            "RELAY_API_KEY_SECRET".to_owned(),
-            "secretsmanager:authorizer/api-keys".to_owned(),
-        ),
-    ]);
+    let mut env = moto.function_env("authorizer");
+    env.push((
+        "RELAY_API_KEY_SECRET".to_owned(),
+        "secretsmanager:authorizer/api-keys".to_owned(),
+    ));
     let _function = runtime.function(env!("CARGO_BIN_EXE_relay-authorizer"), &env);
     let fixture: Value = serde_json::from_str(
         &std::fs::read_to_string(root().join("lambdas/events/apigw-authorizer-request.json"))

@@ -19,15 +19,7 @@ async fn the_built_forwarder_answers_the_runtime_api_and_queues_the_fixtures_eve
     let moto = MotoServer::start();
     let aws = moto.stack("runtime").await;
     let runtime = RuntimeApi::start(&root());
-    let mut env: Vec<(String, String)> = moto
-        .env()
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-    env.extend([
-        ("AWS_ENDPOINT_URL".to_owned(), moto.url.clone()),
-        ("RELAY_STACK".to_owned(), "runtime".to_owned()),
-    ]);
+    let env = moto.function_env("runtime");
     // If the test fails first, the function exits with the Runtime API gone.
     let function = runtime.function(env!("CARGO_BIN_EXE_relay-forwarder"), &env);
     let fixture: Value = serde_json::from_str(
