@@ -13,6 +13,7 @@ use serde_json::Value;
 use target_sim::TargetHandle;
 
 use crate::aws::AwsArgs;
+use crate::import::SendError;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -248,13 +249,6 @@ pub(crate) async fn drained(
     }
 }
 
-/// Why one try of a batch failed: worth another try later, or not.
-#[derive(Debug)]
-enum Refused {
-    Later(String),
-    Fatal(anyhow::Error),
-}
-
 /// Posts `events` in one `POST /events/batch`, as `relay import` does: a request answered
 /// 429 or 5xx, or not at all, is sent again (a few times, backing off). Returns the events it
 /// stored: answered `accepted`, or `duplicate` when the request was sent more than once.
@@ -272,7 +266,7 @@ pub(crate) async fn post_batch(
     let answer: Value = relay_core::backoff::retry(
         backoff,
         6,
-        |e: &Refused| matches!(e, Refused::Later(_)),
+        |e: &SendError| matches!(e, SendError::Later(_)),
         |_, _, _| {},
         move || async move {
             tries.set(tries.get() + 1);
@@ -286,27 +280,27 @@ pub(crate) async fn post_batch(
                 Ok(response) if response.status().as_u16() == 200 => response
                     .json()
                     .await
-                    .map_err(|e| Refused::Fatal(anyhow::anyhow!("the answer is not JSON: {e}"))),
+                    .map_err(|e| SendError::Fatal(anyhow::anyhow!("the answer is not JSON: {e}"))),
                 Ok(response)
                     if response.status().as_u16() == 429 || response.status().is_server_error() =>
                 {
-                    Err(Refused::Later(format!("answered {}", response.status())))
+                    Err(SendError::Later(format!("answered {}", response.status())))
                 }
                 Ok(response) => {
                     let status = response.status();
                     let text = response.text().await.unwrap_or_default();
-                    Err(Refused::Fatal(anyhow::anyhow!(
+                    Err(SendError::Fatal(anyhow::anyhow!(
                         "the batch was answered {status}: {text}"
                     )))
                 }
-                Err(e) => Err(Refused::Later(format!("not answered: {e}"))),
+                Err(e) => Err(SendError::Later(format!("not answered: {e}"))),
             }
         },
     )
     .await
     .map_err(|e| match e {
-        Refused::Later(why) => anyhow::anyhow!("the batch was {why}, {} times", tries.get()),
-        Refused::Fatal(e) => e,
+        SendError::Later(why) => anyhow::anyhow!("the batch was {why}, {} times", tries.get()),
+        SendError::Fatal(e) => e,
     })?;
     let tries = tries.get();
     let results = answer["results"].as_array().cloned().unwrap_or_default();

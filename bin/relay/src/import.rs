@@ -537,7 +537,7 @@ fn read_batches(
 
 /// Why one try of a batch failed: worth another try later, or not.
 #[derive(Debug)]
-enum SendError {
+pub(crate) enum SendError {
     Later(String),
     Fatal(anyhow::Error),
 }
