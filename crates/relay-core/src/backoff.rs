@@ -171,14 +171,41 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
-    async fn sleeping_the_delays_takes_the_sum_of_the_ceilings() {
+    async fn retry_waits_between_calls_what_it_reports_and_no_more_than_the_ceilings() {
         let start = tokio::time::Instant::now();
-        for attempt in 1..=5 {
-            tokio::time::sleep(B.delay(attempt, 1.0)).await;
+        let calls = std::cell::RefCell::new(Vec::new());
+        let mut reported = Vec::new();
+        let spent: Result<(), &str> = retry(
+            B,
+            6,
+            |_| true,
+            |n, _, wait| reported.push((n, wait)),
+            || {
+                calls.borrow_mut().push(start.elapsed());
+                async { Err("busy") }
+            },
+        )
+        .await;
+        assert_eq!(spent, Err("busy"));
+        let calls = calls.into_inner();
+        assert_eq!(calls.len(), 6);
+        assert_eq!(reported.len(), 5, "no wait after the last call");
+        for (i, (n, wait)) in reported.iter().enumerate() {
+            assert_eq!(*n, i as u32 + 1, "the attempt that failed");
+            assert_eq!(
+                calls[i + 1] - calls[i],
+                *wait,
+                "call {} came after the wait",
+                i + 2
+            );
+            assert!(
+                *wait <= B.ceiling(*n),
+                "{wait:?} over attempt {n}'s ceiling"
+            );
         }
-        assert_eq!(
-            start.elapsed(),
-            Duration::from_millis(100 + 200 + 400 + 800 + 1600)
+        assert!(
+            reported.iter().any(|(n, w)| *w != B.ceiling(*n)),
+            "the waits are jittered, not the ceilings: {reported:?}"
         );
     }
 
