@@ -324,8 +324,8 @@ fn bad_arguments_exit_2_and_unreachable_or_unauthenticated_stacks_exit_1_quickly
             .code(2);
     }
 
-    // Nothing listens on port 9: refused at once.
-    let started = Instant::now();
+    // Nothing listens on port 9: refused at once. The timeouts are bounds, not measurements:
+    // a hang would sit in the SDK's retries and timeouts for minutes.
     Command::new(relay_bin())
         .args(["status", "--backend", "aws", "--stack", "x"])
         .args([
@@ -336,17 +336,12 @@ fn bad_arguments_exit_2_and_unreachable_or_unauthenticated_stacks_exit_1_quickly
         ])
         .env("AWS_ACCESS_KEY_ID", "test")
         .env("AWS_SECRET_ACCESS_KEY", "test")
+        .timeout(Duration::from_secs(30))
         .assert()
         .code(1)
         .stderr(predicates::str::contains("cannot reach"));
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
 
     // No credentials anywhere (and no instance metadata to ask).
-    let started = Instant::now();
     Command::new(relay_bin())
         .args([
             "dlq",
@@ -362,14 +357,10 @@ fn bad_arguments_exit_2_and_unreachable_or_unauthenticated_stacks_exit_1_quickly
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("AWS_CONFIG_FILE", "/nonexistent")
         .env("AWS_SHARED_CREDENTIALS_FILE", "/nonexistent")
+        .timeout(Duration::from_secs(30))
         .assert()
         .code(1)
         .stderr(predicates::str::contains("credentials"));
-    assert!(
-        started.elapsed() < Duration::from_secs(20),
-        "{:?}",
-        started.elapsed()
-    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
