@@ -103,11 +103,77 @@ pub async fn ingest_batch<S: Ingest>(store: &S, prefix: &str) {
 }
 
 /// `WorkQueue` over what `Ingest` accepted, on a queue holding nothing else: claims carry the
-/// event, delivered work never comes back, a retry comes back when due and not before, dead work does not, a stale lease is
-/// refused, released work comes back at once. `poll` is how long asynchronous hand-offs may
+/// event, delivered work never comes back, a retry comes back when due and not before, dead
+/// work does not, a stale lease is refused, released work comes back at once. `poll` is how long asynchronous hand-offs may
 /// take.
 pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duration) {
-    let lease = Duration::from_secs(30);
+    let claims = accept_and_claim(queue, prefix, poll).await;
+    let mut it = claims.into_iter();
+    let (delivered, retried, dead, released) = (
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+        it.next().unwrap(),
+    );
+    let deliver = async |claim: &crate::Claim| {
+        queue
+            .settle(
+                claim,
+                attempt(AttemptOutcome::Delivered),
+                Settlement::Delivered,
+            )
+            .await
+    };
+    deliver(&delivered).await.unwrap();
+    let due = crate::now_millis() + 1_500;
+    let retry = Settlement::Retry {
+        at: due,
+        counted: true,
+    };
+    queue
+        .settle(&retried, attempt(AttemptOutcome::Transient), retry)
+        .await
+        .unwrap();
+    let dead_end = Settlement::Dead {
+        reason: "contract".into(),
+    };
+    queue
+        .settle(&dead, attempt(AttemptOutcome::Permanent), dead_end)
+        .await
+        .unwrap();
+    queue.release(vec![released.clone()]).await.unwrap();
+
+    let back = claim_until(queue, 1, LEASE, poll).await;
+    assert_eq!(back.len(), 1, "released work comes back");
+    assert_eq!(back[0].event_id, released.event_id);
+    assert_eq!(
+        deliver(&released).await,
+        Err(StoreError::LeaseLost(released.event_id.clone())),
+        "a settlement under a lease given back is refused"
+    );
+    deliver(&back[0]).await.unwrap();
+
+    let again = claim_until(queue, 1, LEASE, poll + Duration::from_secs(3)).await;
+    assert_eq!(again.len(), 1, "a retry comes back");
+    assert!(crate::now_millis() >= due, "…but not before it is due");
+    assert_eq!(again[0].event_id, retried.event_id);
+    assert_eq!((again[0].attempts, again[0].tries), (1, 1));
+    deliver(&again[0]).await.unwrap();
+    assert!(
+        claim_until(queue, 1, LEASE, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "delivered and dead work never comes back"
+    );
+}
+
+/// Accepts four events and claims them: each claim carries its event, untried; leased work is
+/// not claimed twice. The claims come back sorted by id.
+async fn accept_and_claim<Q: Ingest + WorkQueue>(
+    queue: &Q,
+    prefix: &str,
+    poll: Duration,
+) -> Vec<crate::Claim> {
     let ids: Vec<String> = (0..4).map(|i| format!("{prefix}-q{i}")).collect();
     for id in &ids {
         assert_eq!(
@@ -115,7 +181,7 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
             Ok(AcceptOutcome::Accepted)
         );
     }
-    let mut claims = claim_until(queue, 4, lease, poll).await;
+    let mut claims = claim_until(queue, 4, LEASE, poll).await;
     assert_eq!(claims.len(), 4, "every accepted event is claimable");
     claims.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     for (c, id) in claims.iter().zip(&ids) {
@@ -127,94 +193,12 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
         assert_eq!((c.attempts, c.tries, c.trigger), (0, 0, Trigger::Scheduled));
     }
     assert!(
-        claim_until(queue, 1, lease, Duration::from_millis(500))
+        claim_until(queue, 1, LEASE, Duration::from_millis(500))
             .await
             .is_empty(),
         "leased work is not claimed twice"
     );
-
-    let mut it = claims.into_iter();
-    let (delivered, retried, dead, released) = (
-        it.next().unwrap(),
-        it.next().unwrap(),
-        it.next().unwrap(),
-        it.next().unwrap(),
-    );
-    queue
-        .settle(
-            &delivered,
-            attempt(AttemptOutcome::Delivered),
-            Settlement::Delivered,
-        )
-        .await
-        .unwrap();
-    let due = crate::now_millis() + 1_500;
-    queue
-        .settle(
-            &retried,
-            attempt(AttemptOutcome::Transient),
-            Settlement::Retry {
-                at: due,
-                counted: true,
-            },
-        )
-        .await
-        .unwrap();
-    queue
-        .settle(
-            &dead,
-            attempt(AttemptOutcome::Permanent),
-            Settlement::Dead {
-                reason: "contract".into(),
-            },
-        )
-        .await
-        .unwrap();
-    queue.release(vec![released.clone()]).await.unwrap();
-
-    let back = claim_until(queue, 1, lease, poll).await;
-    assert_eq!(back.len(), 1, "released work comes back");
-    assert_eq!(back[0].event_id, released.event_id);
-    let stale = queue
-        .settle(
-            &released,
-            attempt(AttemptOutcome::Delivered),
-            Settlement::Delivered,
-        )
-        .await;
-    assert_eq!(
-        stale,
-        Err(StoreError::LeaseLost(released.event_id.clone())),
-        "a settlement under a lease given back is refused"
-    );
-    queue
-        .settle(
-            &back[0],
-            attempt(AttemptOutcome::Delivered),
-            Settlement::Delivered,
-        )
-        .await
-        .unwrap();
-
-    let again = claim_until(queue, 1, lease, poll + Duration::from_secs(3)).await;
-    assert_eq!(again.len(), 1, "a retry comes back");
-    assert!(crate::now_millis() >= due, "…but not before it is due");
-    assert_eq!(again[0].event_id, retried.event_id);
-    assert_eq!((again[0].attempts, again[0].tries), (1, 1));
-    queue
-        .settle(
-            &again[0],
-            attempt(AttemptOutcome::Delivered),
-            Settlement::Delivered,
-        )
-        .await
-        .unwrap();
-    assert!(
-        claim_until(queue, 1, lease, Duration::from_secs(2))
-            .await
-            .is_empty(),
-        "delivered and dead work never comes back"
-    );
+    claims
 }
 
 /// Polls `check` every 100 ms until it gives `Some`, for `within`; the operations of one
@@ -248,38 +232,74 @@ where
     Q: Ingest + WorkQueue,
     O: crate::ops::Operations,
 {
-    use crate::delivery::DeliveryStatus;
-    use crate::ops::DlqFilter;
-
-    let lease = Duration::from_secs(30);
     let id = |name: &str| format!("{prefix}-ops-{name}");
-    let (fine, refused, doomed) = (id("fine"), id("refused"), id("doomed"));
-    for name in [&fine, &refused, &doomed] {
+    let case = OpsCase {
+        fine: id("fine"),
+        refused: id("refused"),
+        doomed: id("doomed"),
+        unknown: id("unknown"),
+        poll,
+    };
+    trace_before_delivery(queue, ops, &case).await;
+    deliver_one_kill_two(queue, &case).await;
+    trace_after_settling(ops, &case).await;
+    list_dead_letters(ops, &case).await;
+    redrive_one(queue, ops, &case).await;
+    purge_one(ops, &case).await;
+}
+
+/// The events of the operations contract: one delivered, two dead (one redriven, one purged).
+struct OpsCase {
+    fine: String,
+    refused: String,
+    doomed: String,
+    unknown: String,
+    poll: Duration,
+}
+
+const LEASE: Duration = Duration::from_secs(30);
+
+fn by_reason(reason: &str) -> crate::ops::DlqFilter {
+    crate::ops::DlqFilter {
+        reason: Some(reason.to_owned()),
+        ..crate::ops::DlqFilter::default()
+    }
+}
+
+/// Accepted events have a story with no attempts yet; an unknown id has none.
+async fn trace_before_delivery<Q: Ingest, O: crate::ops::Operations>(
+    queue: &Q,
+    ops: &O,
+    case: &OpsCase,
+) {
+    for name in [&case.fine, &case.refused, &case.doomed] {
         assert_eq!(
             queue.accept(event(name, 3)).await,
             Ok(AcceptOutcome::Accepted)
         );
     }
     assert_eq!(
-        ops.trace(&id("unknown")).await,
+        ops.trace(&case.unknown).await,
         Ok(None),
         "no story for an unknown id"
     );
     let told = ops
-        .trace(&fine)
+        .trace(&case.fine)
         .await
         .unwrap()
         .expect("an accepted event has a story");
     assert_eq!(
         told.payload,
-        serde_json::Value::Object(event(&fine, 3).payload)
+        serde_json::Value::Object(event(&case.fine, 3).payload)
     );
     assert!(told.attempts.is_empty() && told.dead_letter.is_none());
+}
 
-    let claims = claim_until(queue, 3, lease, poll).await;
+async fn deliver_one_kill_two<Q: WorkQueue>(queue: &Q, case: &OpsCase) {
+    let claims = claim_until(queue, 3, LEASE, case.poll).await;
     assert_eq!(claims.len(), 3, "every accepted event is claimable");
     for claim in &claims {
-        let (outcome, settlement) = if claim.event_id == fine {
+        let (outcome, settlement) = if claim.event_id == case.fine {
             (AttemptOutcome::Delivered, Settlement::Delivered)
         } else {
             (
@@ -294,13 +314,17 @@ where
             .await
             .unwrap();
     }
+}
 
-    let delivered = ops.trace(&fine).await.unwrap().unwrap();
+/// The delivered event's story ends delivered; a dead one's in the dead-letter queue.
+async fn trace_after_settling<O: crate::ops::Operations>(ops: &O, case: &OpsCase) {
+    use crate::delivery::DeliveryStatus;
+    let delivered = ops.trace(&case.fine).await.unwrap().unwrap();
     assert_eq!(delivered.delivery.status, DeliveryStatus::Delivered);
     assert_eq!(delivered.attempts.len(), 1);
     assert_eq!(delivered.attempts[0].outcome, AttemptOutcome::Delivered);
-    let dead = eventually(poll, "the dead event traced as dead", || async {
-        ops.trace(&refused)
+    let dead = eventually(case.poll, "the dead event traced as dead", || async {
+        ops.trace(&case.refused)
             .await
             .unwrap()
             .filter(|t| t.delivery.status == DeliveryStatus::Dead && t.dead_letter.is_some())
@@ -310,17 +334,19 @@ where
     let letter = dead
         .dead_letter
         .expect("a dead event's story ends in the dead-letter queue");
-    assert!(letter.reason.contains(&refused), "{}", letter.reason);
+    assert!(letter.reason.contains(&case.refused), "{}", letter.reason);
+}
 
-    // Listed with their reasons, and filtered by them.
-    let by_reason = |reason: &str| DlqFilter {
-        reason: Some(reason.to_owned()),
-        ..DlqFilter::default()
-    };
-    let listed = eventually(poll, "both dead letters listed", || async {
-        let listed = ops.dead_letters(&DlqFilter::default()).await.unwrap();
+/// Dead letters are listed with their reasons, and filtered by them.
+async fn list_dead_letters<O: crate::ops::Operations>(ops: &O, case: &OpsCase) {
+    let (refused, doomed) = (case.refused.as_str(), case.doomed.as_str());
+    let listed = eventually(case.poll, "both dead letters listed", || async {
+        let listed = ops
+            .dead_letters(&crate::ops::DlqFilter::default())
+            .await
+            .unwrap();
         let ids: Vec<&str> = listed.iter().map(|d| d.event_id.as_str()).collect();
-        (ids.contains(&refused.as_str()) && ids.contains(&doomed.as_str())).then_some(listed)
+        (ids.contains(&refused) && ids.contains(&doomed)).then_some(listed)
     })
     .await;
     assert!(
@@ -332,7 +358,7 @@ where
         .await
         .unwrap();
     let ids: Vec<&str> = one.iter().map(|d| d.event_id.as_str()).collect();
-    assert_eq!(ids, [refused.as_str()], "the reason filter ignores case");
+    assert_eq!(ids, [refused], "the reason filter ignores case");
     assert!(
         ops.dead_letters(&by_reason("no such reason"))
             .await
@@ -340,17 +366,26 @@ where
             .is_empty()
     );
     assert!(ops.status().await.is_ok(), "a status can be read");
+}
 
-    // A redrive puts the dead letter back, with a fresh budget, triggered `redrive`.
+/// A redrive puts the dead letter back, with a fresh budget, triggered `redrive`.
+async fn redrive_one<Q, O>(queue: &Q, ops: &O, case: &OpsCase)
+where
+    Q: WorkQueue,
+    O: crate::ops::Operations,
+{
     let report = ops
-        .redrive(&[refused.clone(), id("unknown")], Duration::ZERO)
+        .redrive(
+            &[case.refused.clone(), case.unknown.clone()],
+            Duration::ZERO,
+        )
         .await
         .unwrap();
-    assert_eq!(report.redriven, std::slice::from_ref(&refused));
-    assert_eq!(report.skipped, [id("unknown")]);
-    let back = claim_until(queue, 1, lease, poll).await;
+    assert_eq!(report.redriven, std::slice::from_ref(&case.refused));
+    assert_eq!(report.skipped, std::slice::from_ref(&case.unknown));
+    let back = claim_until(queue, 1, LEASE, case.poll).await;
     assert_eq!(back.len(), 1, "a redriven event is claimable");
-    assert_eq!(back[0].event_id, refused);
+    assert_eq!(back[0].event_id, case.refused);
     assert_eq!((back[0].attempts, back[0].trigger), (0, Trigger::Redrive));
     queue
         .settle(
@@ -360,23 +395,29 @@ where
         )
         .await
         .unwrap();
-    let redriven = ops.trace(&refused).await.unwrap().unwrap();
-    assert_eq!(redriven.delivery.status, DeliveryStatus::Delivered);
+    let redriven = ops.trace(&case.refused).await.unwrap().unwrap();
+    assert_eq!(
+        redriven.delivery.status,
+        crate::delivery::DeliveryStatus::Delivered
+    );
     assert_eq!(redriven.attempts.len(), 2, "both attempts are in its story");
+}
 
-    // A purge: the dry run says which and removes nothing; the purge removes them.
-    let doomed_only = by_reason(&doomed);
+/// A purge: the dry run says which and removes nothing; the purge removes them, and a purged
+/// dead letter is not redriven.
+async fn purge_one<O: crate::ops::Operations>(ops: &O, case: &OpsCase) {
+    let doomed_only = by_reason(&case.doomed);
     let dry = ops.purge(&doomed_only, true).await.unwrap();
-    assert_eq!(dry.purged, std::slice::from_ref(&doomed));
+    assert_eq!(dry.purged, std::slice::from_ref(&case.doomed));
     assert_eq!(
         ops.dead_letters(&doomed_only).await.unwrap().len(),
         1,
         "a dry run removes nothing"
     );
     let purged = ops.purge(&doomed_only, false).await.unwrap();
-    assert_eq!(purged.purged, std::slice::from_ref(&doomed));
+    assert_eq!(purged.purged, std::slice::from_ref(&case.doomed));
     eventually(
-        poll,
+        case.poll,
         "the purged dead letter gone from the list",
         || async {
             ops.dead_letters(&doomed_only)
@@ -388,7 +429,7 @@ where
     )
     .await;
     let after = ops
-        .redrive(std::slice::from_ref(&doomed), Duration::ZERO)
+        .redrive(std::slice::from_ref(&case.doomed), Duration::ZERO)
         .await
         .unwrap();
     assert!(
