@@ -70,6 +70,25 @@ const RESTORE: &str =
 
 /// Checks the store in `dir`.
 pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
+    let conn = open_index(dir)?;
+    let running = lock_held(dir);
+    let mut findings = vec![integrity(&conn)];
+    let (events, index) = index_findings(&conn, running);
+    findings.extend(index);
+    findings.extend(journal_findings(dir, &conn, running)?);
+    findings.push(quarantined(dir));
+    findings.push(failing_parts(dir));
+    findings.extend(archive_findings(dir));
+    Ok(CheckReport {
+        running,
+        events,
+        findings,
+    })
+}
+
+/// The index, opened read and write as WAL readers need; the check never writes, and leaves its
+/// journal mode as it is (a backup is one file, a live store WAL).
+fn open_index(dir: &Path) -> Result<Connection, OpenError> {
     if !dir.is_dir() {
         return Err(OpenError::Missing(dir.into()));
     }
@@ -77,9 +96,6 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
     if !db.is_file() {
         return Err(OpenError::NotAStore(dir.into()));
     }
-    let running = lock_held(dir);
-    // Read and write, as WAL readers need, but it never writes; and its journal mode is left
-    // as it is (a backup is one file, a live store WAL).
     let conn = Connection::open_with_flags(
         &db,
         OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
@@ -89,8 +105,11 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
         source,
     })?;
     let _ = conn.busy_timeout(std::time::Duration::from_secs(5));
-    let mut findings = Vec::new();
-    // A check SQLite cannot even run is damage too.
+    Ok(conn)
+}
+
+/// SQLite's own integrity check; one it cannot even run is damage too.
+fn integrity(conn: &Connection) -> Finding {
     let problems: Vec<String> = conn
         .prepare("PRAGMA integrity_check(100)")
         .and_then(|mut s| s.query_map([], |r| r.get(0))?.collect())
@@ -100,7 +119,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
         .filter(|p| p != "ok")
         .map(|p| p.replace('\n', " "))
         .collect();
-    findings.push(finding(
+    finding(
         "index integrity (SQLite)",
         problems.len() as u64,
         Severity::Damage,
@@ -114,51 +133,58 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
                 .collect::<Vec<_>>()
                 .join("; ")
         ),
-    ));
-    // A count that cannot be read is reported as damage, and the check goes on.
-    let unreadable = std::cell::RefCell::new(Vec::new());
-    let count = |sql: &str| -> u64 {
+    )
+}
+
+/// The index's tables against each other: (check, query, severity, what a count means).
+const INDEX_CHECKS: [(&str, &str, Severity, &str); 5] = [
+    (
+        "events without a delivery",
+        "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)",
+        Severity::Damage,
+        "accepted events the work queue does not know: they are never delivered",
+    ),
+    (
+        "deliveries without an event",
+        "SELECT count(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)",
+        Severity::Damage,
+        "work whose event is gone: it cannot be sent",
+    ),
+    (
+        "dead deliveries without a dead letter",
+        "SELECT count(*) FROM deliveries d WHERE d.status = 'dead' AND NOT EXISTS (SELECT 1 FROM dead_letters l WHERE l.event_id = d.event_id)",
+        Severity::Damage,
+        "dead events relay dlq list does not show",
+    ),
+    (
+        "dead letters of events not dead",
+        "SELECT count(*) FROM dead_letters l WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = l.event_id AND d.status = 'dead')",
+        Severity::Damage,
+        "dead letters relay dlq list shows for events that are not dead",
+    ),
+    (
+        "attempts of unknown events",
+        "SELECT count(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = a.event_id)",
+        Severity::Note,
+        "history left of events no longer in the store; harmless",
+    ),
+];
+
+/// The events counted, and the index checks' findings. A count that cannot be read is reported
+/// as damage, and the check goes on.
+fn index_findings(conn: &Connection, running: bool) -> (u64, Vec<Finding>) {
+    let mut unreadable = Vec::new();
+    let mut count = |sql: &str| -> u64 {
         conn.query_row(sql, [], |r| r.get::<_, i64>(0))
             .map(|n| n as u64)
             .unwrap_or_else(|e| {
-                unreadable.borrow_mut().push(e.to_string());
+                unreadable.push(e.to_string());
                 0
             })
     };
     let events = count("SELECT count(*) FROM events");
-    let rows: [(&'static str, &str, Severity, &str); 5] = [
-        (
-            "events without a delivery",
-            "SELECT count(*) FROM events e WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = e.id)",
-            Severity::Damage,
-            "accepted events the work queue does not know: they are never delivered",
-        ),
-        (
-            "deliveries without an event",
-            "SELECT count(*) FROM deliveries d WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = d.event_id)",
-            Severity::Damage,
-            "work whose event is gone: it cannot be sent",
-        ),
-        (
-            "dead deliveries without a dead letter",
-            "SELECT count(*) FROM deliveries d WHERE d.status = 'dead' AND NOT EXISTS (SELECT 1 FROM dead_letters l WHERE l.event_id = d.event_id)",
-            Severity::Damage,
-            "dead events relay dlq list does not show",
-        ),
-        (
-            "dead letters of events not dead",
-            "SELECT count(*) FROM dead_letters l WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = l.event_id AND d.status = 'dead')",
-            Severity::Damage,
-            "dead letters relay dlq list shows for events that are not dead",
-        ),
-        (
-            "attempts of unknown events",
-            "SELECT count(*) FROM attempts a WHERE NOT EXISTS (SELECT 1 FROM events e WHERE e.id = a.event_id)",
-            Severity::Note,
-            "history left of events no longer in the store; harmless",
-        ),
-    ];
-    for (check, sql, severity, meaning) in rows {
+    let mut findings = Vec::new();
+    for (check, sql, severity, meaning) in INDEX_CHECKS {
         let n = count(sql);
         let detail = match severity {
             Severity::Damage => format!("{meaning}; {RESTORE}"),
@@ -176,7 +202,6 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
             "claimed by a relay that stopped; the next start makes them due again".into(),
         ));
     }
-    let unreadable = unreadable.into_inner();
     findings.push(finding(
         "index tables unreadable",
         unreadable.len() as u64,
@@ -187,10 +212,13 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
             unreadable.first().cloned().unwrap_or_default()
         ),
     ));
-    findings.extend(journal_findings(dir, &conn, running)?);
-    findings.push(quarantined(dir));
+    (events, findings)
+}
+
+/// Parts of a running relay that reported themselves failing (the health file).
+fn failing_parts(dir: &Path) -> Finding {
     let failing = crate::health::read(dir);
-    findings.push(finding(
+    finding(
         "store failing",
         failing.len() as u64,
         Severity::Damage,
@@ -200,13 +228,7 @@ pub fn check(dir: &Path) -> Result<CheckReport, OpenError> {
             .map(|f| format!("{}: {}", f.part, f.reason))
             .collect::<Vec<_>>()
             .join("; "),
-    ));
-    findings.extend(archive_findings(dir));
-    Ok(CheckReport {
-        running,
-        events,
-        findings,
-    })
+    )
 }
 
 /// Whether a `relay up` holds the directory (its lock cannot be taken now).

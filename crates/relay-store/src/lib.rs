@@ -224,52 +224,9 @@ impl SqliteStore {
                 path: dir.into(),
                 source,
             })?;
-        let lock_path = dir.join(LOCK_FILE);
-        let lock = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .mode(0o600)
-            .open(&lock_path)
-            .map_err(|source| OpenError::Io {
-                path: lock_path.clone(),
-                source,
-            })?;
-        lock.try_lock().map_err(|e| match e {
-            std::fs::TryLockError::WouldBlock => OpenError::Locked(dir.into()),
-            std::fs::TryLockError::Error(source) => OpenError::Io {
-                path: lock_path,
-                source,
-            },
-        })?;
-
+        let lock = lock_dir(dir)?;
         let path = dir.join(DB_FILE);
-        let sqlite = |source| OpenError::Sqlite {
-            path: path.clone(),
-            source,
-        };
-        if !path.exists() && holds_a_store(dir) {
-            return Err(OpenError::MissingIndex(dir.into()));
-        }
-        disk::precreate_private(&path).map_err(|source| OpenError::Io {
-            path: path.clone(),
-            source,
-        })?;
-        let conn = open_connection(&path, OpenFlags::default())?;
-        init_schema(&conn, &path)?;
-        check_index(&conn, &path)?;
-        // The journal makes accepted events durable; SQLite's own commits need no flush, and
-        // its checkpoints run when the writer says so, not inside a commit.
-        conn.pragma_update(None, "synchronous", "NORMAL")
-            .map_err(sqlite)?;
-        conn.pragma_update(None, "wal_autocheckpoint", 0)
-            .map_err(sqlite)?;
-        conn.pragma_update(None, "journal_size_limit", 64 << 20)
-            .map_err(sqlite)?;
-        let recovered = writer::recover_leases(&conn, options.clock.now()).map_err(sqlite)?;
-        if recovered > 0 {
-            tracing::info!(recovered, "made leases of a previous run due again");
-        }
+        let conn = open_index(dir, &path, &options)?;
         let disk = |part| Disk::new(part, options.faults.clone());
         let journal = replay::replay(
             dir,
@@ -529,6 +486,61 @@ impl WorkQueue for SqliteStore {
     async fn wait_for_work(&self, at_most: Duration) {
         let _ = tokio::time::timeout(at_most, self.inner.work.notified()).await;
     }
+}
+
+/// Takes the directory's lock: one relay per data directory.
+fn lock_dir(dir: &Path) -> Result<std::fs::File, OpenError> {
+    let lock_path = dir.join(LOCK_FILE);
+    let lock = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&lock_path)
+        .map_err(|source| OpenError::Io {
+            path: lock_path.clone(),
+            source,
+        })?;
+    lock.try_lock().map_err(|e| match e {
+        std::fs::TryLockError::WouldBlock => OpenError::Locked(dir.into()),
+        std::fs::TryLockError::Error(source) => OpenError::Io {
+            path: lock_path,
+            source,
+        },
+    })?;
+    Ok(lock)
+}
+
+/// Opens (or creates) the index at `path`, checked and tuned, with the leases of a previous run
+/// made due again. A store whose index is gone is refused, not started empty.
+fn open_index(dir: &Path, path: &Path, options: &StoreOptions) -> Result<Connection, OpenError> {
+    let sqlite = |source| OpenError::Sqlite {
+        path: path.into(),
+        source,
+    };
+    if !path.exists() && holds_a_store(dir) {
+        return Err(OpenError::MissingIndex(dir.into()));
+    }
+    disk::precreate_private(path).map_err(|source| OpenError::Io {
+        path: path.into(),
+        source,
+    })?;
+    let conn = open_connection(path, OpenFlags::default())?;
+    init_schema(&conn, path)?;
+    check_index(&conn, path)?;
+    // The journal makes accepted events durable; SQLite's own commits need no flush, and its
+    // checkpoints run when the writer says so, not inside a commit.
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(sqlite)?;
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(sqlite)?;
+    conn.pragma_update(None, "journal_size_limit", 64 << 20)
+        .map_err(sqlite)?;
+    let recovered = writer::recover_leases(&conn, options.clock.now()).map_err(sqlite)?;
+    if recovered > 0 {
+        tracing::info!(recovered, "made leases of a previous run due again");
+    }
+    Ok(conn)
 }
 
 /// Whether `dir` has held a store: its journal, archive or quarantine.
