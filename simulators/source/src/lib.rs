@@ -133,60 +133,45 @@ pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report
         client = client.pool_max_idle_per_host(n);
     }
     let client = client.build()?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Answered>();
+    let start = Instant::now();
+    let collector = {
+        let mut tally = Tally::new(&config, Arc::clone(&progress));
+        tokio::spawn(async move {
+            while let Some(answered) = rx.recv().await {
+                tally.record(answered);
+            }
+            tally
+        })
+    };
+    let skipped = send_all(&config, &client, &progress, start, tx).await;
+    let tally = collector.await.expect("collector never panics");
+    Ok(tally.report(
+        config.count - skipped,
+        skipped,
+        start.elapsed().as_secs_f64(),
+    ))
+}
+
+/// An event's answer: its number, what came back, and the event as sent (with `keep_ids`).
+type Answered = (u64, Answer, Option<serde_json::Value>);
+
+/// Sends every event at its scheduled time, open-loop, each answer to `tx`; returns how many
+/// sends were skipped for `max_in_flight`.
+async fn send_all(
+    config: &SourceConfig,
+    client: &reqwest::Client,
+    progress: &Progress,
+    start: Instant,
+    tx: mpsc::UnboundedSender<Answered>,
+) -> u64 {
     let connections = config
         .connections
         .map(|n| Arc::new(tokio::sync::Semaphore::new(n)));
-    let (tx, mut rx) = mpsc::unbounded_channel::<(u64, Answer, Option<serde_json::Value>)>();
     let in_flight = Arc::new(AtomicU64::new(0));
     let body = "x".repeat(config.body_bytes);
-    let start = Instant::now();
     let interval = Duration::from_secs_f64(1.0 / config.rps.max(0.001));
     let mut skipped = 0;
-
-    let collector = {
-        let (budget, keep_ids, prefix, progress) = (
-            config.budget,
-            config.keep_ids,
-            config.id_prefix.clone(),
-            Arc::clone(&progress),
-        );
-        tokio::spawn(async move {
-            let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
-                .expect("valid histogram bounds");
-            let (mut acked, mut late, mut rejected, mut errors) = (0, 0, 0, 0);
-            let mut statuses = BTreeMap::new();
-            let mut ids = Vec::new();
-            while let Some((n, answer, sent)) = rx.recv().await {
-                match answer {
-                    Answer::Status(status, latency) => {
-                        *statuses.entry(status).or_insert(0) += 1;
-                        if (200..300).contains(&status) {
-                            hist.saturating_record(latency.as_micros() as u64);
-                            if latency <= budget {
-                                acked += 1;
-                                progress.acked.fetch_add(1, Relaxed);
-                                if keep_ids {
-                                    ids.push((n, format!("{prefix}-{n}"), sent));
-                                }
-                            } else {
-                                late += 1;
-                                progress.failed.fetch_add(1, Relaxed);
-                            }
-                        } else {
-                            rejected += 1;
-                            progress.failed.fetch_add(1, Relaxed);
-                        }
-                    }
-                    Answer::Error => {
-                        errors += 1;
-                        progress.failed.fetch_add(1, Relaxed);
-                    }
-                }
-            }
-            (hist, acked, late, rejected, errors, statuses, ids)
-        })
-    };
-
     for n in 0..config.count {
         let scheduled = start + interval.mul_f64(n as f64);
         tokio::time::sleep_until(scheduled).await;
@@ -223,36 +208,104 @@ pub async fn run(config: SourceConfig, progress: Arc<Progress>) -> Result<Report
             let _ = tx.send((n, answer, kept));
         });
     }
-    drop(tx);
-    let (hist, acked, late, rejected, errors, statuses, mut kept) =
-        collector.await.expect("collector never panics");
-    kept.sort_by_key(|(n, _, _)| *n);
-    let (acked_ids, acked_events) = kept
-        .into_iter()
-        .map(|(_, id, sent)| (id, sent.unwrap_or_default()))
-        .unzip();
-    let elapsed = start.elapsed().as_secs_f64();
-    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
-    Ok(Report {
-        sent: config.count - skipped,
-        acked,
-        late,
-        rejected,
-        errors,
-        skipped,
-        statuses,
-        latency_ms: (!hist.is_empty()).then(|| LatencyMs {
-            p50: ms(0.5),
-            p90: ms(0.9),
-            p99: ms(0.99),
-            p999: ms(0.999),
-            max: hist.max() as f64 / 1000.0,
-        }),
-        elapsed_s: elapsed,
-        acked_per_s: acked as f64 / elapsed.max(1e-9),
-        acked_ids,
-        acked_events,
-    })
+    skipped
+}
+
+/// The answers counted as they come: acknowledged within the budget, late, rejected or lost.
+struct Tally {
+    budget: Duration,
+    keep_ids: bool,
+    prefix: String,
+    progress: Arc<Progress>,
+    hist: Histogram<u64>,
+    acked: u64,
+    late: u64,
+    rejected: u64,
+    errors: u64,
+    statuses: BTreeMap<u16, u64>,
+    kept: Vec<(u64, String, Option<serde_json::Value>)>,
+}
+
+impl Tally {
+    fn new(config: &SourceConfig, progress: Arc<Progress>) -> Self {
+        Tally {
+            budget: config.budget,
+            keep_ids: config.keep_ids,
+            prefix: config.id_prefix.clone(),
+            progress,
+            hist: Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)
+                .expect("valid histogram bounds"),
+            acked: 0,
+            late: 0,
+            rejected: 0,
+            errors: 0,
+            statuses: BTreeMap::new(),
+            kept: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, (n, answer, sent): Answered) {
+        let failed = match answer {
+            Answer::Status(status, latency) => {
+                *self.statuses.entry(status).or_insert(0) += 1;
+                if !(200..300).contains(&status) {
+                    self.rejected += 1;
+                    true
+                } else {
+                    self.hist.saturating_record(latency.as_micros() as u64);
+                    if latency <= self.budget {
+                        self.acked += 1;
+                        self.progress.acked.fetch_add(1, Relaxed);
+                        if self.keep_ids {
+                            self.kept.push((n, format!("{}-{n}", self.prefix), sent));
+                        }
+                        false
+                    } else {
+                        self.late += 1;
+                        true
+                    }
+                }
+            }
+            Answer::Error => {
+                self.errors += 1;
+                true
+            }
+        };
+        if failed {
+            self.progress.failed.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn report(mut self, sent: u64, skipped: u64, elapsed_s: f64) -> Report {
+        self.kept.sort_by_key(|(n, _, _)| *n);
+        let (acked_ids, acked_events) = self
+            .kept
+            .into_iter()
+            .map(|(_, id, sent)| (id, sent.unwrap_or_default()))
+            .unzip();
+        let hist = &self.hist;
+        let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+        Report {
+            sent,
+            acked: self.acked,
+            late: self.late,
+            rejected: self.rejected,
+            errors: self.errors,
+            skipped,
+            statuses: self.statuses,
+            latency_ms: (!hist.is_empty()).then(|| LatencyMs {
+                p50: ms(0.5),
+                p90: ms(0.9),
+                p99: ms(0.99),
+                p999: ms(0.999),
+                max: hist.max() as f64 / 1000.0,
+            }),
+            elapsed_s,
+            acked_per_s: self.acked as f64 / elapsed_s.max(1e-9),
+            acked_ids,
+            acked_events,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -620,33 +620,8 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
     }
-    if faults.outage || (faults.fail_rate > 0.0 && fastrand::f64() < faults.fail_rate) {
-        shared.count(|s| s.failed += 1);
-        let reason = if faults.outage {
-            "outage"
-        } else {
-            "injected failure"
-        };
-        return (
-            StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({"errors": [{"message": reason}]})),
-        )
-            .into_response();
-    }
-    if let Some((name, value)) = faults
-        .require_header
-        .as_deref()
-        .and_then(|h| h.split_once(':'))
-    {
-        let sent = headers.get(name.trim()).and_then(|v| v.to_str().ok());
-        if sent != Some(value.trim()) {
-            shared.count(|s| s.unauthorized += 1);
-            return (
-                StatusCode::UNAUTHORIZED,
-                Json(json!({"errors": [{"message": format!("missing or wrong {} header", name.trim())}]})),
-            )
-                .into_response();
-        }
+    if let Some(refused) = injected_failure(shared, &faults, &headers) {
+        return refused;
     }
     let (taken, left) = lock(&shared.limit).1.take(Instant::now());
     let (budget_headers, cost) = match shared.mode {
@@ -663,28 +638,7 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     };
     if let Err(wait) = taken {
         shared.count(|s| s.rate_limited += 1);
-        // Retry-After is whole seconds (RFC 9110); GraphQL clients also get the exact wait.
-        let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
-        let code = match cost {
-            Some(_) => "THROTTLED",
-            None => "RATE_LIMITED",
-        };
-        let error = json!({"message": "rate limit exceeded", "extensions": {"code": code, "retryAfter": secs}});
-        let status = match (shared.mode, &cost) {
-            (LimitMode::Graphql, _) | (LimitMode::Headers, Some(_)) => StatusCode::OK,
-            _ => StatusCode::TOO_MANY_REQUESTS,
-        };
-        let mut body = json!({"data": null, "errors": [error]});
-        if let Some(cost) = &cost {
-            body["extensions"] = json!({"cost": cost});
-        }
-        let mut response = (status, Json(body)).into_response();
-        if status == StatusCode::TOO_MANY_REQUESTS {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        }
-        return with_budget(response);
+        return with_budget(throttled(shared.mode, wait, cost.as_ref()));
     }
     let request: async_graphql::Request = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -705,6 +659,79 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         )
         .into_response();
     }
+    let keys = idempotency_keys(&headers, &request);
+    let mut response = state.schema.execute(request.data(keys)).await;
+    if let Some(cost) = cost.and_then(|c| async_graphql::Value::from_json(c).ok()) {
+        response.extensions.insert("cost".into(), cost);
+    }
+    with_budget(Json(response).into_response())
+}
+
+/// The answer of a target that is down, failing at random, or missing its required header.
+fn injected_failure(shared: &Shared, faults: &Faults, headers: &HeaderMap) -> Option<Response> {
+    if faults.outage || (faults.fail_rate > 0.0 && fastrand::f64() < faults.fail_rate) {
+        shared.count(|s| s.failed += 1);
+        let reason = if faults.outage {
+            "outage"
+        } else {
+            "injected failure"
+        };
+        return Some(
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(json!({"errors": [{"message": reason}]})),
+            )
+                .into_response(),
+        );
+    }
+    let (name, value) = faults.require_header.as_deref()?.split_once(':')?;
+    let sent = headers.get(name.trim()).and_then(|v| v.to_str().ok());
+    if sent == Some(value.trim()) {
+        return None;
+    }
+    shared.count(|s| s.unauthorized += 1);
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"errors": [{"message": format!("missing or wrong {} header", name.trim())}]})),
+        )
+            .into_response(),
+    )
+}
+
+/// A request over the limit: 429 with `Retry-After` (whole seconds, RFC 9110), or, for a
+/// GraphQL-style limit, 200 with a `THROTTLED` error; GraphQL clients also get the wait.
+fn throttled(mode: LimitMode, wait: Duration, cost: Option<&Value>) -> Response {
+    let secs = wait.as_secs_f64().ceil().max(1.0) as u64;
+    let code = match cost {
+        Some(_) => "THROTTLED",
+        None => "RATE_LIMITED",
+    };
+    let error =
+        json!({"message": "rate limit exceeded", "extensions": {"code": code, "retryAfter": secs}});
+    let status = match (mode, cost) {
+        (LimitMode::Graphql, _) | (LimitMode::Headers, Some(_)) => StatusCode::OK,
+        _ => StatusCode::TOO_MANY_REQUESTS,
+    };
+    let mut body = json!({"data": null, "errors": [error]});
+    if let Some(cost) = cost {
+        body["extensions"] = json!({"cost": cost});
+    }
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::TOO_MANY_REQUESTS {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// The request's idempotency keys: the `Idempotency-Key` header, and per alias from the
+/// `idempotencyKeys` extension (a batch).
+fn idempotency_keys(
+    headers: &HeaderMap,
+    request: &async_graphql::Request,
+) -> schema::IdempotencyKey {
     let header = headers
         .get("idempotency-key")
         .and_then(|v| v.to_str().ok())
@@ -718,14 +745,7 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
             _ => None,
         })
         .unwrap_or_default();
-    let mut response = state
-        .schema
-        .execute(request.data(schema::IdempotencyKey { header, by_alias }))
-        .await;
-    if let Some(cost) = cost.and_then(|c| async_graphql::Value::from_json(c).ok()) {
-        response.extensions.insert("cost".into(), cost);
-    }
-    with_budget(Json(response).into_response())
+    schema::IdempotencyKey { header, by_alias }
 }
 
 /// The first variable holding an event whose name is in `names`.
