@@ -59,6 +59,32 @@ struct DemoReport {
     seconds: f64,
 }
 
+impl DemoReport {
+    fn of(
+        report: &source_sim::Report,
+        verdict: &Verdict,
+        status: &relay_core::ops::StatusReport,
+        stats: &target_sim::Stats,
+        started: Instant,
+    ) -> Self {
+        DemoReport {
+            sent: report.sent,
+            acked_within_500ms: report.acked,
+            ack_p50_ms: report.latency_ms.as_ref().map(|l| l.p50),
+            ack_p99_ms: report.latency_ms.as_ref().map(|l| l.p99),
+            delivered: verdict.delivered,
+            duplicates: verdict.duplicated.len(),
+            unenriched: verdict.unenriched.len(),
+            altered: verdict.altered.len(),
+            extra_requests: stats.requests.saturating_sub(stats.events),
+            rate_limited_answers: stats.rate_limited,
+            dead_lettered: status.dead,
+            lost: verdict.lost.len(),
+            seconds: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let temp = tempfile::Builder::new().prefix("relay-demo-").tempdir()?;
@@ -95,46 +121,9 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut config = SourceConfig::new(relay.events_url(), relay.api_key.clone(), args.rps, count);
     config.keep_ids = true;
     let sending = tokio::spawn(source_sim::run(config, Arc::clone(&progress)));
-
-    let bar = if args.json {
-        ProgressBar::hidden()
-    } else {
-        ProgressBar::new(count)
-    };
-    bar.set_style(
-        ProgressStyle::with_template(
-            "{spinner} {elapsed:>4} delivered {bar:25} {pos}/{len}  {msg}",
-        )
-        .expect("valid template"),
-    );
-    let show = |status: Option<relay_core::ops::StatusReport>| {
-        let stats = target.stats();
-        bar.set_position(stats.events);
-        let (backlog, dead, rate) = status.map_or((0, 0, String::new()), |s| {
-            let rate = s
-                .dispatcher
-                .map(|d| format!(" · relay pacing ≤ {:.0}/s", d.rate))
-                .unwrap_or_default();
-            (s.queued + s.in_flight, s.dead, rate)
-        });
-        let message = format!(
-            "sent {} · acked {} · backlog {backlog} · rate-limited {} · dead {dead}{rate}",
-            progress.sent.load(Relaxed),
-            progress.acked.load(Relaxed),
-            stats.rate_limited,
-        );
-        // Without a terminal the bar is invisible; a line every 5 s says the demo is alive.
-        if bar.is_hidden() && !args.json && started.elapsed().as_millis() % 5000 < 200 {
-            eprintln!(
-                "[{:>4.0} s] delivered {}/{count} · {message}",
-                started.elapsed().as_secs_f64(),
-                stats.events
-            );
-        }
-        bar.set_message(message);
-    };
+    let live = Live::new(&args, count, &target, &progress, started);
     while !sending.is_finished() {
-        show(ops.status().await.ok());
+        live.show(ops.status().await.ok());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let report = sending.await??;
@@ -142,7 +131,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let patience = Duration::from_secs_f64((count as f64 / args.target_rate * 3.0).max(60.0));
     let watch = async {
         loop {
-            show(ops.status().await.ok());
+            live.show(ops.status().await.ok());
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     };
@@ -150,28 +139,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         _ = drained(&sent, &target, &data, patience) => {}
         () = watch => {}
     }
-    show(ops.status().await.ok());
-    bar.finish();
+    live.show(ops.status().await.ok());
+    live.bar.finish();
 
     let verdict = Verdict::of(&sent, &target, relay_core::DEFAULT_BRAND);
     let status = ops.status().await?;
     let stats = target.stats();
     relay.stop().await?;
-    let summary = DemoReport {
-        sent: report.sent,
-        acked_within_500ms: report.acked,
-        ack_p50_ms: report.latency_ms.as_ref().map(|l| l.p50),
-        ack_p99_ms: report.latency_ms.as_ref().map(|l| l.p99),
-        delivered: verdict.delivered,
-        duplicates: verdict.duplicated.len(),
-        unenriched: verdict.unenriched.len(),
-        altered: verdict.altered.len(),
-        extra_requests: stats.requests.saturating_sub(stats.events),
-        rate_limited_answers: stats.rate_limited,
-        dead_lettered: status.dead,
-        lost: verdict.lost.len(),
-        seconds: started.elapsed().as_secs_f64(),
-    };
+    let summary = DemoReport::of(&report, &verdict, &status, &stats, started);
     let ok = verdict.passed(0);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -184,6 +159,76 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The live progress: a bar of what the target got, with what the source sent and relay's
+/// backlog and pace (hidden with `--json`).
+struct Live<'a> {
+    bar: ProgressBar,
+    target: &'a target_sim::TargetHandle,
+    progress: &'a Progress,
+    started: Instant,
+    count: u64,
+    json: bool,
+}
+
+impl<'a> Live<'a> {
+    fn new(
+        args: &DemoArgs,
+        count: u64,
+        target: &'a target_sim::TargetHandle,
+        progress: &'a Progress,
+        started: Instant,
+    ) -> Self {
+        let bar = if args.json {
+            ProgressBar::hidden()
+        } else {
+            ProgressBar::new(count)
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{spinner} {elapsed:>4} delivered {bar:25} {pos}/{len}  {msg}",
+            )
+            .expect("valid template"),
+        );
+        Live {
+            bar,
+            target,
+            progress,
+            started,
+            count,
+            json: args.json,
+        }
+    }
+
+    fn show(&self, status: Option<relay_core::ops::StatusReport>) {
+        let stats = self.target.stats();
+        self.bar.set_position(stats.events);
+        let (backlog, dead, rate) = status.map_or((0, 0, String::new()), |s| {
+            let rate = s
+                .dispatcher
+                .map(|d| format!(" · relay pacing ≤ {:.0}/s", d.rate))
+                .unwrap_or_default();
+            (s.queued + s.in_flight, s.dead, rate)
+        });
+        let message = format!(
+            "sent {} · acked {} · backlog {backlog} · rate-limited {} · dead {dead}{rate}",
+            self.progress.sent.load(Relaxed),
+            self.progress.acked.load(Relaxed),
+            stats.rate_limited,
+        );
+        // Without a terminal the bar is invisible; a line every 5 s says the demo is alive.
+        let elapsed = self.started.elapsed();
+        if self.bar.is_hidden() && !self.json && elapsed.as_millis() % 5000 < 200 {
+            eprintln!(
+                "[{:>4.0} s] delivered {}/{} · {message}",
+                elapsed.as_secs_f64(),
+                stats.events,
+                self.count
+            );
+        }
+        self.bar.set_message(message);
+    }
 }
 
 fn print(r: &DemoReport, ok: bool) {

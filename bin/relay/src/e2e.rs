@@ -137,25 +137,7 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
         if !args.json {
             eprintln!("running {} …", name(scenario));
         }
-        let started = Instant::now();
-        let outcome =
-            match run_scenario(&setup, scenario, &work.join(name(scenario)), args.inject).await {
-                Ok(mut o) => {
-                    o.seconds = started.elapsed().as_secs_f64();
-                    o
-                }
-                Err(e) => Outcome {
-                    scenario,
-                    passed: false,
-                    seconds: started.elapsed().as_secs_f64(),
-                    verdict: Verdict::default(),
-                    late_acks: 0,
-                    rate_limited: 0,
-                    failures: vec![format!("scenario could not run: {e:#}")],
-                    notes: Vec::new(),
-                },
-            };
-        outcomes.push(outcome);
+        outcomes.push(timed(&setup, scenario, &work, args.inject).await);
     }
 
     let passed = outcomes.iter().all(|o| o.passed);
@@ -170,17 +152,7 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     } else {
         print_table(&outcomes);
         if let Some(f) = &faults {
-            println!(
-                "AWS faults injected: {} of {} calls ({} 500s, {} throttled, {} throughput, {} dropped before, {} dropped after, {} slow)",
-                f.injected,
-                f.calls,
-                f.internal_error,
-                f.throttling,
-                f.throughput,
-                f.drop_before,
-                f.drop_after,
-                f.slow
-            );
+            print_faults(f);
         }
         println!(
             "{}",
@@ -200,6 +172,42 @@ pub(crate) async fn run(args: E2eArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Runs one scenario in its own directory under `work`, timed; a scenario that cannot run is a
+/// failed outcome that says why.
+async fn timed(setup: &Setup, scenario: Scenario, work: &Path, inject: Option<Inject>) -> Outcome {
+    let started = Instant::now();
+    match run_scenario(setup, scenario, &work.join(name(scenario)), inject).await {
+        Ok(mut o) => {
+            o.seconds = started.elapsed().as_secs_f64();
+            o
+        }
+        Err(e) => Outcome {
+            scenario,
+            passed: false,
+            seconds: started.elapsed().as_secs_f64(),
+            verdict: Verdict::default(),
+            late_acks: 0,
+            rate_limited: 0,
+            failures: vec![format!("scenario could not run: {e:#}")],
+            notes: Vec::new(),
+        },
+    }
+}
+
+fn print_faults(f: &aws_faults::Stats) {
+    println!(
+        "AWS faults injected: {} of {} calls ({} 500s, {} throttled, {} throughput, {} dropped before, {} dropped after, {} slow)",
+        f.injected,
+        f.calls,
+        f.internal_error,
+        f.throttling,
+        f.throughput,
+        f.drop_before,
+        f.drop_after,
+        f.slow
+    );
 }
 
 fn name(s: Scenario) -> String {

@@ -105,25 +105,8 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     let target = flaky_target().await?;
     let mut relay = start_faulty(&args, &setup, &data, &target, &mut notes).await?;
 
-    let mut config = SourceConfig::new(
-        relay.events_url(),
-        relay.api_key.clone(),
-        rps,
-        (rps * args.duration.as_secs_f64()) as u64,
-    );
-    config.keep_ids = true;
-    config.patience = Duration::from_secs(2);
-    let prefix = config.id_prefix.clone();
-    let progress = Arc::new(source_sim::Progress::default());
-    let sending = tokio::spawn(source_sim::run(config, Arc::clone(&progress)));
-    let kills = keep_killing(
-        &mut relay,
-        &sending,
-        args.kill_every,
-        (!args.json).then_some((&progress, &target, started)),
-    )
-    .await?;
-    let report = sending.await??;
+    let (report, kills, prefix) =
+        send_under_kills(&args, &mut relay, &target, rps, started).await?;
     // A clean start without faults, and the drain.
     if let Err(e) = relay.stop().await {
         notes.push(format!("the last faulty relay did not stop cleanly: {e:#}"));
@@ -148,13 +131,7 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
         notes.push(format!("{strangers} events at the target were never sent"));
     }
     let stats = target.stats();
-    let (storage_faults, storage_faults_kind) = match &proxy {
-        Some(p) => (p.stats().injected, "AWS calls"),
-        None => (
-            count_in_logs(&work, "fault injection: failing a call"),
-            "disk calls",
-        ),
-    };
+    let (storage_faults, storage_faults_kind) = storage_faults(proxy.as_ref(), &work);
     let soak = SoakReport {
         backend: match args.backend {
             Backend::Local => "local",
@@ -188,6 +165,48 @@ pub(crate) async fn run(args: SoakArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The source sends for `--duration` while the relay is SIGKILLed every `--kill-every`; the
+/// source's report, how many kills, and the prefix of the ids it sent.
+async fn send_under_kills(
+    args: &SoakArgs,
+    relay: &mut RelayProcess,
+    target: &TargetHandle,
+    rps: f64,
+    started: Instant,
+) -> anyhow::Result<(source_sim::Report, u32, String)> {
+    let mut config = SourceConfig::new(
+        relay.events_url(),
+        relay.api_key.clone(),
+        rps,
+        (rps * args.duration.as_secs_f64()) as u64,
+    );
+    config.keep_ids = true;
+    config.patience = Duration::from_secs(2);
+    let prefix = config.id_prefix.clone();
+    let progress = Arc::new(source_sim::Progress::default());
+    let sending = tokio::spawn(source_sim::run(config, Arc::clone(&progress)));
+    let kills = keep_killing(
+        relay,
+        &sending,
+        args.kill_every,
+        (!args.json).then_some((&progress, target, started)),
+    )
+    .await?;
+    Ok((sending.await??, kills, prefix))
+}
+
+/// How many faults were injected, and into what: AWS calls through the proxy, or disk calls
+/// (counted in the relay's logs).
+fn storage_faults(proxy: Option<&aws_faults::Proxy>, work: &Path) -> (u64, &'static str) {
+    match proxy {
+        Some(p) => (p.stats().injected, "AWS calls"),
+        None => (
+            count_in_logs(work, "fault injection: failing a call"),
+            "disk calls",
+        ),
+    }
 }
 
 /// The relay under its faults (disk faults locally, when built in; the AWS faults proxy is the
