@@ -203,23 +203,34 @@ impl<Q: WorkQueue> Dispatcher<Q> {
             );
         }
 
-        let unstarted = buffer.len();
-        if let Err(e) = queue.release(buffer.into()).await {
-            tracing::warn!(error = %e, "could not release claimed work; it comes back when its lease ends");
-        }
-        let waiting = in_flight.len();
-        tracing::info!(unstarted, in_flight = waiting, "dispatcher stopping");
-        let drained = tokio::time::timeout(config.drain_timeout, async {
-            while in_flight.join_next().await.is_some() {}
-        })
-        .await;
-        if drained.is_err() {
-            tracing::warn!(
-                abandoned = in_flight.len(),
-                "requests still in flight at shutdown; their work is recovered at next start"
-            );
-            in_flight.abort_all();
-        }
+        wind_down(&queue, buffer, in_flight, config.drain_timeout).await;
+    }
+}
+
+/// At shutdown: gives back the claimed work not started, and waits up to `drain_timeout` for
+/// the requests in flight (abandoned ones come back when their lease ends).
+async fn wind_down<Q: WorkQueue>(
+    queue: &Q,
+    buffer: VecDeque<Claim>,
+    mut in_flight: JoinSet<()>,
+    drain_timeout: Duration,
+) {
+    let unstarted = buffer.len();
+    if let Err(e) = queue.release(buffer.into()).await {
+        tracing::warn!(error = %e, "could not release claimed work; it comes back when its lease ends");
+    }
+    let waiting = in_flight.len();
+    tracing::info!(unstarted, in_flight = waiting, "dispatcher stopping");
+    let drained = tokio::time::timeout(drain_timeout, async {
+        while in_flight.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            abandoned = in_flight.len(),
+            "requests still in flight at shutdown; their work is recovered at next start"
+        );
+        in_flight.abort_all();
     }
 }
 

@@ -230,40 +230,7 @@ async fn post_batch<S: Ingest>(
     check_content_type(&headers)?;
     let body = read_body(request.into_body(), &headers, MAX_BATCH_BYTES).await?;
     signing::verify(&state.signing_secrets, &headers, &body)?;
-    if body.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "request body is empty",
-        ));
-    }
-    let items: Vec<serde_json::Value> = match serde_json::from_slice(&body) {
-        Ok(serde_json::Value::Array(items)) => items,
-        Ok(_) => {
-            return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "invalid_batch",
-                "expected a JSON array of events",
-            ));
-        }
-        Err(e) => {
-            return Err(ApiError::new(
-                StatusCode::BAD_REQUEST,
-                "invalid_json",
-                format!("request body is not valid JSON: {e}"),
-            ));
-        }
-    };
-    if items.len() > MAX_BATCH_ITEMS {
-        return Err(ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            "batch_too_large",
-            format!(
-                "a batch holds at most {MAX_BATCH_ITEMS} events, got {}; split it",
-                items.len()
-            ),
-        ));
-    }
+    let items = batch_items(&body)?;
     let mut results: Vec<Option<serde_json::Value>> = Vec::with_capacity(items.len());
     let mut valid: Vec<Event> = Vec::with_capacity(items.len());
     for item in items {
@@ -310,6 +277,46 @@ async fn post_batch<S: Ingest>(
         })
         .collect();
     Ok((StatusCode::OK, Json(json!({ "results": results }))).into_response())
+}
+
+/// The batch's items: a JSON array of at most [`MAX_BATCH_ITEMS`], or the error that refuses
+/// the whole batch.
+fn batch_items(body: &[u8]) -> Result<Vec<serde_json::Value>, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "request body is empty",
+        ));
+    }
+    let items = match serde_json::from_slice(body) {
+        Ok(serde_json::Value::Array(items)) => items,
+        Ok(_) => {
+            return Err(ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid_batch",
+                "expected a JSON array of events",
+            ));
+        }
+        Err(e) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_json",
+                format!("request body is not valid JSON: {e}"),
+            ));
+        }
+    };
+    if items.len() > MAX_BATCH_ITEMS {
+        return Err(ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "batch_too_large",
+            format!(
+                "a batch holds at most {MAX_BATCH_ITEMS} events, got {}; split it",
+                items.len()
+            ),
+        ));
+    }
+    Ok(items)
 }
 
 /// One batch item: the event, or its `invalid` result.

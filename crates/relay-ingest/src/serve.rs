@@ -70,37 +70,15 @@ pub async fn serve(
     options: ServeOptions,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let slots = Arc::new(Semaphore::new(options.max_connections.max(1)));
+    let mut slots = Slots::new(options.max_connections);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(options.header_timeout);
     let mut shutdown = std::pin::pin!(shutdown);
-    let mut full_since: Option<Instant> = None;
-    let mut waits = 0u64;
     loop {
-        let slot = match slots.clone().try_acquire_owned() {
-            Ok(slot) => slot,
-            Err(_) => {
-                waits += 1;
-                if full_since.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
-                    tracing::warn!(
-                        max_connections = options.max_connections,
-                        waiting_since_last = waits,
-                        "connection limit reached: new connections wait until one closes \
-                         (raise --max-connections if these are real clients)"
-                    );
-                    full_since = Some(Instant::now());
-                    waits = 0;
-                }
-                tokio::select! {
-                    slot = slots.clone().acquire_owned() => match slot {
-                        Ok(slot) => slot,
-                        Err(_) => break,
-                    },
-                    () = &mut shutdown => break,
-                }
-            }
+        let Some(slot) = slots.take(shutdown.as_mut()).await else {
+            break;
         };
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -137,19 +115,9 @@ pub async fn serve(
                 let header_timeout = options.header_timeout;
                 tokio::spawn(async move {
                     let _slot = slot;
-                    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-                    let stream =
-                        match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
-                            Ok(Ok(stream)) => stream,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
+                    let Some(stream) = handshake(config, stream, peer, header_timeout).await else {
+                        return;
+                    };
                     let connection = http.serve_connection(TokioIo::new(stream), service);
                     log_connection_end(peer, watcher.watch(connection).await);
                 });
@@ -167,6 +135,76 @@ pub async fn serve(
         tracing::warn!(?grace, "connections still open at shutdown were closed");
     }
     Ok(())
+}
+
+/// The connection cap: a slot per open connection. When none is free a new connection waits,
+/// and the log says so once per 10 s while it lasts, with how many waited.
+struct Slots {
+    slots: Arc<Semaphore>,
+    max: usize,
+    full_since: Option<Instant>,
+    waits: u64,
+}
+
+impl Slots {
+    fn new(max: usize) -> Self {
+        Slots {
+            slots: Arc::new(Semaphore::new(max.max(1))),
+            max,
+            full_since: None,
+            waits: 0,
+        }
+    }
+
+    /// A free slot, or `None` if `shutdown` comes first.
+    async fn take(
+        &mut self,
+        shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        if let Ok(slot) = Arc::clone(&self.slots).try_acquire_owned() {
+            return Some(slot);
+        }
+        self.waits += 1;
+        if self
+            .full_since
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(10))
+        {
+            tracing::warn!(
+                max_connections = self.max,
+                waiting_since_last = self.waits,
+                "connection limit reached: new connections wait until one closes \
+                 (raise --max-connections if these are real clients)"
+            );
+            self.full_since = Some(Instant::now());
+            self.waits = 0;
+        }
+        tokio::select! {
+            slot = Arc::clone(&self.slots).acquire_owned() => slot.ok(),
+            () = shutdown => None,
+        }
+    }
+}
+
+/// The TLS handshake, bounded by the header timeout; a failed or slow one ends the connection
+/// (logged at debug: scanners and health checks do it all day).
+async fn handshake(
+    config: Arc<rustls::ServerConfig>,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<tokio_rustls::server::TlsStream<tokio::net::TcpStream>> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            None
+        }
+    }
 }
 
 fn log_connection_end(peer: SocketAddr, ended: Result<(), hyper::Error>) {
