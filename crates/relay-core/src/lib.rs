@@ -15,6 +15,7 @@ pub mod ops;
 pub mod ports;
 pub mod rate;
 pub mod settings;
+pub mod signing;
 
 pub use classify::{Answer, BatchOutcome, Outcome, TransportError, classify, classify_batch};
 pub use delivery::{

@@ -1,43 +1,17 @@
 //! Signed requests, the Standard Webhooks way: besides the API key, ingest can require that each
 //! request carry `webhook-id`, `webhook-timestamp` and `webhook-signature` (`v1,` and the base64
-//! HMAC-SHA256 of `id.timestamp.body` under a shared `whsec_` secret). The check itself is the
-//! `standardwebhooks` crate's (constant-time comparison, ±5 minutes of clock skew).
+//! HMAC-SHA256 of `id.timestamp.body` under a shared `whsec_` secret; `relay_core::signing`).
+//! The check itself is the `standardwebhooks` crate's (constant-time comparison, ±5 minutes of
+//! clock skew).
 //!
 //! A replay inside the five minutes carries the same body, so the same event id: the store
 //! answers it as the duplicate it is. Past them it is refused as stale.
 
-use std::sync::Arc;
-
 use axum::http::{HeaderMap, StatusCode};
-use standardwebhooks::{Webhook, WebhookError};
+pub use relay_core::signing::SigningSecret;
+use relay_core::signing::WebhookError;
 
 use crate::ApiError;
-
-/// One accepted signing secret. Several may be valid at once (a rotation).
-#[derive(Clone)]
-pub struct SigningSecret(Arc<Webhook>);
-
-impl std::fmt::Debug for SigningSecret {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("SigningSecret(..)")
-    }
-}
-
-impl std::str::FromStr for SigningSecret {
-    type Err = String;
-
-    /// `whsec_` and base64 (padded or not), as Standard Webhooks senders hand them out.
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bare = s.trim().strip_prefix("whsec_").unwrap_or(s.trim());
-        let padded = format!("{bare}{}", "=".repeat((4 - bare.len() % 4) % 4));
-        match Webhook::new(&padded) {
-            Ok(_) if bare.is_empty() => Err("a signing secret may not be empty".into()),
-            Ok(webhook) => Ok(SigningSecret(Arc::new(webhook))),
-            // The secret itself is never repeated in the message.
-            Err(_) => Err("a signing secret is `whsec_` followed by base64".into()),
-        }
-    }
-}
 
 /// Whether `body` is signed by one of `secrets`; with none configured every request passes.
 pub(crate) fn verify(
@@ -49,13 +23,13 @@ pub(crate) fn verify(
         return Ok(());
     };
     // Headers and timestamp are the same for every secret; only the signature differs.
-    let outcome = first.0.verify(body, headers);
+    let outcome = first.webhook().verify(body, headers);
     let error = match outcome {
         Ok(()) => return Ok(()),
         Err(WebhookError::InvalidSignature) => {
             if secrets[1..]
                 .iter()
-                .any(|s| s.0.verify(body, headers).is_ok())
+                .any(|s| s.webhook().verify(body, headers).is_ok())
             {
                 return Ok(());
             }
