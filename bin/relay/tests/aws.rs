@@ -282,6 +282,41 @@ async fn the_targets_credentials_come_from_secrets_manager() {
     assert_eq!(relay.terminate().code(), Some(0));
 }
 
+/// On AWS the dispatcher signs with the secret Terraform names (`sign_target_requests` sets
+/// `RELAY_TARGET_SIGNING_SECRET_REF`), and the reference Python package verifies what arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_the_target_are_signed_with_the_secret_from_secrets_manager() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let moto = MotoServer::start();
+    moto.put_secret("relay/target-signing-secret", SECRET).await;
+    let dir = tempfile::tempdir().unwrap();
+    let target = VerifyingTarget::start(SECRET);
+    let relay = Relay::start_aws(
+        dir.path(),
+        &moto,
+        "signed",
+        &target.url,
+        &[
+            "--target-signing-secret-ref",
+            "secretsmanager:relay/target-signing-secret",
+        ],
+    );
+    let events: Vec<Value> = (0..10).map(event).collect();
+    assert_eq!(post_all(&relay.events_url(), &events).await.len(), 10);
+    eventually("all 10 delivered, verified", 60, || {
+        target.seen().iter().filter(|r| r.valid).count() >= 10
+    })
+    .await;
+    let seen = target.seen();
+    assert!(seen.iter().all(|r| r.valid), "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|r| r.webhook_id.as_deref() == r.events.first().map(String::as_str)),
+        "{seen:?}"
+    );
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
 /// Every event gets one X-Ray trace: receive → forward (queue) → each attempt, with the target
 /// call under it, all annotated with `event_id`, and the trace id stored on the event.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -271,3 +271,80 @@ async fn a_second_relay_on_the_same_data_dir_is_refused() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("in use by another `relay up`"), "{stderr}");
 }
+
+/// With `--target-signing-secret`, every request to the target is signed the Standard Webhooks
+/// way and the reference package (Python, not relay's code) verifies it: one event a request,
+/// whose `webhook-id` is the event id, and batches, whose id is `batch_…`. The same verifier
+/// refuses a request signed with another secret, so the check can fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_to_the_target_carry_signatures_an_independent_verifier_accepts() {
+    const SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+    let target = VerifyingTarget::start(SECRET);
+    let body = br#"{"query":"mutation { x }","variables":{"input":{"id":"forged"}}}"#;
+    let forged = reqwest::Client::new()
+        .post(&target.url)
+        .header("webhook-id", "forged")
+        .header("webhook-timestamp", now().to_string())
+        .header(
+            "webhook-signature",
+            python_signature("whsec_c2VjcmV0", "forged", now(), body),
+        )
+        .body(&body[..])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 401, "the verifier refuses another secret");
+
+    let dir = tempfile::tempdir().unwrap();
+    for (batch, ids) in [("1", 0..10), ("5", 10..40)] {
+        let relay = Relay::start(
+            &dir.path().join(format!("data-{batch}")),
+            &target.url,
+            &["--target-signing-secret", SECRET, "--batch", batch],
+        );
+        // In one batch request, so that the dispatcher finds them all waiting.
+        let events: Vec<Value> = ids.clone().map(event).collect();
+        let stored = reqwest::Client::new()
+            .post(format!("{}/events/batch", relay.url))
+            .header("x-api-key", KEY)
+            .json(&events)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(stored.status(), 200);
+        let sent: HashSet<String> = events
+            .iter()
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect();
+        eventually(
+            &format!("--batch {batch}: every event verified"),
+            60,
+            || {
+                let verified: HashSet<String> = target
+                    .seen()
+                    .into_iter()
+                    .filter(|r| r.valid)
+                    .flat_map(|r| r.events)
+                    .collect();
+                sent.is_subset(&verified)
+            },
+        )
+        .await;
+        assert_eq!(relay.terminate().code(), Some(0));
+    }
+    let seen = target.seen();
+    let refused: Vec<&Verified> = seen.iter().filter(|r| !r.valid).collect();
+    assert_eq!(refused.len(), 1, "only the forged request: {refused:?}");
+    let signed: Vec<&Verified> = seen.iter().filter(|r| r.valid).collect();
+    for request in &signed {
+        let id = request.webhook_id.as_deref().unwrap();
+        match request.events.as_slice() {
+            [one] => assert_eq!(id, one, "one event's message id is its own"),
+            _ => assert!(id.starts_with("batch_"), "{request:?}"),
+        }
+    }
+    assert!(
+        signed.iter().any(|r| r.events.len() > 1),
+        "some requests were batches"
+    );
+}

@@ -783,3 +783,32 @@ fn required_signatures_reach_the_receiver_from_their_own_secret() {
         "{receiver}"
     );
 }
+
+/// `sign_target_requests` gives the dispatcher its target signing secret (and only it the right
+/// to read it): the same signatures as `relay up --target-signing-secret`.
+#[test]
+fn signed_target_requests_reach_the_dispatcher_from_their_own_secret() {
+    let module = load("modules/relay");
+    let secret = resource(&module, "aws_secretsmanager_secret", "target_signing");
+    assert_eq!(
+        attr(secret, "count").as_deref(),
+        Some("var.sign_target_requests ? 1 : 0")
+    );
+    assert!(
+        attr(secret, "name")
+            .unwrap()
+            .contains("/target-signing-secret")
+    );
+    let environment: String = locals(&module, "environment").split_whitespace().collect();
+    assert!(
+        environment.contains(
+            "RELAY_TARGET_SIGNING_SECRET_REF=\"secretsmanager:${aws_secretsmanager_secret.target_signing[0].name}\""
+        ),
+        "{environment}"
+    );
+    let policies = of_type(&module, "data", "aws_iam_policy_document");
+    for (name, body) in policies {
+        let grants = text(body).contains("aws_secretsmanager_secret.target_signing[*].arn");
+        assert_eq!(grants, name == "dispatcher", "{name}");
+    }
+}

@@ -5,6 +5,9 @@
 use std::time::Duration;
 
 use relay_core::classify::{MAX_ANSWER_BYTES, alias};
+use relay_core::signing::{
+    HEADER_WEBHOOK_ID, HEADER_WEBHOOK_SIGNATURE, HEADER_WEBHOOK_TIMESTAMP, SigningSecret,
+};
 use relay_core::{Answer, TransportError, enrich};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
@@ -43,6 +46,8 @@ pub struct TargetConfig {
     pub timeout: Duration,
     /// Most events in one request (aliased mutations); 1 sends the document as configured.
     pub batch: usize,
+    /// Sign every request the Standard Webhooks way, so that the target can refuse forgeries.
+    pub signing: Option<SigningSecret>,
 }
 
 impl TargetConfig {
@@ -54,6 +59,7 @@ impl TargetConfig {
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
             batch: 1,
+            signing: None,
         }
     }
 }
@@ -77,6 +83,7 @@ pub struct GraphqlClient {
     brand: String,
     timeout: Duration,
     batch: usize,
+    signing: Option<SigningSecret>,
 }
 
 impl GraphqlClient {
@@ -119,6 +126,7 @@ impl GraphqlClient {
             brand: config.brand.clone(),
             timeout: config.timeout,
             batch: config.batch,
+            signing: config.signing.clone(),
         })
     }
 
@@ -135,7 +143,7 @@ impl GraphqlClient {
     pub async fn send(&self, event_id: &str, payload: &str) -> Result<Answer, TransportError> {
         let body =
             json!({ "query": self.document, "variables": { "input": self.enriched(payload)? } });
-        self.post(body, Some(event_id)).await
+        self.post(body, Some(event_id), event_id).await
     }
 
     /// Sends events (id, stored JSON) in one request: one alone as [`Self::send`] does, more as
@@ -157,7 +165,7 @@ impl GraphqlClient {
             "variables": variables,
             "extensions": { "idempotencyKeys": keys },
         });
-        self.post(body, None).await
+        self.post(body, None, &batch_message_id(events)).await
     }
 
     fn enriched(&self, payload: &str) -> Result<Value, TransportError> {
@@ -167,21 +175,38 @@ impl GraphqlClient {
         Ok(enrich(&payload, &self.brand))
     }
 
-    async fn post(&self, body: Value, key: Option<&str>) -> Result<Answer, TransportError> {
-        let mut request = self.http.post(self.url.clone());
+    /// POSTs `body`, with `key` as the `Idempotency-Key` header and, when signing, `message` as
+    /// the `webhook-id`.
+    async fn post(
+        &self,
+        body: Value,
+        key: Option<&str>,
+        message: &str,
+    ) -> Result<Answer, TransportError> {
+        let body = serde_json::to_vec(&body)
+            .map_err(|e| TransportError::Unsendable(format!("cannot encode the request: {e}")))?;
+        let mut request = self
+            .http
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json");
         if let Some(key) = key {
-            // Ingest refuses such ids; one stored by an older relay fails here, once.
-            let value = HeaderValue::from_str(key).map_err(|_| {
-                TransportError::Unsendable(format!(
-                    "its id {key:?} cannot be an Idempotency-Key header (ids must be {})",
-                    relay_core::event::ID_RULES
-                ))
+            request = request.header("Idempotency-Key", header_value(key)?);
+        }
+        if let Some(secret) = &self.signing {
+            let timestamp = relay_core::now_millis().div_euclid(1000);
+            let signature = secret.sign(message, timestamp, &body).ok_or_else(|| {
+                TransportError::Unsendable(
+                    "its request is not UTF-8, which cannot be signed".into(),
+                )
             })?;
-            request = request.header("Idempotency-Key", value);
+            request = request
+                .header(HEADER_WEBHOOK_ID, header_value(message)?)
+                .header(HEADER_WEBHOOK_TIMESTAMP, timestamp)
+                .header(HEADER_WEBHOOK_SIGNATURE, signature);
         }
         let response = request
             .timeout(self.timeout)
-            .json(&body)
+            .body(body)
             .send()
             .await
             .map_err(|e| self.transport_error(e))?;
@@ -241,6 +266,30 @@ impl GraphqlClient {
             TransportError::Other(source_chain(&e))
         }
     }
+}
+
+/// An event id as a header value. Ingest refuses ids that cannot be one; one stored by an older
+/// relay fails here, once.
+fn header_value(id: &str) -> Result<HeaderValue, TransportError> {
+    HeaderValue::from_str(id).map_err(|_| {
+        TransportError::Unsendable(format!(
+            "its id {id:?} cannot be an Idempotency-Key header (ids must be {})",
+            relay_core::event::ID_RULES
+        ))
+    })
+}
+
+/// The `webhook-id` of a batch: `batch_` and a digest of its event ids, so the same batch sent
+/// again carries the same id (each event's own id is in the signed body).
+fn batch_message_id(events: &[(&str, &str)]) -> String {
+    let mut hash = hmac_sha256::Hash::new();
+    for (id, _) in events {
+        hash.update(id.as_bytes());
+        hash.update(b"\n");
+    }
+    let digest = hash.finalize();
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    format!("batch_{hex}")
 }
 
 /// The document of a batch of `n` events: the default mutation, aliased once per event.

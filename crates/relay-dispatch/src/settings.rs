@@ -9,6 +9,7 @@ use relay_core::DeliveryPolicy;
 use relay_core::backoff::Backoff;
 use relay_core::rate::RateConfig;
 use relay_core::settings::{self, SecretRef};
+use relay_core::signing::SigningSecret;
 
 use crate::{DEFAULT_DOCUMENT, DispatchConfig, TargetConfig};
 
@@ -51,6 +52,24 @@ pub struct DeliverySettings {
     /// or one 'Name: value' per line. Uses the AWS options, with either backend.
     #[arg(long, env = "RELAY_HEADER_SECRET", value_name = "REF", value_parser = clap::value_parser!(SecretRef))]
     pub header_secret: Option<SecretRef>,
+
+    /// Sign every request to the target the Standard Webhooks way with this `whsec_` secret:
+    /// `webhook-id` (the event id; a batch's is `batch_` and a digest of its ids),
+    /// `webhook-timestamp` and `webhook-signature`, so that the target can refuse requests
+    /// that are not relay's.
+    #[arg(
+        long,
+        env = "RELAY_TARGET_SIGNING_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        conflicts_with = "target_signing_secret_ref"
+    )]
+    pub target_signing_secret: Option<String>,
+
+    /// Read the target signing secret at start from AWS instead: secretsmanager:NAME (or ARN)
+    /// or ssm:/PARAMETER/NAME. Uses the AWS options, with either backend.
+    #[arg(long, env = "RELAY_TARGET_SIGNING_SECRET_REF", value_name = "REF", value_parser = clap::value_parser!(SecretRef))]
+    pub target_signing_secret_ref: Option<SecretRef>,
 
     /// Attempts before an event goes to the dead-letter queue. Rate-limited answers do not count.
     #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
@@ -112,9 +131,14 @@ impl DeliverySettings {
         Ok(())
     }
 
-    /// The target's configuration, with `extra` headers (read from `--header-secret`); the
-    /// document read if it is `@FILE`.
-    pub fn target(&self, extra: Vec<(String, String)>) -> Result<TargetConfig, String> {
+    /// The target's configuration, with `extra` headers (read from `--header-secret`) and the
+    /// signing secret read from `--target-signing-secret-ref`, if any; the document read if it
+    /// is `@FILE`. A bad signing secret is named by its setting, never shown.
+    pub fn target(
+        &self,
+        extra: Vec<(String, String)>,
+        signing_from_ref: Option<String>,
+    ) -> Result<TargetConfig, String> {
         let document = match self.document.strip_prefix('@') {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read --document file {path}: {e}"))?,
@@ -122,6 +146,24 @@ impl DeliverySettings {
         };
         let mut headers = self.headers.clone();
         headers.extend(extra);
+        let signing = match (&self.target_signing_secret, signing_from_ref) {
+            (Some(secret), _) => Some((
+                secret.clone(),
+                "--target-signing-secret (RELAY_TARGET_SIGNING_SECRET)",
+            )),
+            (None, Some(secret)) => Some((
+                secret,
+                "--target-signing-secret-ref (RELAY_TARGET_SIGNING_SECRET_REF)",
+            )),
+            (None, None) => None,
+        };
+        let signing = signing
+            .map(|(secret, setting)| {
+                secret
+                    .parse::<SigningSecret>()
+                    .map_err(|e| format!("{setting}: {e}"))
+            })
+            .transpose()?;
         Ok(TargetConfig {
             url: self.target_url.clone(),
             document,
@@ -129,6 +171,7 @@ impl DeliverySettings {
             headers,
             timeout: self.target_timeout,
             batch: self.batch.into(),
+            signing,
         })
     }
 
@@ -223,5 +266,40 @@ mod tests {
         assert!(both(&["--target-rate", "-2"]).is_err());
         assert!(both(&["--header", "no colon"]).is_err());
         assert!(parse(&["--target-url", "ftp://x"]).is_err());
+    }
+
+    #[test]
+    fn a_bad_target_signing_secret_is_named_by_its_setting_and_not_shown() {
+        let url = ["--target-url", "http://127.0.0.1:1/graphql"];
+        let s =
+            parse(&[&url[..], &["--target-signing-secret", "whsec_!!hunter2"]].concat()).unwrap();
+        let e = s.target(Vec::new(), None).unwrap_err();
+        assert!(
+            e.starts_with("--target-signing-secret (RELAY_TARGET_SIGNING_SECRET)"),
+            "{e}"
+        );
+        assert!(!e.contains("hunter2"), "{e}");
+        let e = parse(&url)
+            .unwrap()
+            .target(Vec::new(), Some("nope nope".into()))
+            .unwrap_err();
+        assert!(e.starts_with("--target-signing-secret-ref"), "{e}");
+        let signed = parse(&[&url[..], &["--target-signing-secret", "whsec_c2VjcmV0"]].concat())
+            .unwrap()
+            .target(Vec::new(), None)
+            .unwrap();
+        assert!(signed.signing.is_some());
+        assert!(
+            parse(
+                &[
+                    &url[..],
+                    &["--target-signing-secret", "whsec_c2VjcmV0"],
+                    &["--target-signing-secret-ref", "ssm:/x"]
+                ]
+                .concat()
+            )
+            .is_err(),
+            "one or the other"
+        );
     }
 }

@@ -166,9 +166,10 @@ pub async fn ingest_config(
     Ok(ingest.config(keys, signing)?)
 }
 
-/// The target's configuration, with the headers that live in AWS read (AWS is reached only
-/// when `--header-secret` names a secret). The names of those headers are logged, never their
-/// values. The caller has checked the settings (`DeliverySettings::check`).
+/// The target's configuration, with the headers and the signing secret that live in AWS read
+/// (AWS is reached only when `--header-secret` or `--target-signing-secret-ref` names a
+/// secret). The names of those headers are logged, never their values. The caller has checked
+/// the settings (`DeliverySettings::check`).
 pub async fn target_config(
     delivery: &DeliverySettings,
     aws: &LazyAws,
@@ -181,7 +182,14 @@ pub async fn target_config(
         let names: Vec<&str> = extra.iter().map(|(n, _)| n.as_str()).collect();
         tracing::info!(%secret, headers = ?names, "target headers read from the secret");
     }
-    Ok(delivery.target(extra)?)
+    let mut signing = None;
+    if let Some(secret) = &delivery.target_signing_secret_ref {
+        let value = relay_aws::secrets::read_secret(aws.get().await?, secret)
+            .await
+            .map_err(|e| format!("RELAY_TARGET_SIGNING_SECRET_REF ({secret}): {e}"))?;
+        signing = Some(value.trim().to_owned());
+    }
+    Ok(delivery.target(extra, signing)?)
 }
 
 #[cfg(test)]

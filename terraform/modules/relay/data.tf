@@ -202,3 +202,14 @@ resource "aws_secretsmanager_secret" "signing" {
   kms_key_id = aws_kms_key.relay.arn
   tags       = local.tags
 }
+
+# With var.sign_target_requests, the dispatcher signs every request to the target under this
+# secret (`whsec_…`), which the target's owner also holds. Set out of band; until it is set, the
+# dispatcher cannot start, so nothing unsigned is ever sent.
+resource "aws_secretsmanager_secret" "target_signing" {
+  # checkov:skip=CKV2_AWS_57:the target's owner verifies with the same secret; rotation is agreed with them (docs/deploy.md), not a Lambda
+  count      = var.sign_target_requests ? 1 : 0
+  name       = "${var.stack}/target-signing-secret"
+  kms_key_id = aws_kms_key.relay.arn
+  tags       = local.tags
+}

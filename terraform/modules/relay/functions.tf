@@ -135,7 +135,7 @@ data "aws_iam_policy_document" "dispatcher" {
   statement {
     sid       = "TargetCredentials"
     actions   = ["secretsmanager:GetSecretValue"]
-    resources = [aws_secretsmanager_secret.target_headers.arn]
+    resources = concat([aws_secretsmanager_secret.target_headers.arn], aws_secretsmanager_secret.target_signing[*].arn)
   }
 }
 
@@ -186,6 +186,7 @@ locals {
       },
       var.target_rate > 0 ? { RELAY_TARGET_RATE = tostring(var.target_rate) } : {},
       var.document != "" ? { RELAY_DOCUMENT = var.document } : {},
+      var.sign_target_requests ? { RELAY_TARGET_SIGNING_SECRET_REF = "secretsmanager:${aws_secretsmanager_secret.target_signing[0].name}" } : {},
     )
   }
 }

@@ -224,3 +224,9 @@ variable "require_signatures" {
   type        = bool
   default     = false
 }
+
+variable "sign_target_requests" {
+  description = "Sign every request to the target the Standard Webhooks way (the dispatcher reads the `whsec_` secret from `<stack>/target-signing-secret`; relay up's --target-signing-secret-ref)."
+  type        = bool
+  default     = false
+}

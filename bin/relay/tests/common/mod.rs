@@ -428,3 +428,60 @@ pub fn signed(
         ),
     ]
 }
+
+/// What the independent verifying target saw of one request.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Verified {
+    pub valid: bool,
+    pub webhook_id: Option<String>,
+    pub events: Vec<String>,
+    pub error: Option<String>,
+}
+
+/// A GraphQL target that checks every request's Standard Webhooks signature with the Python
+/// reference package (`common/signed_target.py`), answering 401 to any it cannot verify.
+pub struct VerifyingTarget {
+    child: Child,
+    pub url: String,
+    seen: std::sync::Arc<std::sync::Mutex<Vec<Verified>>>,
+}
+
+impl VerifyingTarget {
+    pub fn start(secret: &str) -> VerifyingTarget {
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-webhooks/bin/python");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/signed_target.py");
+        let mut child = Command::new(python)
+            .arg(script)
+            .arg(secret)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let port = first.strip_prefix("listening ").unwrap().to_owned();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&seen);
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                let verified: Verified = serde_json::from_str(&line).unwrap();
+                sink.lock().unwrap().push(verified);
+            }
+        });
+        VerifyingTarget {
+            child,
+            url: format!("http://127.0.0.1:{port}/graphql"),
+            seen,
+        }
+    }
+
+    pub fn seen(&self) -> Vec<Verified> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+impl Drop for VerifyingTarget {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
