@@ -7,13 +7,10 @@ use std::time::Duration;
 use clap::Args;
 use comfy_table::{Cell, Color};
 use relay_core::budget::Budget;
-use relay_core::ops::{Operations, StatusReport};
+use relay_core::ops::{Forecast, Operations, StatusReport};
 
 use crate::args;
 use crate::ops::{StoreArgs, relative, table};
-
-/// A dispatcher that has not reported for this long is shown as not running.
-const STALE_MS: i64 = 10_000;
 
 #[derive(Debug, Args)]
 pub(crate) struct StatusArgs {
@@ -32,7 +29,10 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     loop {
         let status = ops.status().await?;
         let text = if args.json {
-            serde_json::to_string_pretty(&status)?
+            serde_json::to_string_pretty(&StatusJson {
+                forecast: status.forecast(),
+                status: &status,
+            })?
         } else {
             render(&status)
         };
@@ -55,6 +55,14 @@ pub(crate) async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+}
+
+/// `relay status --json`: the report, and the drain forecast made from it.
+#[derive(serde::Serialize)]
+struct StatusJson<'a> {
+    #[serde(flatten)]
+    status: &'a StatusReport,
+    forecast: Forecast,
 }
 
 fn render(s: &StatusReport) -> String {
@@ -103,8 +111,8 @@ fn render(s: &StatusReport) -> String {
             .fg(Color::Red),
         ]);
     }
-    let dispatcher = match &s.dispatcher {
-        Some(d) if s.now - d.reported_at <= STALE_MS => {
+    let dispatcher = match (&s.dispatcher, s.live_dispatcher()) {
+        (_, Some(d)) => {
             let limit = d
                 .estimated_limit
                 .map_or("not yet known".into(), |l| format!("{l:.1}/s"));
@@ -117,14 +125,15 @@ fn render(s: &StatusReport) -> String {
             ))
             .fg(Color::Green)
         }
-        Some(d) => Cell::new(format!(
+        (Some(d), None) => Cell::new(format!(
             "not running (last report {})",
             relative(d.reported_at, s.now)
         ))
         .fg(Color::Yellow),
-        None => Cell::new("no dispatcher has run on this data directory").fg(Color::Yellow),
+        (None, _) => Cell::new("no dispatcher has run on this data directory").fg(Color::Yellow),
     };
     t.add_row(vec![Cell::new("dispatcher"), dispatcher]);
+    t.add_row(vec![Cell::new("backlog drains in"), drain(&s.forecast())]);
     if let Some(budget) = s.dispatcher.as_ref().and_then(|d| d.announced) {
         t.add_row(vec![
             Cell::new("target's announced budget"),
@@ -132,6 +141,31 @@ fn render(s: &StatusReport) -> String {
         ]);
     }
     t.to_string()
+}
+
+/// The drain forecast in words: how long at what pace, and a warning in red when events will
+/// pass `--max-age` first.
+fn drain(f: &Forecast) -> Cell {
+    let human = |ms: i64| {
+        humantime::format_duration(Duration::from_secs((ms.max(0) as u64).div_ceil(1000)))
+            .to_string()
+    };
+    let text = match (f.backlog, f.drain_ms, f.pace_per_s) {
+        (0, _, _) => "nothing waiting".to_owned(),
+        (n, Some(ms), Some(pace)) => format!("{} ({n} events at {pace:.1}/s)", human(ms)),
+        (n, _, _) => format!("never at this pace: {n} events wait and nothing is sending"),
+    };
+    if !f.passes_max_age {
+        return Cell::new(text);
+    }
+    let max_age = f.max_age_ms.map_or(String::new(), human);
+    let oldest = f.oldest_age_ms.map_or(String::new(), |age| {
+        format!("; the oldest is {} old", human(age))
+    });
+    Cell::new(format!(
+        "{text} — events will pass --max-age ({max_age}) and be dead-lettered before delivery{oldest}; see docs/runbook.md"
+    ))
+    .fg(Color::Red)
 }
 
 /// What the target said about its budget, in its own terms.

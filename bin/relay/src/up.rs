@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Args;
-use relay_core::ops::DispatcherReport;
 use relay_dispatch::{DeliverySettings, Dispatcher, GraphqlClient, MetricsSnapshot};
 use relay_ingest::{IngestConfig, IngestSettings};
 use relay_store::{Durability, FlushStats, SqliteStore, StoreOptions};
@@ -265,12 +264,7 @@ async fn run_local(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
     let app = relay_ingest::router(store.clone(), ingest);
     let stop_rx = stop_on_signals();
 
-    let reporter = report_to_store(
-        handle.clone(),
-        store.clone(),
-        stop_rx.clone(),
-        args.delivery.batch,
-    );
+    let reporter = report_to_store(handle.clone(), store.clone(), stop_rx.clone());
 
     tracing::info!(%addr, target = %args.delivery.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
@@ -297,9 +291,7 @@ fn report_to_store(
     handle: relay_dispatch::DispatcherHandle,
     store: SqliteStore,
     mut rx: watch::Receiver<bool>,
-    batch: u16,
 ) -> tokio::task::JoinHandle<()> {
-    let batch = u32::from(batch);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(2));
         for n in 0u64.. {
@@ -307,20 +299,11 @@ fn report_to_store(
                 _ = tick.tick() => {}
                 _ = rx.wait_for(|stop| *stop) => break,
             }
-            let m = handle.snapshot();
-            let report = DispatcherReport {
-                rate: m.rate,
-                estimated_limit: m.estimated_limit,
-                announced: m.announced,
-                in_flight: m.in_flight,
-                reported_at: relay_core::now_millis(),
-                events_per_request: (batch > 1).then_some(batch),
-            };
-            if let Err(e) = store.publish_dispatcher(&report).await {
+            if let Err(e) = store.publish_dispatcher(&handle.report()).await {
                 tracing::debug!(error = %e, "could not publish dispatcher figures");
             }
             if n % 5 == 4 {
-                log_progress(&m, Some(store.flush_stats()));
+                log_progress(&handle.snapshot(), Some(store.flush_stats()));
             }
         }
     })

@@ -292,6 +292,22 @@ async fn status_counts_a_known_backlog_and_shows_the_dispatcher() {
     );
     assert!(s["oldest_waiting_received_at"].as_i64().unwrap() <= s["now"].as_i64().unwrap());
     assert!(s["dispatcher"]["rate"].as_f64().unwrap() > 0.0);
+    // The drain forecast: the backlog at the learned pace, against the dispatcher's --max-age.
+    let forecast = &s["forecast"];
+    let pace = s["dispatcher"]["rate"].as_f64().unwrap();
+    assert_eq!(forecast["backlog"], 25, "{s}");
+    assert_eq!(forecast["pace_per_s"].as_f64(), Some(pace), "{s}");
+    assert_eq!(
+        forecast["drain_ms"].as_i64(),
+        Some((25.0 / pace * 1000.0).ceil() as i64),
+        "{s}"
+    );
+    assert_eq!(
+        forecast["max_age_ms"], 86_400_000,
+        "--max-age's default: {s}"
+    );
+    assert_eq!(forecast["passes_max_age"], false, "{s}");
+    assert!(forecast["oldest_age_ms"].as_i64().unwrap() >= 0, "{s}");
 
     let text = String::from_utf8(
         relay(&["status"], &data)
@@ -302,7 +318,9 @@ async fn status_counts_a_known_backlog_and_shows_the_dispatcher() {
     )
     .unwrap();
     assert!(
-        text.contains("dead-letter queue") && text.contains("running: pacing at"),
+        text.contains("dead-letter queue")
+            && text.contains("running: pacing at")
+            && text.contains("backlog drains in"),
         "{text}"
     );
     drop(relay_up);

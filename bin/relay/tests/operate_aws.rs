@@ -44,7 +44,13 @@ async fn status_then_trace_of_retried_delivered_and_dead_events_with_their_x_ray
         reject_names: vec!["poison".into()],
         ..Default::default()
     });
-    let up = Relay::start_aws(dir.path(), &moto, "ops", &target.url(), &[]);
+    let up = Relay::start_aws(
+        dir.path(),
+        &moto,
+        "ops",
+        &target.url(),
+        &["--max-age", "2h"],
+    );
 
     // A known backlog while the target is down.
     let backlog: Vec<Value> = (0..12).map(|i| named(&format!("b-{i}"), "order")).collect();
@@ -76,10 +82,16 @@ async fn status_then_trace_of_retried_delivered_and_dead_events_with_their_x_ray
     );
     let oldest = status["oldest_waiting_received_at"].as_i64().unwrap();
     assert!(relay_core::now_millis() - oldest < 120_000, "{status:#}");
+    // The drain forecast, with the fleet's --max-age from its heartbeat.
+    let forecast = &status["forecast"];
+    assert_eq!(forecast["backlog"].as_u64(), Some(waiting), "{status:#}");
+    assert_eq!(forecast["max_age_ms"], 7_200_000, "{status:#}");
+    assert!(forecast["drain_ms"].as_i64().is_some(), "{status:#}");
     // The table a person reads.
     relay(&moto, "ops", &["status"])
         .success()
-        .stdout(predicates::str::contains("queue depth"));
+        .stdout(predicates::str::contains("queue depth"))
+        .stdout(predicates::str::contains("backlog drains in"));
 
     target.set_faults(Faults {
         reject_names: vec!["poison".into()],

@@ -68,6 +68,9 @@ pub struct Report {
     pub estimate: Option<f64>,
     /// The oldest event it saw waiting for a retry (received at, ms).
     pub oldest_ms: Option<i64>,
+    /// Most events in one request, and its `--max-age` (ms): for the drain forecast.
+    pub events_per_request: u32,
+    pub max_age_ms: i64,
 }
 
 impl Report {
@@ -80,6 +83,8 @@ impl Report {
             ("in_flight".to_owned(), n(self.in_flight)),
             ("rate".to_owned(), n(self.rate)),
             ("fleet_rate".to_owned(), n(self.fleet_rate)),
+            ("events_per_request".to_owned(), n(self.events_per_request)),
+            ("max_age_ms".to_owned(), n(self.max_age_ms)),
         ]);
         if let Some(estimate) = self.estimate {
             report.insert("estimate".into(), n(estimate));
@@ -234,6 +239,9 @@ pub struct FleetStatus {
     pub dead_total: u64,
     /// When the latest report was written.
     pub reported_at: Option<i64>,
+    /// As the latest report says (absent from reports of older dispatchers).
+    pub events_per_request: Option<u32>,
+    pub max_age_ms: Option<i64>,
 }
 
 /// Reads the fleet's item: its members' reports and totals.
@@ -284,6 +292,8 @@ fn fleet_status(item: &Item, now_ms: i64) -> FleetStatus {
             status.rate = get_n(report, "fleet_rate");
             status.estimate = get_n(report, "estimate");
             status.reported_at = Some(at);
+            status.events_per_request = get_n(report, "events_per_request");
+            status.max_age_ms = get_n(report, "max_age_ms");
         }
     }
     status

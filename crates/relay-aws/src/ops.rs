@@ -618,7 +618,8 @@ impl Operations for AwsOps {
                 announced: None,
                 in_flight: fleet.in_flight,
                 reported_at: at,
-                events_per_request: None,
+                events_per_request: fleet.events_per_request.filter(|&n| n > 1),
+                max_age_ms: fleet.max_age_ms,
             }),
             // DynamoDB answers each write itself: there is no store to fail in between.
             store_failing: Vec::new(),

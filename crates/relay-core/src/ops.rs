@@ -139,6 +139,73 @@ pub struct DispatcherReport {
     /// Most events in one request (`relay up --batch`), when more than one and known.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub events_per_request: Option<u32>,
+    /// The oldest an event may get before it is dead-lettered (`--max-age`), ms.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age_ms: Option<i64>,
+}
+
+/// A dispatcher that has not reported for this long is not running.
+pub const DISPATCHER_STALE_MS: i64 = 10_000;
+
+/// When the backlog will be delivered at the pace relay holds now: what an operator asks first
+/// when a target slows down.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Forecast {
+    /// Events waiting or in flight.
+    pub backlog: u64,
+    /// Age of the oldest event still waiting, ms.
+    pub oldest_age_ms: Option<i64>,
+    /// Events per second at the dispatcher's learned pace (its rate times the events in one
+    /// request); `None` when no dispatcher is running.
+    pub pace_per_s: Option<f64>,
+    /// How long the backlog takes at that pace, ms, not counting what arrives meanwhile;
+    /// `None` without a pace.
+    pub drain_ms: Option<i64>,
+    /// The dispatcher's `--max-age`, ms, when it reported it.
+    pub max_age_ms: Option<i64>,
+    /// Events will pass `--max-age` (and be dead-lettered) before they are delivered: the
+    /// oldest waiting event's age plus the drain time is beyond it, or nothing is sending.
+    pub passes_max_age: bool,
+}
+
+impl StatusReport {
+    /// The running dispatcher's report, if it reported within [`DISPATCHER_STALE_MS`].
+    pub fn live_dispatcher(&self) -> Option<&DispatcherReport> {
+        self.dispatcher
+            .as_ref()
+            .filter(|d| self.now - d.reported_at <= DISPATCHER_STALE_MS)
+    }
+
+    /// The drain forecast from these figures.
+    pub fn forecast(&self) -> Forecast {
+        let backlog = self.queued + self.in_flight;
+        let oldest_age_ms = self
+            .oldest_waiting_received_at
+            .map(|at| (self.now - at).max(0));
+        let live = self.live_dispatcher();
+        let pace_per_s = live.map(|d| d.rate * f64::from(d.events_per_request.unwrap_or(1)));
+        let drain_ms = match pace_per_s {
+            _ if backlog == 0 => Some(0),
+            Some(pace) if pace > 0.0 => Some((backlog as f64 / pace * 1000.0).ceil() as i64),
+            _ => None,
+        };
+        let max_age_ms = self.dispatcher.as_ref().and_then(|d| d.max_age_ms);
+        let passes_max_age = match (max_age_ms, drain_ms) {
+            _ if backlog == 0 => false,
+            (Some(max_age), Some(drain)) => oldest_age_ms.unwrap_or(0) + drain > max_age,
+            // Nothing sends: every waiting event ages past any limit.
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        Forecast {
+            backlog,
+            oldest_age_ms,
+            pace_per_s,
+            drain_ms,
+            max_age_ms,
+            passes_max_age,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -227,4 +294,78 @@ pub trait Operations {
         filter: &DlqFilter,
         dry_run: bool,
     ) -> impl Future<Output = Result<PurgeReport, StoreError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: i64 = 1_000_000_000;
+
+    fn status(
+        queued: u64,
+        oldest_age_ms: Option<i64>,
+        dispatcher: Option<DispatcherReport>,
+    ) -> StatusReport {
+        StatusReport {
+            now: NOW,
+            queued,
+            in_flight: 0,
+            delivered: 0,
+            dead: 0,
+            oldest_waiting_received_at: oldest_age_ms.map(|age| NOW - age),
+            delivered_last_minute: 0,
+            retried_last_minute: 0,
+            dead_lettered_last_minute: 0,
+            acked_before_flush: 0,
+            dispatcher,
+            store_failing: Vec::new(),
+        }
+    }
+
+    fn dispatcher(
+        rate: f64,
+        batch: Option<u32>,
+        max_age_ms: i64,
+        age_ms: i64,
+    ) -> Option<DispatcherReport> {
+        Some(DispatcherReport {
+            rate,
+            estimated_limit: None,
+            announced: None,
+            in_flight: 0,
+            reported_at: NOW - age_ms,
+            events_per_request: batch,
+            max_age_ms: Some(max_age_ms),
+        })
+    }
+
+    const HOUR: i64 = 3_600_000;
+
+    #[test]
+    fn the_backlog_drains_at_the_learned_pace_times_the_events_per_request() {
+        let f = status(1_000, Some(60_000), dispatcher(20.0, None, HOUR, 1_000)).forecast();
+        assert_eq!(
+            (f.backlog, f.pace_per_s, f.drain_ms),
+            (1_000, Some(20.0), Some(50_000))
+        );
+        assert!(!f.passes_max_age);
+        let batched = status(1_000, None, dispatcher(20.0, Some(10), HOUR, 1_000)).forecast();
+        assert_eq!(batched.drain_ms, Some(5_000));
+    }
+
+    #[test]
+    fn events_that_will_age_past_max_age_are_announced() {
+        // 36,000 events at 10/s: an hour to drain; the oldest is already 10 minutes old.
+        let late = status(36_000, Some(600_000), dispatcher(10.0, None, HOUR, 1_000)).forecast();
+        assert_eq!(late.drain_ms, Some(HOUR));
+        assert!(late.passes_max_age);
+        // Nothing sending (the dispatcher stopped reporting): no drain time, and they will.
+        let stopped = status(10, Some(1_000), dispatcher(10.0, None, HOUR, 60_000)).forecast();
+        assert_eq!((stopped.pace_per_s, stopped.drain_ms), (None, None));
+        assert!(stopped.passes_max_age);
+        // An empty backlog drains in no time and passes nothing.
+        let empty = status(0, None, None).forecast();
+        assert_eq!((empty.drain_ms, empty.passes_max_age), (Some(0), false));
+    }
 }

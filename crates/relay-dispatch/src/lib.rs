@@ -68,6 +68,9 @@ impl Default for DispatchConfig {
 pub struct DispatcherHandle {
     pub metrics: Arc<Metrics>,
     rate: Arc<Mutex<RateController>>,
+    /// How it sends: most events in one request, and the oldest an event may get.
+    pub events_per_request: u32,
+    pub max_age: Duration,
 }
 
 impl DispatcherHandle {
@@ -81,6 +84,20 @@ impl DispatcherHandle {
         let rate = lock(&self.rate);
         self.metrics
             .snapshot(rate.rate(), rate.estimate(), rate.announced())
+    }
+
+    /// What `relay status` shows of this dispatcher, as of now.
+    pub fn report(&self) -> relay_core::ops::DispatcherReport {
+        let m = self.snapshot();
+        relay_core::ops::DispatcherReport {
+            rate: m.rate,
+            estimated_limit: m.estimated_limit,
+            announced: m.announced,
+            in_flight: m.in_flight,
+            reported_at: now_millis(),
+            events_per_request: (self.events_per_request > 1).then_some(self.events_per_request),
+            max_age_ms: Some(self.max_age.as_millis() as i64),
+        }
     }
 }
 
@@ -102,6 +119,8 @@ impl<Q: WorkQueue> Dispatcher<Q> {
         let handle = DispatcherHandle {
             metrics: Arc::default(),
             rate: Arc::new(Mutex::new(rate)),
+            events_per_request: client.batch() as u32,
+            max_age: config.policy.max_age,
         };
         Dispatcher {
             queue,

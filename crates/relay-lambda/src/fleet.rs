@@ -122,6 +122,8 @@ impl Fleet {
                     .queue
                     .as_ref()
                     .and_then(relay_aws::SqsQueue::oldest_waiting),
+                events_per_request: self.handle.events_per_request,
+                max_age_ms: self.handle.max_age.as_millis() as i64,
             },
             add,
             forget,
