@@ -68,6 +68,10 @@ pub(crate) struct TargetArgs {
     /// Example: --require-header 'Authorization: Bearer abc'.
     #[arg(long, value_parser = args::header)]
     require_header: Option<(String, String)>,
+    /// Declare `createEvent` non-null (`CreatedEvent!`), as many schemas do: a refused event
+    /// nulls the whole answer's `data`, and in a batch the aliases after it do not run.
+    #[arg(long)]
+    non_null_mutations: bool,
 }
 
 pub(crate) async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
@@ -94,6 +98,7 @@ pub(crate) async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
             require_header: args.require_header.map(|(n, v)| format!("{n}: {v}")),
             ..Faults::default()
         },
+        non_null_mutations: args.non_null_mutations,
     };
     let target = target_sim::start(args.listen, config)
         .await

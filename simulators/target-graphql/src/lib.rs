@@ -121,6 +121,9 @@ pub struct TargetConfig {
     pub mode: LimitMode,
     pub announce: Announce,
     pub faults: Faults,
+    /// Declare `createEvent` non-null (`CreatedEvent!`): a refused event nulls the whole
+    /// answer's `data`, and in a batch the aliases after it do not run.
+    pub non_null_mutations: bool,
 }
 
 impl Default for TargetConfig {
@@ -132,6 +135,7 @@ impl Default for TargetConfig {
             mode: LimitMode::Http429,
             announce: Announce::default(),
             faults: Faults::default(),
+            non_null_mutations: false,
         }
     }
 }
@@ -535,7 +539,7 @@ pub async fn start(listen: SocketAddr, config: TargetConfig) -> std::io::Result<
         events: Mutex::new(HashMap::new()),
         arrivals: std::sync::atomic::AtomicU64::new(0),
     });
-    let app = router(Arc::clone(&shared));
+    let app = router(Arc::clone(&shared), config.non_null_mutations);
     let (stop, stopped) = oneshot::channel::<()>();
     let task = tokio::spawn(async move {
         let serve = axum::serve(listener, app).with_graceful_shutdown(async {
@@ -557,11 +561,14 @@ pub async fn start(listen: SocketAddr, config: TargetConfig) -> std::io::Result<
 struct AppState {
     shared: Arc<Shared>,
     schema: TargetSchema,
+    /// With `non_null_mutations`, the schema that executes requests.
+    strict: Option<schema::StrictSchema>,
 }
 
-fn router(shared: Arc<Shared>) -> Router {
+fn router(shared: Arc<Shared>, non_null_mutations: bool) -> Router {
     let state = AppState {
         schema: schema::build(Arc::clone(&shared)),
+        strict: non_null_mutations.then(|| schema::build_strict(Arc::clone(&shared))),
         shared,
     };
     Router::new()
@@ -660,7 +667,18 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         .into_response();
     }
     let keys = idempotency_keys(&headers, &request);
-    let mut response = state.schema.execute(request.data(keys)).await;
+    let request = request.data(keys);
+    let mut response = match &state.strict {
+        Some(strict) => {
+            let mut response = strict.execute(request.data(schema::Halted::default())).await;
+            // A non-null field failed: its error nulls the whole `data`.
+            if !response.errors.is_empty() {
+                response.data = async_graphql::Value::Null;
+            }
+            response
+        }
+        None => state.schema.execute(request).await,
+    };
     if let Some(cost) = cost.and_then(|c| async_graphql::Value::from_json(c).ok()) {
         response.extensions.insert("cost".into(), cost);
     }

@@ -127,31 +127,84 @@ impl Mutation {
         ctx: &Context<'_>,
         input: EventInput,
     ) -> async_graphql::Result<Option<CreatedEvent>> {
-        let shared = ctx.data_unchecked::<Arc<Shared>>();
-        let field = |name: &str| input.0.get(name).and_then(Value::as_str).map(str::to_owned);
-        let Some(id) = field("id").filter(|id| !id.is_empty()) else {
-            shared.count(|s| s.rejected += 1);
-            return Err(async_graphql::Error::new("input.id is required")
-                .extend_with(|_, e| e.set("code", "BAD_USER_INPUT")));
-        };
-        if let Some(name) = field("name")
-            && shared.rejects(&name)
-        {
-            shared.count(|s| s.rejected += 1);
-            return Err(
-                async_graphql::Error::new(format!("events named {name:?} are refused"))
-                    .extend_with(|_, e| e.set("code", "BAD_USER_INPUT")),
-            );
-        }
-        let alias = ctx.path_node.and_then(|node| match node.segment {
-            async_graphql::QueryPathSegment::Name(name) => Some(name),
-            async_graphql::QueryPathSegment::Index(_) => None,
-        });
-        let key = ctx.data_opt::<IdempotencyKey>().and_then(|k| k.of(alias));
-        if key != Some(id.as_str()) {
-            shared.count(|s| s.bad_idempotency_keys += 1);
-        }
-        shared.store(&id, input.0);
-        Ok(Some(CreatedEvent { id }))
+        create(ctx, input).map(Some)
     }
+}
+
+pub type StrictSchema = Schema<Query, StrictMutation, EmptySubscription>;
+
+pub(crate) fn build_strict(shared: Arc<Shared>) -> StrictSchema {
+    Schema::build(Query, StrictMutation, EmptySubscription)
+        .data(shared)
+        .finish()
+}
+
+/// `createEvent` declared non-null (`CreatedEvent!`), as many schemas do: a refused event's
+/// error nulls the whole answer's `data`, and since mutation fields run one after another, the
+/// aliases after it in a batch do not run at all. (async-graphql itself leaves the failed field
+/// out and carries on; the GraphQL specification, and graphql-js, graphql-java and Hot
+/// Chocolate, stop and null `data`. [`Halted`] and the handler make this target do the same.)
+#[derive(Debug)]
+pub struct StrictMutation;
+
+/// Set once a field of the request failed: the fields after it do not run (strict schema).
+#[derive(Debug, Default)]
+pub(crate) struct Halted(pub(crate) std::sync::atomic::AtomicBool);
+
+#[Object(name = "Mutation")]
+impl StrictMutation {
+    async fn create_event(
+        &self,
+        ctx: &Context<'_>,
+        input: EventInput,
+    ) -> async_graphql::Result<CreatedEvent> {
+        create(ctx, input)
+    }
+}
+
+/// `createEvent`: checks the input, then stores the event (or counts a duplicate). Under the
+/// strict schema a refusal halts the request: the fields after it do not run.
+fn create(ctx: &Context<'_>, input: EventInput) -> async_graphql::Result<CreatedEvent> {
+    use std::sync::atomic::Ordering::SeqCst;
+    let halted = ctx.data_opt::<Halted>();
+    if halted.is_some_and(|h| h.0.load(SeqCst)) {
+        // Not run: its answer is discarded with the whole `data`.
+        return Ok(CreatedEvent { id: String::new() });
+    }
+    let created = run_create(ctx, input);
+    if created.is_err()
+        && let Some(halted) = halted
+    {
+        halted.0.store(true, SeqCst);
+    }
+    created
+}
+
+fn run_create(ctx: &Context<'_>, input: EventInput) -> async_graphql::Result<CreatedEvent> {
+    let shared = ctx.data_unchecked::<Arc<Shared>>();
+    let field = |name: &str| input.0.get(name).and_then(Value::as_str).map(str::to_owned);
+    let Some(id) = field("id").filter(|id| !id.is_empty()) else {
+        shared.count(|s| s.rejected += 1);
+        return Err(async_graphql::Error::new("input.id is required")
+            .extend_with(|_, e| e.set("code", "BAD_USER_INPUT")));
+    };
+    if let Some(name) = field("name")
+        && shared.rejects(&name)
+    {
+        shared.count(|s| s.rejected += 1);
+        return Err(
+            async_graphql::Error::new(format!("events named {name:?} are refused"))
+                .extend_with(|_, e| e.set("code", "BAD_USER_INPUT")),
+        );
+    }
+    let alias = ctx.path_node.and_then(|node| match node.segment {
+        async_graphql::QueryPathSegment::Name(name) => Some(name),
+        async_graphql::QueryPathSegment::Index(_) => None,
+    });
+    let key = ctx.data_opt::<IdempotencyKey>().and_then(|k| k.of(alias));
+    if key != Some(id.as_str()) {
+        shared.count(|s| s.bad_idempotency_keys += 1);
+    }
+    shared.store(&id, input.0);
+    Ok(CreatedEvent { id })
 }
