@@ -205,8 +205,9 @@ pub fn alias(index: usize) -> String {
 /// Classifies the answer to a batch of `events` aliased mutations. What concerns the request
 /// (transport errors, 429, 408, 5xx, a rate-limit error naming no alias) concerns every event;
 /// a GraphQL error whose `path` starts with an alias concerns that event alone; an alias with
-/// data and no error is delivered; an alias with neither (a non-null error elsewhere nulled the
-/// whole `data`) was not shown to be executed and is tried again.
+/// data and no error is delivered. When a non-null field's error nulled the whole `data`, the
+/// aliases before the first failing one ran and succeeded ([`stopped_at`]): delivered; those
+/// after it did not run, or cannot be shown to have, and are tried again.
 pub fn classify_batch(result: &Result<Answer, TransportError>, events: usize) -> BatchOutcome {
     let whole = classify(result);
     let refused = |outcome: Outcome| match outcome {
@@ -240,6 +241,7 @@ pub fn classify_batch(result: &Result<Answer, TransportError>, events: usize) ->
         return refused(classify(&Ok(one)));
     }
     let data = graphql.get("data").filter(|d| !d.is_null());
+    let stopped = stopped_at(&graphql, events);
     let outcomes = aliases
         .iter()
         .enumerate()
@@ -259,6 +261,7 @@ pub fn classify_batch(result: &Result<Answer, TransportError>, events: usize) ->
             }
             match data.and_then(|d| d.get(alias)) {
                 Some(result) if !result.is_null() => Outcome::Delivered,
+                _ if stopped.is_some_and(|first| index < first) => Outcome::Delivered,
                 _ => Outcome::Transient {
                     retry_after: None,
                     reason: format!(
@@ -270,6 +273,28 @@ pub fn classify_batch(result: &Result<Answer, TransportError>, events: usize) ->
         })
         .collect();
     BatchOutcome::Each(outcomes)
+}
+
+/// Where a batch stopped when a non-null field's error nulled the whole `data`: the first alias
+/// (in the document's order) with an error of its own. Mutation fields run one after another
+/// (GraphQL specification, "Normal and Serial Execution"), so every alias before it ran, and
+/// ran without error (its error would be listed); servers stop at the failing field, so those
+/// after it did not run. `None` when `data` is there (each alias answers for itself) or no
+/// error names an alias.
+pub fn stopped_at(graphql: &Value, events: usize) -> Option<usize> {
+    if graphql.get("data").is_some_and(|d| !d.is_null()) {
+        return None;
+    }
+    let aliases: Vec<String> = (0..events).map(alias).collect();
+    graphql
+        .get("errors")?
+        .as_array()?
+        .iter()
+        .filter_map(|e| {
+            let first = e.pointer("/path/0")?.as_str()?;
+            aliases.iter().position(|a| a == first)
+        })
+        .min()
 }
 
 fn error_code(error: &Value) -> &str {
@@ -455,6 +480,33 @@ mod tests {
                 reason: "GraphQL RATE_LIMITED: slow down".into()
             }
         );
+    }
+
+    #[test]
+    fn when_an_error_nulls_the_data_the_aliases_before_it_ran_and_those_after_did_not() {
+        // e2's non-null field failed: e0 and e1 ran before it, e3 never ran.
+        let nulled = json!({
+            "data": null,
+            "errors": [{"message": "refused", "path": ["e2"], "extensions": {"code": "BAD_USER_INPUT"}}]
+        });
+        assert_eq!(stopped_at(&nulled, 4), Some(2));
+        assert_eq!(
+            kinds(classify_batch(&answer(200, None, nulled), 4)),
+            ["delivered", "delivered", "permanent", "transient"]
+        );
+        // The first failing alias decides, whatever order the errors are listed in.
+        let two = json!({"data": null, "errors": [
+            {"message": "x", "path": ["e3"], "extensions": {"code": "BAD_USER_INPUT"}},
+            {"message": "y", "path": ["e1"], "extensions": {"code": "BAD_USER_INPUT"}},
+        ]});
+        assert_eq!(stopped_at(&two, 4), Some(1));
+        assert_eq!(
+            kinds(classify_batch(&answer(200, None, two), 4)),
+            ["delivered", "permanent", "transient", "permanent"]
+        );
+        // With data, each alias answers for itself: nothing is inferred.
+        let with_data = json!({"data": {"e0": null}, "errors": [{"message": "x", "path": ["e1"]}]});
+        assert_eq!(stopped_at(&with_data, 2), None);
     }
 
     #[test]

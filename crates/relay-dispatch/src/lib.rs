@@ -329,13 +329,16 @@ async fn attempt<Q: WorkQueue>(
         }
     };
     let said = learn(handle, ticket, &result, &outcomes);
-    // A batch's answer, once, for each delivered alias's own result in its attempt's detail.
-    let data = match &result {
-        Ok(answer) if n > 1 => serde_json::from_slice::<serde_json::Value>(&answer.body)
-            .ok()
-            .and_then(|mut v| v.get_mut("data").map(serde_json::Value::take)),
+    // A batch's answer, once, for each delivered alias's own result in its attempt's detail
+    // (or, when an error nulled its data, where it stopped).
+    let answer = match &result {
+        Ok(answer) if n > 1 => serde_json::from_slice::<serde_json::Value>(&answer.body).ok(),
         _ => None,
     };
+    let stopped = answer
+        .as_ref()
+        .and_then(|a| relay_core::classify::stopped_at(a, n));
+    let data = answer.and_then(|mut v| v.get_mut("data").map(serde_json::Value::take));
     let settles = claims
         .iter()
         .zip(outcomes)
@@ -343,7 +346,7 @@ async fn attempt<Q: WorkQueue>(
         .map(|(i, (claim, outcome))| {
             let settlement = decide(&outcome, claim, policy, now_millis(), fastrand::f64());
             let (http_status, detail) =
-                attempt_detail(&result, &outcome, &said, (i, n), data.as_ref());
+                attempt_detail(&result, &outcome, &said, (i, n, stopped), data.as_ref());
             let attempt = AttemptRecord {
                 started_at,
                 duration_ms: duration.as_millis() as u64,
@@ -401,12 +404,13 @@ fn learn(
 
 /// An attempt's HTTP status and detail: the answer's excerpt or the reason, what the target
 /// said of its budget, and in a batch of `n`, the event's alias (with its own result when
-/// delivered).
+/// delivered, or what its delivery was inferred from when the batch `stopped` at an error that
+/// nulled its data).
 fn attempt_detail(
     result: &Result<Answer, TransportError>,
     outcome: &Outcome,
     said: &str,
-    (i, n): (usize, usize),
+    (i, n, stopped): (usize, usize, Option<usize>),
     data: Option<&serde_json::Value>,
 ) -> (Option<u16>, String) {
     let (http_status, mut detail) = match result {
@@ -422,9 +426,15 @@ fn attempt_detail(
         let alias = relay_core::classify::alias(i);
         detail = match outcome {
             Outcome::Delivered => {
-                let own = data
-                    .and_then(|d| d.get(&alias))
-                    .map_or(String::new(), |r| format!(": {r}"));
+                let own = match (data.and_then(|d| d.get(&alias)), stopped) {
+                    (Some(result), _) => format!(": {result}"),
+                    (None, Some(first)) => format!(
+                        " (inferred: it ran before {}, whose error nulled the answer's data; \
+                         mutation fields run in order)",
+                        relay_core::classify::alias(first)
+                    ),
+                    (None, None) => String::new(),
+                };
                 format!("delivered in a batch of {n} as {alias}{own}")
             }
             _ => format!("in a batch of {n} as {alias}: {detail}"),
