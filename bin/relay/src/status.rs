@@ -163,7 +163,7 @@ fn drain(f: &Forecast) -> Cell {
         format!("; the oldest is {} old", human(age))
     });
     Cell::new(format!(
-        "{text} — events will pass --max-age ({max_age}) and be dead-lettered before delivery{oldest}; see docs/runbook.md"
+        "{text} — events will pass --max-age ({max_age}) before delivery, and a failed attempt then dead-letters them{oldest}; see docs/runbook.md"
     ))
     .fg(Color::Red)
 }

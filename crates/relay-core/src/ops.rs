@@ -163,8 +163,9 @@ pub struct Forecast {
     pub drain_ms: Option<i64>,
     /// The dispatcher's `--max-age`, ms, when it reported it.
     pub max_age_ms: Option<i64>,
-    /// Events will pass `--max-age` (and be dead-lettered) before they are delivered: the
-    /// oldest waiting event's age plus the drain time is beyond it, or nothing is sending.
+    /// Events will pass `--max-age` before they are delivered (a failed attempt then
+    /// dead-letters them rather than retrying): the oldest waiting event's age plus the drain
+    /// time is beyond it, or nothing is sending.
     pub passes_max_age: bool,
 }
 

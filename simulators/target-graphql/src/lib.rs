@@ -670,7 +670,9 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
     let request = request.data(keys);
     let mut response = match &state.strict {
         Some(strict) => {
-            let mut response = strict.execute(request.data(schema::Halted::default())).await;
+            let mut response = strict
+                .execute(request.data(schema::Halted::default()))
+                .await;
             // A non-null field failed: its error nulls the whole `data`.
             if !response.errors.is_empty() {
                 response.data = async_graphql::Value::Null;
