@@ -204,7 +204,7 @@ async fn proxy_event(
     context.resource_path = Some("/{proxy+}".into());
     context.path = Some(parts.uri.path().to_owned());
     context.protocol = Some("HTTP/1.1".into());
-    context.request_id = Some(format!("local-{:016x}", rand_u64()));
+    context.request_id = Some(format!("local-{:016x}", fastrand::u64(..)));
     context.request_time_epoch = relay_core::now_millis();
     context.identity.source_ip = Some(peer.ip().to_string());
     Ok(event)
@@ -228,11 +228,4 @@ fn from_proxy_response(proxy: ApiGatewayProxyResponse) -> Response {
         }
     }
     response
-}
-
-fn rand_u64() -> u64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u64(relay_core::now_millis() as u64);
-    h.finish()
 }
