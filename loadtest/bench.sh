@@ -10,6 +10,8 @@
 #   loadtest/bench.sh retention  store size and RSS over 10 min of 500/s with --retention 1m
 #   loadtest/bench.sh pacing     a strict 50/s target (burst 5), limit steps 5→50→10→200 changed at
 #                                runtime, and a fixed window with and without budget headers
+#   loadtest/bench.sh concurrency  a target that allows 4 requests in progress of 100 ms each
+#                                (40/s, more get 429): delivered share and refusals
 #   loadtest/bench.sh fleet      1, 2 and 4 dispatchers sharing a 50/s limit through the control
 #                                table (moto), work from an embedded store, then through SQS
 #   loadtest/bench.sh lambda     Lambda zip and bootstrap sizes, and each bootstrap's init time
@@ -302,6 +304,17 @@ PY
   done
 }
 
+concurrency() {
+  echo "## a target that limits concurrency, not rate ($UP): 4 in progress, 100 ms each (40/s), 60 s"
+  pace conc 4323 8323 60 - --rate 100000 --burst 100000 --concurrency 4 --latency-ms 100
+  python3 - "$WORK/conc.json" <<'PY'
+import json, sys
+per = json.load(open(sys.argv[1]))[10:]
+ev = sum(x["events"] for x in per); rq = sum(x["requests"] for x in per); rl = sum(x["rate_limited"] for x in per)
+print(f"| 4 in progress × 100 ms | {ev/len(per):.1f}/s | {ev/len(per)/40:.1%} | {rl/max(rq,1):.2%} ({rl} of {rq}) |")
+PY
+}
+
 fleet() {
   echo "## fleet: dispatchers sharing a 50/s limit (burst 5) through the stack's control table"
   if [ ! -x .venv-moto/bin/moto_server ]; then
@@ -434,11 +447,12 @@ case "${1:-all}" in
   fsyncs) fsyncs ;;
   retention) retention ;;
   pacing) pacing ;;
+  concurrency) concurrency ;;
   fleet) fleet ;;
   lambda) lambda ;;
   aws-ack) aws_ack ;;
   batching) batching ;;
   batch-ingest) batch_ingest ;;
-  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; fleet; lambda; aws_ack; batching; batch_ingest ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|fleet|lambda|aws-ack|batching|batch-ingest|all]" >&2; exit 2 ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; concurrency; fleet; lambda; aws_ack; batching; batch_ingest ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|concurrency|fleet|lambda|aws-ack|batching|batch-ingest|all]" >&2; exit 2 ;;
 esac

@@ -72,6 +72,10 @@ pub(crate) struct TargetArgs {
     /// nulls the whole answer's `data`, and in a batch the aliases after it do not run.
     #[arg(long)]
     non_null_mutations: bool,
+    /// At most N requests in progress (with --latency-ms, a concurrency limit rather than a
+    /// rate): one more is answered 429 at once, as gateways that limit in-flight requests do.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    concurrency: Option<u32>,
 }
 
 pub(crate) async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
@@ -99,6 +103,7 @@ pub(crate) async fn run(args: TargetArgs) -> anyhow::Result<ExitCode> {
             ..Faults::default()
         },
         non_null_mutations: args.non_null_mutations,
+        concurrency: args.concurrency,
     };
     let target = target_sim::start(args.listen, config)
         .await

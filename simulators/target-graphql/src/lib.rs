@@ -124,6 +124,10 @@ pub struct TargetConfig {
     /// Declare `createEvent` non-null (`CreatedEvent!`): a refused event nulls the whole
     /// answer's `data`, and in a batch the aliases after it do not run.
     pub non_null_mutations: bool,
+    /// At most this many requests in progress (with `latency_ms`, a concurrency limit rather
+    /// than a rate): one more is answered 429 at once, without `Retry-After`, as gateways that
+    /// limit in-flight requests do.
+    pub concurrency: Option<u32>,
 }
 
 impl Default for TargetConfig {
@@ -136,6 +140,7 @@ impl Default for TargetConfig {
             announce: Announce::default(),
             faults: Faults::default(),
             non_null_mutations: false,
+            concurrency: None,
         }
     }
 }
@@ -388,6 +393,9 @@ pub(crate) struct Shared {
     events: Mutex<HashMap<String, Received>>,
     /// `createEvent` calls so far, for the every-Nth faults.
     arrivals: std::sync::atomic::AtomicU64,
+    /// Requests in progress, against `concurrency`.
+    in_progress: std::sync::atomic::AtomicU32,
+    concurrency: Option<u32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -538,6 +546,8 @@ pub async fn start(listen: SocketAddr, config: TargetConfig) -> std::io::Result<
         stats: Mutex::new(Stats::default()),
         events: Mutex::new(HashMap::new()),
         arrivals: std::sync::atomic::AtomicU64::new(0),
+        in_progress: std::sync::atomic::AtomicU32::new(0),
+        concurrency: config.concurrency,
     });
     let app = router(Arc::clone(&shared), config.non_null_mutations);
     let (stop, stopped) = oneshot::channel::<()>();
@@ -623,6 +633,14 @@ async fn put_limit(State(state): State<AppState>, Json(limit): Json<Limit>) -> R
 async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> Response {
     let shared = &state.shared;
     shared.count(|s| s.requests += 1);
+    let Some(_in_progress) = InProgress::enter(shared) else {
+        shared.count(|s| s.rate_limited += 1);
+        return (
+            StatusCode::TOO_MANY_REQUESTS,
+            Json(json!({"errors": [{"message": "too many requests in progress"}]})),
+        )
+            .into_response();
+    };
     let faults = lock(&shared.faults).clone();
     if faults.latency_ms > 0 {
         tokio::time::sleep(Duration::from_millis(faults.latency_ms)).await;
@@ -685,6 +703,29 @@ async fn graphql(State(state): State<AppState>, headers: HeaderMap, body: Bytes)
         response.extensions.insert("cost".into(), cost);
     }
     with_budget(Json(response).into_response())
+}
+
+/// A request counted in progress until dropped; `None` (and not counted) past `concurrency`.
+struct InProgress<'a>(&'a Shared);
+
+impl<'a> InProgress<'a> {
+    fn enter(shared: &'a Shared) -> Option<Self> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let now = shared.in_progress.fetch_add(1, SeqCst) + 1;
+        if shared.concurrency.is_some_and(|limit| now > limit) {
+            shared.in_progress.fetch_sub(1, SeqCst);
+            return None;
+        }
+        Some(InProgress(shared))
+    }
+}
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0
+            .in_progress
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The answer of a target that is down, failing at random, or missing its required header.

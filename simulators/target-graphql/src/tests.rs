@@ -432,3 +432,66 @@ async fn the_limit_changes_while_it_runs() {
         "10 per 10 s window"
     );
 }
+
+/// `concurrency`: at most N requests in progress; the next is answered 429 at once, without
+/// `Retry-After`, and a request that finished frees its place.
+#[tokio::test]
+async fn a_concurrency_limit_refuses_what_is_beyond_it_and_frees_places() {
+    let mut config = unlimited();
+    config.concurrency = Some(2);
+    config.faults.latency_ms = 300;
+    let t = target(config).await;
+    let started = (0..3).map(|i| {
+        let t = &t;
+        async move { create(t, &format!("c{i}"), "n", Some(&format!("c{i}"))).await }
+    });
+    let answers = futures_util::future::join_all(started).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(status, _, _)| *status).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 429]);
+    let refused = answers.iter().find(|(status, _, _)| *status == 429).unwrap();
+    assert_eq!(refused.1, None, "no Retry-After: the limit is not a rate");
+    // Both places are free again.
+    let again = futures_util::future::join_all((3..5).map(|i| {
+        let t = &t;
+        async move { create(t, &format!("c{i}"), "n", Some(&format!("c{i}"))).await }
+    }))
+    .await;
+    assert!(again.iter().all(|(status, _, _)| *status == 200));
+    assert_eq!(t.stats().rate_limited, 1);
+}
+
+/// `non_null_mutations`: a refused alias nulls the whole `data`, and the aliases after it do
+/// not run (the specification's serial execution), where the nullable schema answers per alias.
+#[tokio::test]
+async fn a_non_null_mutation_stops_the_batch_at_the_refused_alias() {
+    let batch = json!({
+        "query": "mutation M($e0: EventInput!, $e1: EventInput!, $e2: EventInput!) { e0: createEvent(input: $e0) { id } e1: createEvent(input: $e1) { id } e2: createEvent(input: $e2) { id } }",
+        "variables": {"e0": input("s0", "n"), "e1": input("s1", "poison"), "e2": input("s2", "n")},
+        "extensions": {"idempotencyKeys": {"e0": "s0", "e1": "s1", "e2": "s2"}},
+    });
+    for strict in [false, true] {
+        let mut config = unlimited();
+        config.non_null_mutations = strict;
+        config.faults.reject_names = vec!["poison".into()];
+        let t = target(config).await;
+        let answer: Value = reqwest::Client::new()
+            .post(t.url())
+            .json(&batch)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["errors"][0]["path"], json!(["e1"]), "{answer}");
+        let stored: Vec<String> = t.events().into_keys().collect();
+        if strict {
+            assert_eq!(answer["data"], Value::Null, "{answer}");
+            assert_eq!(stored, ["s0"], "e2 did not run");
+        } else {
+            assert_eq!(answer["data"]["e2"]["id"], "s2", "{answer}");
+            assert_eq!(stored.len(), 2);
+        }
+    }
+}
