@@ -7,6 +7,7 @@
 pub mod backoff;
 pub mod budget;
 pub mod classify;
+pub mod concurrency;
 #[cfg(feature = "contract")]
 pub mod contract;
 pub mod delivery;
