@@ -119,8 +119,11 @@ fn render(s: &StatusReport) -> String {
             let batches = d
                 .events_per_request
                 .map_or(String::new(), |n| format!(" (up to {n} events each)"));
+            let concurrency = d.concurrency_limit.map_or(String::new(), |n| {
+                format!(", at most {n} requests in flight (the target's concurrency limit)")
+            });
             Cell::new(format!(
-                "running: pacing at ≤ {:.1} requests/s{batches}, target limit ≈ {limit}, {} in flight",
+                "running: pacing at ≤ {:.1} requests/s{batches}, target limit ≈ {limit}{concurrency}, {} in flight",
                 d.rate, d.in_flight
             ))
             .fg(Color::Green)

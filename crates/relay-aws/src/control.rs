@@ -71,6 +71,8 @@ pub struct Report {
     /// Most events in one request, and its `--max-age` (ms): for the drain forecast.
     pub events_per_request: u32,
     pub max_age_ms: i64,
+    /// The concurrency limit it learned, if any.
+    pub concurrency_limit: Option<u32>,
 }
 
 impl Report {
@@ -91,6 +93,9 @@ impl Report {
         }
         if let Some(oldest) = self.oldest_ms {
             report.insert("oldest_ms".into(), n(oldest));
+        }
+        if let Some(limit) = self.concurrency_limit {
+            report.insert("concurrency_limit".into(), n(limit));
         }
         AttributeValue::M(report)
     }
@@ -242,6 +247,7 @@ pub struct FleetStatus {
     /// As the latest report says (absent from reports of older dispatchers).
     pub events_per_request: Option<u32>,
     pub max_age_ms: Option<i64>,
+    pub concurrency_limit: Option<u32>,
 }
 
 /// Reads the fleet's item: its members' reports and totals.
@@ -294,6 +300,7 @@ fn fleet_status(item: &Item, now_ms: i64) -> FleetStatus {
             status.reported_at = Some(at);
             status.events_per_request = get_n(report, "events_per_request");
             status.max_age_ms = get_n(report, "max_age_ms");
+            status.concurrency_limit = get_n(report, "concurrency_limit");
         }
     }
     status

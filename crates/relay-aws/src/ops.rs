@@ -620,6 +620,7 @@ impl Operations for AwsOps {
                 reported_at: at,
                 events_per_request: fleet.events_per_request.filter(|&n| n > 1),
                 max_age_ms: fleet.max_age_ms,
+                concurrency_limit: fleet.concurrency_limit,
             }),
             // DynamoDB answers each write itself: there is no store to fail in between.
             store_failing: Vec::new(),

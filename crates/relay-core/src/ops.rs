@@ -142,6 +142,10 @@ pub struct DispatcherReport {
     /// The oldest an event may get before it is dead-lettered (`--max-age`), ms.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_age_ms: Option<i64>,
+    /// The most requests in flight the target allows, when its refusals showed a concurrency
+    /// limit (`relay_core::concurrency`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
 }
 
 /// A dispatcher that has not reported for this long is not running.
@@ -338,6 +342,7 @@ mod tests {
             reported_at: NOW - age_ms,
             events_per_request: batch,
             max_age_ms: Some(max_age_ms),
+            concurrency_limit: None,
         })
     }
 

@@ -15,6 +15,7 @@ use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use relay_core::concurrency::{ConcurrencyLimit, Refusal};
 use relay_core::rate::{RateConfig, RateController, Ticket};
 use relay_core::{
     Answer, AttemptRecord, BatchOutcome, Claim, DeliveryPolicy, Outcome, Settlement,
@@ -68,6 +69,11 @@ impl Default for DispatchConfig {
 pub struct DispatcherHandle {
     pub metrics: Arc<Metrics>,
     rate: Arc<Mutex<RateController>>,
+    /// The target's concurrency limit, when its refusals show one.
+    concurrency: Arc<Mutex<ConcurrencyLimit>>,
+    /// Requests sent whose answer has not come back: in progress at the target (a request
+    /// still being settled holds its place in flight, but no longer the target's).
+    at_target: Arc<std::sync::atomic::AtomicU32>,
     /// How it sends: most events in one request, and the oldest an event may get.
     pub events_per_request: u32,
     pub max_age: Duration,
@@ -86,6 +92,11 @@ impl DispatcherHandle {
             .snapshot(rate.rate(), rate.estimate(), rate.announced())
     }
 
+    /// The most requests in flight the target allows, when its refusals have shown it.
+    pub fn concurrency_limit(&self) -> Option<u32> {
+        lock(&self.concurrency).cap()
+    }
+
     /// What `relay status` shows of this dispatcher, as of now.
     pub fn report(&self) -> relay_core::ops::DispatcherReport {
         let m = self.snapshot();
@@ -97,6 +108,7 @@ impl DispatcherHandle {
             reported_at: now_millis(),
             events_per_request: (self.events_per_request > 1).then_some(self.events_per_request),
             max_age_ms: Some(self.max_age.as_millis() as i64),
+            concurrency_limit: self.concurrency_limit(),
         }
     }
 }
@@ -109,7 +121,7 @@ pub struct Dispatcher<Q> {
     handle: DispatcherHandle,
 }
 
-fn lock(m: &Mutex<RateController>) -> MutexGuard<'_, RateController> {
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -119,6 +131,8 @@ impl<Q: WorkQueue> Dispatcher<Q> {
         let handle = DispatcherHandle {
             metrics: Arc::default(),
             rate: Arc::new(Mutex::new(rate)),
+            concurrency: Arc::default(),
+            at_target: Arc::default(),
             events_per_request: client.batch() as u32,
             max_age: config.policy.max_age,
         };
@@ -159,7 +173,7 @@ impl<Q: WorkQueue> Dispatcher<Q> {
             config,
             handle,
         } = self;
-        let slots = Arc::new(Semaphore::new(config.max_in_flight));
+        let places = Places::new(config.max_in_flight);
         let mut buffer: VecDeque<Claim> = VecDeque::new();
         let mut in_flight = JoinSet::new();
         tokio::pin!(shutdown);
@@ -199,8 +213,8 @@ impl<Q: WorkQueue> Dispatcher<Q> {
                 ticket = next_ticket(&handle) => ticket,
                 () = &mut shutdown => break 'run,
             };
-            let slot = tokio::select! {
-                slot = Arc::clone(&slots).acquire_owned() => slot.expect("the semaphore is never closed"),
+            let (slot, at_target) = tokio::select! {
+                place = places.enter(&handle) => place,
                 () = &mut shutdown => break 'run,
             };
             // What is claimed already, up to a batch: never waiting for more.
@@ -213,9 +227,11 @@ impl<Q: WorkQueue> Dispatcher<Q> {
             };
             let (queue, client, handle, policy) =
                 (queue.clone(), client.clone(), handle.clone(), config.policy);
+            let answered = Arc::clone(&places.answered);
             in_flight.spawn(
                 async move {
-                    deliver(&queue, &client, &handle, &policy, claims, ticket).await;
+                    let sent = (ticket, at_target);
+                    deliver(&queue, &client, &handle, &policy, claims, sent, &answered).await;
                     drop(slot);
                 }
                 .instrument(span),
@@ -224,6 +240,79 @@ impl<Q: WorkQueue> Dispatcher<Q> {
 
         wind_down(&queue, buffer, in_flight, config.drain_timeout).await;
     }
+}
+
+/// Places for requests in flight: at most `max_in_flight`, and no more than the target's learned
+/// concurrency limit.
+struct Places {
+    slots: Arc<Semaphore>,
+    /// Told each time an answer comes back, for a sender waiting under the concurrency limit.
+    answered: Arc<tokio::sync::Notify>,
+}
+
+impl Places {
+    fn new(max: usize) -> Self {
+        Places {
+            slots: Arc::new(Semaphore::new(max)),
+            answered: Arc::default(),
+        }
+    }
+
+    /// A place for one more request, under the learned concurrency limit; it counts at the
+    /// target from here, so that requests let go together are all counted.
+    async fn enter(
+        &self,
+        handle: &DispatcherHandle,
+    ) -> (tokio::sync::OwnedSemaphorePermit, AtTarget) {
+        let slot = Arc::clone(&self.slots)
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        while let Some(cap) = handle.concurrency_limit()
+            && handle.at_target.load(std::sync::atomic::Ordering::SeqCst) >= cap
+        {
+            // An answer is told even if it came first; the timeout covers a cap that rose.
+            let _ = tokio::time::timeout(Duration::from_millis(20), self.answered.notified()).await;
+        }
+        (slot, AtTarget::enter(handle, &self.answered))
+    }
+}
+
+/// A request in progress at the target, from the moment it is let go until its answer (or its
+/// abort: a Lambda instance's handle outlives an invocation cut short).
+struct AtTarget {
+    count: Arc<std::sync::atomic::AtomicU32>,
+    answered: Arc<tokio::sync::Notify>,
+    /// Requests in progress beside this one when it was let go.
+    others: u32,
+}
+
+impl AtTarget {
+    fn enter(handle: &DispatcherHandle, answered: &Arc<tokio::sync::Notify>) -> Self {
+        let others = handle
+            .at_target
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        AtTarget {
+            count: Arc::clone(&handle.at_target),
+            answered: Arc::clone(answered),
+            others,
+        }
+    }
+}
+
+impl Drop for AtTarget {
+    fn drop(&mut self) {
+        self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.answered.notify_one();
+    }
+}
+
+/// How a request went out: its rate ticket, and how many other requests were in progress at the
+/// target beside it (what the concurrency limit is learned from).
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    ticket: Ticket,
+    others: u32,
 }
 
 /// At shutdown: gives back the claimed work not started, and waits up to `drain_timeout` for
@@ -268,12 +357,13 @@ async fn deliver<Q: WorkQueue>(
     handle: &DispatcherHandle,
     policy: &DeliveryPolicy,
     claims: Vec<Claim>,
-    ticket: Ticket,
+    sent: (Ticket, AtTarget),
+    answered: &Arc<tokio::sync::Notify>,
 ) {
     if claims.is_empty() {
         return;
     }
-    let Some(refused) = attempt(queue, client, handle, policy, claims, ticket).await else {
+    let Some(refused) = attempt(queue, client, handle, policy, claims, sent).await else {
         return;
     };
     tracing::warn!(
@@ -282,7 +372,8 @@ async fn deliver<Q: WorkQueue>(
     );
     for claim in refused {
         let ticket = next_ticket(handle).await;
-        attempt(queue, client, handle, policy, vec![claim], ticket).await;
+        let sent = (ticket, AtTarget::enter(handle, answered));
+        attempt(queue, client, handle, policy, vec![claim], sent).await;
     }
 }
 
@@ -305,7 +396,7 @@ async fn attempt<Q: WorkQueue>(
     handle: &DispatcherHandle,
     policy: &DeliveryPolicy,
     claims: Vec<Claim>,
-    ticket: Ticket,
+    (ticket, at_target): (Ticket, AtTarget),
 ) -> Option<Vec<Claim>> {
     let metrics = &handle.metrics;
     let n = claims.len();
@@ -319,6 +410,11 @@ async fn attempt<Q: WorkQueue>(
         .map(|c| (c.event_id.as_str(), c.payload.as_str()))
         .collect();
     let result = client.send_batch(&events).await;
+    let sent = Sent {
+        ticket,
+        others: at_target.others,
+    };
+    drop(at_target);
     let duration = clock.elapsed();
     let outcomes = match classify_batch(&result, n) {
         BatchOutcome::Each(outcomes) => outcomes,
@@ -328,7 +424,7 @@ async fn attempt<Q: WorkQueue>(
             return Some(claims);
         }
     };
-    let said = learn(handle, ticket, &result, &outcomes);
+    let said = learn(handle, sent, &result, &outcomes);
     // A batch's answer, once, for each delivered alias's own result in its attempt's detail
     // (or, when an error nulled its data, where it stopped).
     let answer = match &result {
@@ -371,7 +467,7 @@ async fn attempt<Q: WorkQueue>(
 /// read within them; the attempt keeps what the target said).
 fn learn(
     handle: &DispatcherHandle,
-    ticket: Ticket,
+    Sent { ticket, others }: Sent,
     result: &Result<Answer, TransportError>,
     outcomes: &[Outcome],
 ) -> String {
@@ -395,8 +491,16 @@ fn learn(
         _ => None,
     });
     match limited {
+        // A refusal that says nothing of when to come back may be the target's concurrency
+        // limit: then relay holds fewer requests in flight, and its rate stands.
+        Some(None)
+            if reading.budget.is_none()
+                && lock(&handle.concurrency).on_refused(others) == Refusal::Concurrency => {}
         Some(retry_after) => rate.on_rate_limited(now, ticket, retry_after),
-        None if outcomes.contains(&Outcome::Delivered) => rate.on_delivered(now, ticket),
+        None if outcomes.contains(&Outcome::Delivered) => {
+            rate.on_delivered(now, ticket);
+            lock(&handle.concurrency).on_accepted(others);
+        }
         None => {}
     }
     reading.said()

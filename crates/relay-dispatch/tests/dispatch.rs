@@ -462,6 +462,56 @@ async fn a_batch_answer_without_data_sends_nothing_twice() {
     r.stop().await;
 }
 
+/// A target that allows 4 requests in progress (100 ms each) and refuses the fifth at once: the
+/// dispatcher learns the limit from where its refusals begin, and from then on holds 4 in flight,
+/// refusing only its rare probes for a limit that rose. (Its share of the target's capacity is
+/// `loadtest/bench.sh concurrency`'s figure.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_is_learned_and_held() {
+    let evs = events(400);
+    let target = target_sim::TargetConfig {
+        rate: 1e6,
+        burst: Some(1e6),
+        concurrency: Some(4),
+        faults: Faults {
+            latency_ms: 100,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let r = run(
+        target,
+        DispatchConfig::default(),
+        Duration::from_secs(5),
+        &evs,
+    )
+    .await;
+    let counts = r.settled(400).await;
+    assert_eq!((counts.delivered, counts.dead), (400, 0));
+    assert_eq!(r.handle.concurrency_limit(), Some(4), "the limit learned");
+    let first = r.target.stats();
+    // Learned: a second backlog goes through with the rare probe refused, not one in ten.
+    for e in events(800).into_iter().skip(400) {
+        r.store
+            .accept(parse_event(e.to_string().as_bytes()).unwrap())
+            .await
+            .unwrap();
+    }
+    let counts = r.settled(800).await;
+    assert_eq!(counts.delivered, 800);
+    let last = r.target.stats();
+    let (requests, refused) = (
+        last.requests - first.requests,
+        last.rate_limited - first.rate_limited,
+    );
+    eprintln!("concurrency 4 × 100 ms, after learning: {refused} of {requests} refused");
+    assert!(
+        refused * 50 <= requests,
+        "{refused} of {requests} refused once the limit was learned"
+    );
+    r.stop().await;
+}
+
 #[tokio::test]
 async fn a_batch_refused_whole_is_sent_again_one_event_per_request() {
     let mut evs = events(40);

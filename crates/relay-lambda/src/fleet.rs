@@ -124,6 +124,7 @@ impl Fleet {
                     .and_then(relay_aws::SqsQueue::oldest_waiting),
                 events_per_request: self.handle.events_per_request,
                 max_age_ms: self.handle.max_age.as_millis() as i64,
+                concurrency_limit: self.handle.concurrency_limit(),
             },
             add,
             forget,

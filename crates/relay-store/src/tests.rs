@@ -703,6 +703,7 @@ mod operations {
             reported_at: 42,
             events_per_request: Some(10),
             max_age_ms: Some(86_400_000),
+            concurrency_limit: Some(4),
         };
         store.publish_dispatcher(&report).await.unwrap();
         assert_eq!(reader.status().await.unwrap().dispatcher, Some(report));
