@@ -449,7 +449,10 @@ async fn a_concurrency_limit_refuses_what_is_beyond_it_and_frees_places() {
     let mut statuses: Vec<u16> = answers.iter().map(|(status, _, _)| *status).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 429]);
-    let refused = answers.iter().find(|(status, _, _)| *status == 429).unwrap();
+    let refused = answers
+        .iter()
+        .find(|(status, _, _)| *status == 429)
+        .unwrap();
     assert_eq!(refused.1, None, "no Retry-After: the limit is not a rate");
     // Both places are free again.
     let again = futures_util::future::join_all((3..5).map(|i| {
