@@ -12,6 +12,7 @@ pub mod settings;
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering::SeqCst};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -21,7 +22,7 @@ use relay_core::{
     Answer, AttemptRecord, BatchOutcome, Claim, DeliveryPolicy, Outcome, Settlement,
     TransportError, WorkQueue, classify_batch, decide, now_millis,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -73,7 +74,7 @@ pub struct DispatcherHandle {
     concurrency: Arc<Mutex<ConcurrencyLimit>>,
     /// Requests sent whose answer has not come back: in progress at the target (a request
     /// still being settled holds its place in flight, but no longer the target's).
-    at_target: Arc<std::sync::atomic::AtomicU32>,
+    at_target: Arc<AtomicU32>,
     /// How it sends: most events in one request, and the oldest an event may get.
     pub events_per_request: u32,
     pub max_age: Duration,
@@ -247,7 +248,7 @@ impl<Q: WorkQueue> Dispatcher<Q> {
 struct Places {
     slots: Arc<Semaphore>,
     /// Told each time an answer comes back, for a sender waiting under the concurrency limit.
-    answered: Arc<tokio::sync::Notify>,
+    answered: Arc<Notify>,
 }
 
 impl Places {
@@ -260,16 +261,13 @@ impl Places {
 
     /// A place for one more request, under the learned concurrency limit; it counts at the
     /// target from here, so that requests let go together are all counted.
-    async fn enter(
-        &self,
-        handle: &DispatcherHandle,
-    ) -> (tokio::sync::OwnedSemaphorePermit, AtTarget) {
+    async fn enter(&self, handle: &DispatcherHandle) -> (OwnedSemaphorePermit, AtTarget) {
         let slot = Arc::clone(&self.slots)
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
         while let Some(cap) = handle.concurrency_limit()
-            && handle.at_target.load(std::sync::atomic::Ordering::SeqCst) >= cap
+            && handle.at_target.load(SeqCst) >= cap
         {
             // An answer is told even if it came first; the timeout covers a cap that rose.
             let _ = tokio::time::timeout(Duration::from_millis(20), self.answered.notified()).await;
@@ -281,17 +279,15 @@ impl Places {
 /// A request in progress at the target, from the moment it is let go until its answer (or its
 /// abort: a Lambda instance's handle outlives an invocation cut short).
 struct AtTarget {
-    count: Arc<std::sync::atomic::AtomicU32>,
-    answered: Arc<tokio::sync::Notify>,
+    count: Arc<AtomicU32>,
+    answered: Arc<Notify>,
     /// Requests in progress beside this one when it was let go.
     others: u32,
 }
 
 impl AtTarget {
-    fn enter(handle: &DispatcherHandle, answered: &Arc<tokio::sync::Notify>) -> Self {
-        let others = handle
-            .at_target
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+    fn enter(handle: &DispatcherHandle, answered: &Arc<Notify>) -> Self {
+        let others = handle.at_target.fetch_add(1, SeqCst);
         AtTarget {
             count: Arc::clone(&handle.at_target),
             answered: Arc::clone(answered),
@@ -302,7 +298,7 @@ impl AtTarget {
 
 impl Drop for AtTarget {
     fn drop(&mut self) {
-        self.count.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.count.fetch_sub(1, SeqCst);
         self.answered.notify_one();
     }
 }
@@ -358,7 +354,7 @@ async fn deliver<Q: WorkQueue>(
     policy: &DeliveryPolicy,
     claims: Vec<Claim>,
     sent: (Ticket, AtTarget),
-    answered: &Arc<tokio::sync::Notify>,
+    answered: &Arc<Notify>,
 ) {
     if claims.is_empty() {
         return;
