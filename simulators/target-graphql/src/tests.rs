@@ -37,6 +37,19 @@ async fn create(
     (status, retry_after, response.json().await.unwrap())
 }
 
+/// POSTs a GraphQL request as it is; the answer's body.
+async fn post_json(t: &TargetHandle, request: &Value) -> Value {
+    reqwest::Client::new()
+        .post(t.url())
+        .json(request)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 fn unlimited() -> TargetConfig {
     TargetConfig {
         rate: 1e6,
@@ -94,16 +107,7 @@ async fn a_batch_of_aliased_mutations_takes_one_token_and_answers_per_alias() {
         "variables": {"e0": input("a", "n"), "e1": input("p", "poison"), "e2": input("c", "n")},
         "extensions": {"idempotencyKeys": {"e0": "a", "e1": "p", "e2": "wrong"}},
     });
-    let client = reqwest::Client::new();
-    let answer: Value = client
-        .post(t.url())
-        .json(&batch)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let answer = post_json(&t, &batch).await;
     // async-graphql leaves a failed nullable field out of `data` rather than null: either way,
     // only its error says what became of it.
     assert_eq!(
@@ -117,7 +121,12 @@ async fn a_batch_of_aliased_mutations_takes_one_token_and_answers_per_alias() {
     assert_eq!(answer["errors"][0]["path"], json!(["e1"]));
     assert_eq!(answer["errors"][0]["extensions"]["code"], "BAD_USER_INPUT");
     // The bucket held one token: the batch took it whole, the next request is refused.
-    let again = client.post(t.url()).json(&batch).send().await.unwrap();
+    let again = reqwest::Client::new()
+        .post(t.url())
+        .json(&batch)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status().as_u16(), 429);
     let stats = t.stats();
     assert_eq!(
@@ -478,15 +487,7 @@ async fn a_non_null_mutation_stops_the_batch_at_the_refused_alias() {
         config.non_null_mutations = strict;
         config.faults.reject_names = vec!["poison".into()];
         let t = target(config).await;
-        let answer: Value = reqwest::Client::new()
-            .post(t.url())
-            .json(&batch)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let answer = post_json(&t, &batch).await;
         assert_eq!(answer["errors"][0]["path"], json!(["e1"]), "{answer}");
         let stored: Vec<String> = t.events().into_keys().collect();
         if strict {
