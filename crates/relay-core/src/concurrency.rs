@@ -1,12 +1,12 @@
 //! A target that limits requests in progress rather than requests per second: one more than it
 //! allows is refused at once, whatever the rate. Paced by rate alone, relay cuts its rate at each
-//! such refusal and settles below what the target can take (76 % of a 4 × 100 ms target).
+//! such refusal and settles below what the target can take (76–81 % of a 4 × 100 ms target).
 //!
 //! The limit is learned from what relay already knows of each answer: how many of its requests
 //! were in flight when the refused (or accepted) one was sent. Against a concurrency limit `K`,
 //! a request sent beside `n` others is accepted when `n < K` and refused when `n >= K`, so the
-//! refusals and the acceptances separate: a refusal beside more requests than any recent
-//! acceptance is explained by concurrency. Then relay caps its requests in flight at that count
+//! refusals and the acceptances separate: a refusal beside more requests than recent
+//! acceptances usually had (their 95th percentile) is explained by concurrency. Then relay caps its requests in flight at that count
 //! (and does not cut its rate: the cap is the limit), and every [`PROBE_AFTER`] acceptances at
 //! the cap it allows one more, to find a limit that rose. A refusal that does not separate (sent
 //! beside no more requests than acceptances usually are, and below the cap) is a rate signal,
