@@ -36,6 +36,14 @@ impl std::str::FromStr for SigningSecret {
 }
 
 impl SigningSecret {
+    /// Parses the value of `setting` (a flag and its variable), with an error that names the
+    /// setting and never repeats the value.
+    pub fn from_setting(value: &str, setting: &str) -> Result<Self, String> {
+        value
+            .parse()
+            .map_err(|e| format!("{setting}: {e}; the value is not shown"))
+    }
+
     /// The `webhook-signature` value of `body` sent as message `id` at `timestamp` (Unix
     /// seconds). `None` if the body is not UTF-8, which the scheme cannot sign.
     pub fn sign(&self, id: &str, timestamp: i64, body: &[u8]) -> Option<String> {

@@ -147,23 +147,16 @@ impl DeliverySettings {
         let mut headers = self.headers.clone();
         headers.extend(extra);
         let signing = match (&self.target_signing_secret, signing_from_ref) {
-            (Some(secret), _) => Some((
-                secret.clone(),
-                "--target-signing-secret (RELAY_TARGET_SIGNING_SECRET)",
-            )),
-            (None, Some(secret)) => Some((
+            (Some(secret), _) => Some(SigningSecret::from_setting(
                 secret,
+                "--target-signing-secret (RELAY_TARGET_SIGNING_SECRET)",
+            )?),
+            (None, Some(secret)) => Some(SigningSecret::from_setting(
+                &secret,
                 "--target-signing-secret-ref (RELAY_TARGET_SIGNING_SECRET_REF)",
-            )),
+            )?),
             (None, None) => None,
         };
-        let signing = signing
-            .map(|(secret, setting)| {
-                secret
-                    .parse::<SigningSecret>()
-                    .map_err(|e| format!("{setting}: {e}"))
-            })
-            .transpose()?;
         Ok(TargetConfig {
             url: self.target_url.clone(),
             document,

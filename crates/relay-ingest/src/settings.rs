@@ -84,11 +84,7 @@ impl IngestSettings {
                     .iter()
                     .map(|s| (s, "--signing-secret-ref (RELAY_SIGNING_SECRET_REF)")),
             )
-            .map(|(secret, setting)| {
-                secret
-                    .parse::<SigningSecret>()
-                    .map_err(|e| format!("{setting}: {e}; the value is not shown"))
-            })
+            .map(|(secret, setting)| SigningSecret::from_setting(secret, setting))
             .collect::<Result<_, _>>()?;
         Ok(IngestConfig {
             api_keys,
