@@ -143,7 +143,8 @@ impl GraphqlClient {
     pub async fn send(&self, event_id: &str, payload: &str) -> Result<Answer, TransportError> {
         let body =
             json!({ "query": self.document, "variables": { "input": self.enriched(payload)? } });
-        self.post(body, Some(event_id), event_id).await
+        self.post(body, Some(event_id), || event_id.to_owned())
+            .await
     }
 
     /// Sends events (id, stored JSON) in one request: one alone as [`Self::send`] does, more as
@@ -165,7 +166,7 @@ impl GraphqlClient {
             "variables": variables,
             "extensions": { "idempotencyKeys": keys },
         });
-        self.post(body, None, &batch_message_id(events)).await
+        self.post(body, None, || batch_message_id(events)).await
     }
 
     fn enriched(&self, payload: &str) -> Result<Value, TransportError> {
@@ -175,13 +176,13 @@ impl GraphqlClient {
         Ok(enrich(&payload, &self.brand))
     }
 
-    /// POSTs `body`, with `key` as the `Idempotency-Key` header and, when signing, `message` as
-    /// the `webhook-id`.
+    /// POSTs `body`, with `key` as the `Idempotency-Key` header and, when signing, `message()`
+    /// as the `webhook-id` (made only then: a batch's is a digest).
     async fn post(
         &self,
         body: Value,
         key: Option<&str>,
-        message: &str,
+        message: impl FnOnce() -> String,
     ) -> Result<Answer, TransportError> {
         let body = serde_json::to_vec(&body)
             .map_err(|e| TransportError::Unsendable(format!("cannot encode the request: {e}")))?;
@@ -193,14 +194,15 @@ impl GraphqlClient {
             request = request.header("Idempotency-Key", header_value(key)?);
         }
         if let Some(secret) = &self.signing {
+            let message = message();
             let timestamp = relay_core::now_millis().div_euclid(1000);
-            let signature = secret.sign(message, timestamp, &body).ok_or_else(|| {
+            let signature = secret.sign(&message, timestamp, &body).ok_or_else(|| {
                 TransportError::Unsendable(
                     "its request is not UTF-8, which cannot be signed".into(),
                 )
             })?;
             request = request
-                .header(HEADER_WEBHOOK_ID, header_value(message)?)
+                .header(HEADER_WEBHOOK_ID, header_value(&message)?)
                 .header(HEADER_WEBHOOK_TIMESTAMP, timestamp)
                 .header(HEADER_WEBHOOK_SIGNATURE, signature);
         }
