@@ -13,7 +13,14 @@ use crate::{Shared, Stats};
 pub type TargetSchema = Schema<Query, Mutation, EmptySubscription>;
 
 pub(crate) fn build(shared: Arc<Shared>) -> TargetSchema {
-    Schema::build(Query, Mutation, EmptySubscription)
+    build_with(Mutation, shared)
+}
+
+fn build_with<M: async_graphql::ObjectType + 'static>(
+    mutation: M,
+    shared: Arc<Shared>,
+) -> Schema<Query, M, EmptySubscription> {
+    Schema::build(Query, mutation, EmptySubscription)
         .data(shared)
         .finish()
 }
@@ -134,9 +141,7 @@ impl Mutation {
 pub type StrictSchema = Schema<Query, StrictMutation, EmptySubscription>;
 
 pub(crate) fn build_strict(shared: Arc<Shared>) -> StrictSchema {
-    Schema::build(Query, StrictMutation, EmptySubscription)
-        .data(shared)
-        .finish()
+    build_with(StrictMutation, shared)
 }
 
 /// `createEvent` declared non-null (`CreatedEvent!`), as many schemas do: a refused event's
