@@ -53,6 +53,10 @@ pub enum TransportError {
     /// The answer's body was larger than [`MAX_ANSWER_BYTES`]; the rest was not read.
     #[error("answer too large: the target sent more than {} KiB", MAX_ANSWER_BYTES / 1024)]
     TooLarge,
+    /// The credentials the target asks for could not be had (its OAuth2 token endpoint
+    /// failed or refused); worth trying again.
+    #[error("no credentials for the target: {0}")]
+    Credentials(String),
     /// The request cannot be built from this event, however often it is tried.
     #[error("the event cannot be sent: {0}")]
     Unsendable(String),

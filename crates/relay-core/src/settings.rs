@@ -4,6 +4,7 @@
 //! what they configure (`relay_dispatch::DeliverySettings`, `relay_ingest::IngestSettings`).
 
 use std::fmt;
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -91,6 +92,38 @@ impl fmt::Display for SecretRef {
     }
 }
 
+/// Where a value read at start lives: a file, or a secret in AWS (`secretsmanager:NAME`,
+/// `ssm:/PARAMETER/NAME`), so that the same setting works on a laptop and in a Lambda.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    File(PathBuf),
+    Secret(SecretRef),
+}
+
+impl FromStr for Source {
+    type Err = String;
+
+    fn from_str(raw: &str) -> Result<Self, Self::Err> {
+        if raw.trim().is_empty() {
+            return Err("expected a file, secretsmanager:NAME or ssm:/PARAMETER/NAME".into());
+        }
+        if raw.starts_with("secretsmanager:") || raw.starts_with("ssm:") {
+            raw.parse().map(Source::Secret)
+        } else {
+            Ok(Source::File(PathBuf::from(raw)))
+        }
+    }
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::File(path) => write!(f, "{}", path.display()),
+            Source::Secret(secret) => secret.fmt(f),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -125,5 +158,19 @@ mod tests {
             assert!(e.contains("expected") || e.contains("empty"), "{bad}: {e}");
             assert!(!e.contains("target"), "the name is not repeated: {e}");
         }
+    }
+
+    #[test]
+    fn a_source_is_a_file_or_a_secret() {
+        assert_eq!(
+            "ssm:/relay/ca".parse(),
+            Ok(Source::Secret(SecretRef::Ssm("/relay/ca".into())))
+        );
+        assert_eq!(
+            "certs/client.pem".parse(),
+            Ok(Source::File("certs/client.pem".into()))
+        );
+        assert!("ssm:".parse::<Source>().is_err());
+        assert!(" ".parse::<Source>().is_err());
     }
 }
