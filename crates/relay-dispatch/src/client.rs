@@ -12,6 +12,8 @@ use relay_core::{Answer, TransportError, enrich};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Map, Value, json};
 
+use crate::credentials::{OAuthClient, TargetTls, TokenSource};
+
 /// The document relay sends unless told otherwise.
 pub const DEFAULT_DOCUMENT: &str =
     "mutation CreateEvent($input: EventInput!) { createEvent(input: $input) { id } }";
@@ -24,6 +26,8 @@ pub enum ClientError {
     Header(String),
     #[error("cannot build the HTTP client: {0}")]
     Build(#[from] reqwest::Error),
+    #[error("{0}")]
+    Tls(String),
     #[error(
         "a custom GraphQL document cannot be batched (--batch {0}): relay writes the aliased \
          mutations of a batch itself; use --batch 1 with --document, or drop --document"
@@ -48,6 +52,10 @@ pub struct TargetConfig {
     pub batch: usize,
     /// Sign every request the Standard Webhooks way, so that the target can refuse forgeries.
     pub signing: Option<SigningSecret>,
+    /// Send an OAuth2 access token, fetched by the client credentials grant.
+    pub oauth: Option<OAuthClient>,
+    /// The client certificate and CAs of a private target.
+    pub tls: TargetTls,
 }
 
 impl TargetConfig {
@@ -60,6 +68,8 @@ impl TargetConfig {
             timeout: Duration::from_secs(10),
             batch: 1,
             signing: None,
+            oauth: None,
+            tls: TargetTls::default(),
         }
     }
 }
@@ -84,6 +94,7 @@ pub struct GraphqlClient {
     timeout: Duration,
     batch: usize,
     signing: Option<SigningSecret>,
+    tokens: Option<TokenSource>,
 }
 
 impl GraphqlClient {
@@ -112,13 +123,15 @@ impl GraphqlClient {
                 HeaderValue::from_str(value).map_err(|_| raw())?,
             );
         }
-        let http = reqwest::Client::builder()
-            .default_headers(headers)
-            // A redirect would turn the POST into a GET; treat it as the misconfiguration it is.
-            .redirect(reqwest::redirect::Policy::none())
-            .connect_timeout(config.timeout.min(Duration::from_secs(5)))
-            .user_agent(concat!("relay/", env!("CARGO_PKG_VERSION")))
-            .build()?;
+        let http = http_client(config)?.default_headers(headers).build()?;
+        let tokens = match &config.oauth {
+            Some(oauth) => Some(TokenSource::new(
+                http_client(config)?.build()?,
+                oauth.clone(),
+                config.timeout,
+            )),
+            None => None,
+        };
         Ok(GraphqlClient {
             http,
             url,
@@ -127,7 +140,13 @@ impl GraphqlClient {
             timeout: config.timeout,
             batch: config.batch,
             signing: config.signing.clone(),
+            tokens,
         })
+    }
+
+    /// OAuth2 tokens fetched so far (0 without OAuth2).
+    pub fn tokens_fetched(&self) -> u64 {
+        self.tokens.as_ref().map_or(0, TokenSource::fetched)
     }
 
     /// Most events [`Self::send_batch`] is given at once.
@@ -177,7 +196,8 @@ impl GraphqlClient {
     }
 
     /// POSTs `body`, with `key` as the `Idempotency-Key` header and, when signing, `message()`
-    /// as the `webhook-id` (made only then: a batch's is a digest).
+    /// as the `webhook-id` (made only then: a batch's is a digest). With OAuth2, a 401 gets the
+    /// request sent once more with a new token.
     async fn post(
         &self,
         body: Value,
@@ -186,6 +206,39 @@ impl GraphqlClient {
     ) -> Result<Answer, TransportError> {
         let body = serde_json::to_vec(&body)
             .map_err(|e| TransportError::Unsendable(format!("cannot encode the request: {e}")))?;
+        let message = self.signing.as_ref().map(|_| message());
+        let mut token = match &self.tokens {
+            Some(tokens) => Some(tokens.bearer().await?),
+            None => None,
+        };
+        let mut refused_once = false;
+        loop {
+            let response = self
+                .request(&body, key, message.as_deref(), token.as_ref())?
+                .send()
+                .await
+                .map_err(|e| self.transport_error(e))?;
+            if response.status() == reqwest::StatusCode::UNAUTHORIZED
+                && !refused_once
+                && let (Some(tokens), Some(refused)) = (&self.tokens, &token)
+            {
+                tracing::info!("the target refused the OAuth2 token; fetching a new one");
+                token = Some(tokens.replace(refused).await?);
+                refused_once = true;
+                continue;
+            }
+            return self.answer(response).await;
+        }
+    }
+
+    /// One request of `post`, signed (again, on a second try) when signing.
+    fn request(
+        &self,
+        body: &[u8],
+        key: Option<&str>,
+        message: Option<&str>,
+        token: Option<&HeaderValue>,
+    ) -> Result<reqwest::RequestBuilder, TransportError> {
         let mut request = self
             .http
             .post(self.url.clone())
@@ -193,25 +246,25 @@ impl GraphqlClient {
         if let Some(key) = key {
             request = request.header("Idempotency-Key", header_value(key)?);
         }
-        if let Some(secret) = &self.signing {
-            let message = message();
+        if let Some(token) = token {
+            request = request.header(reqwest::header::AUTHORIZATION, token.clone());
+        }
+        if let (Some(secret), Some(message)) = (&self.signing, message) {
             let timestamp = relay_core::now_millis().div_euclid(1000);
-            let signature = secret.sign(&message, timestamp, &body).ok_or_else(|| {
+            let signature = secret.sign(message, timestamp, body).ok_or_else(|| {
                 TransportError::Unsendable(
                     "its request is not UTF-8, which cannot be signed".into(),
                 )
             })?;
             request = request
-                .header(HEADER_WEBHOOK_ID, header_value(&message)?)
+                .header(HEADER_WEBHOOK_ID, header_value(message)?)
                 .header(HEADER_WEBHOOK_TIMESTAMP, timestamp)
                 .header(HEADER_WEBHOOK_SIGNATURE, signature);
         }
-        let response = request
-            .timeout(self.timeout)
-            .body(body)
-            .send()
-            .await
-            .map_err(|e| self.transport_error(e))?;
+        Ok(request.timeout(self.timeout).body(body.to_vec()))
+    }
+
+    async fn answer(&self, response: reqwest::Response) -> Result<Answer, TransportError> {
         let status = response.status().as_u16();
         let retry_after = response
             .headers()
@@ -270,6 +323,17 @@ impl GraphqlClient {
     }
 }
 
+/// The builder both of a target's clients start from (the target's, and its token endpoint's):
+/// no redirects, a bounded connect, relay's user agent, the target's TLS settings.
+fn http_client(config: &TargetConfig) -> Result<reqwest::ClientBuilder, ClientError> {
+    let builder = reqwest::Client::builder()
+        // A redirect would turn the POST into a GET; treat it as the misconfiguration it is.
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(config.timeout.min(Duration::from_secs(5)))
+        .user_agent(concat!("relay/", env!("CARGO_PKG_VERSION")));
+    config.tls.apply(builder).map_err(ClientError::Tls)
+}
+
 /// An event id as a header value. Ingest refuses ids that cannot be one; one stored by an older
 /// relay fails here, once.
 fn header_value(id: &str) -> Result<HeaderValue, TransportError> {
@@ -310,7 +374,7 @@ pub fn batch_document(n: usize) -> String {
 }
 
 /// reqwest's top-level message hides the cause ("error sending request"); show the chain.
-fn source_chain(e: &dyn std::error::Error) -> String {
+pub(crate) fn source_chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(cause) = source {

@@ -7,6 +7,7 @@
 //! the store, which records the attempt.
 
 mod client;
+mod credentials;
 mod metrics;
 pub mod settings;
 
@@ -30,6 +31,7 @@ pub use client::{
     ClientError, DEFAULT_DOCUMENT, GraphqlClient, MAX_BATCH, TargetConfig, batch_document,
     parse_header,
 };
+pub use credentials::{OAuthClient, TargetTls};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use settings::DeliverySettings;
 

@@ -8,10 +8,10 @@ use clap::Args;
 use relay_core::DeliveryPolicy;
 use relay_core::backoff::Backoff;
 use relay_core::rate::RateConfig;
-use relay_core::settings::{self, SecretRef};
+use relay_core::settings::{self, SecretRef, Source};
 use relay_core::signing::SigningSecret;
 
-use crate::{DEFAULT_DOCUMENT, DispatchConfig, TargetConfig};
+use crate::{DEFAULT_DOCUMENT, DispatchConfig, OAuthClient, TargetConfig, TargetTls};
 
 /// The target, and how hard and how long relay tries it.
 #[derive(Debug, Clone, Args)]
@@ -71,6 +71,56 @@ pub struct DeliverySettings {
     #[arg(long, env = "RELAY_TARGET_SIGNING_SECRET_REF", value_name = "REF", value_parser = clap::value_parser!(SecretRef))]
     pub target_signing_secret_ref: Option<SecretRef>,
 
+    /// Get an OAuth2 access token for the target from this token endpoint (the client
+    /// credentials grant) and send it as `Authorization: Bearer …`. The token is kept until
+    /// shortly before it expires, and fetched again once if the target answers 401.
+    #[arg(long, env = "RELAY_TARGET_OAUTH_TOKEN_URL", value_name = "URL", value_parser = settings::http_url, requires = "target_oauth_client_id")]
+    pub target_oauth_token_url: Option<String>,
+
+    /// The OAuth2 client id (sent with the secret as HTTP Basic, as RFC 6749 asks).
+    #[arg(
+        long,
+        env = "RELAY_TARGET_OAUTH_CLIENT_ID",
+        value_name = "ID",
+        requires = "target_oauth_token_url"
+    )]
+    pub target_oauth_client_id: Option<String>,
+
+    /// The OAuth2 client secret.
+    #[arg(
+        long,
+        env = "RELAY_TARGET_OAUTH_CLIENT_SECRET",
+        value_name = "SECRET",
+        hide_env_values = true,
+        conflicts_with = "target_oauth_client_secret_ref"
+    )]
+    pub target_oauth_client_secret: Option<String>,
+
+    /// Read the OAuth2 client secret at start from AWS instead: secretsmanager:NAME (or ARN)
+    /// or ssm:/PARAMETER/NAME.
+    #[arg(long, env = "RELAY_TARGET_OAUTH_CLIENT_SECRET_REF", value_name = "REF", value_parser = clap::value_parser!(SecretRef))]
+    pub target_oauth_client_secret_ref: Option<SecretRef>,
+
+    /// The scopes to ask the token endpoint for, space-separated ('events:write audit').
+    #[arg(long, env = "RELAY_TARGET_OAUTH_SCOPES", value_name = "SCOPES")]
+    pub target_oauth_scopes: Option<String>,
+
+    /// Client certificate for a target that asks for one (mTLS): PEM, the chain and, unless
+    /// --target-client-key is given, the private key. A file, or secretsmanager:NAME or
+    /// ssm:/PARAMETER/NAME.
+    #[arg(long, env = "RELAY_TARGET_CLIENT_CERT", value_name = "PEM", value_parser = clap::value_parser!(Source))]
+    pub target_client_cert: Option<Source>,
+
+    /// The client certificate's private key (PEM), when not in --target-client-cert: a file,
+    /// or secretsmanager:NAME or ssm:/PARAMETER/NAME.
+    #[arg(long, env = "RELAY_TARGET_CLIENT_KEY", value_name = "PEM", value_parser = clap::value_parser!(Source), requires = "target_client_cert")]
+    pub target_client_key: Option<Source>,
+
+    /// CA certificates (PEM) to trust for the target and its token endpoint, beside the
+    /// system's: for a private target. A file, or secretsmanager:NAME or ssm:/PARAMETER/NAME.
+    #[arg(long, env = "RELAY_TARGET_CA", value_name = "PEM", value_parser = clap::value_parser!(Source))]
+    pub target_ca: Option<Source>,
+
     /// Attempts before an event goes to the dead-letter queue. Rate-limited answers do not count.
     #[arg(long, env = "RELAY_MAX_ATTEMPTS", default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
@@ -103,6 +153,34 @@ pub struct DeliverySettings {
     pub retention: Duration,
 }
 
+/// What the target's settings point at, read at start from files or AWS (the headers of
+/// `--header-secret`, and the secrets and PEM of the `…-ref`, `--target-client-*` and
+/// `--target-ca` settings).
+#[derive(Default)]
+pub struct ReadAtStart {
+    pub headers: Vec<(String, String)>,
+    pub signing_secret: Option<String>,
+    pub oauth_client_secret: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
+    pub ca: Option<String>,
+}
+
+impl std::fmt::Debug for ReadAtStart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names of what was read; its values are credentials.
+        let names: Vec<&str> = self.headers.iter().map(|(n, _)| n.as_str()).collect();
+        f.debug_struct("ReadAtStart")
+            .field("headers", &names)
+            .field("signing_secret", &self.signing_secret.is_some())
+            .field("oauth_client_secret", &self.oauth_client_secret.is_some())
+            .field("client_cert", &self.client_cert.is_some())
+            .field("client_key", &self.client_key.is_some())
+            .field("ca", &self.ca.is_some())
+            .finish()
+    }
+}
+
 fn header(raw: &str) -> Result<(String, String), String> {
     crate::parse_header(raw).map_err(|e| e.to_string())
 }
@@ -121,6 +199,14 @@ impl DeliverySettings {
         if self.target_timeout.is_zero() {
             return Err("--target-timeout must be more than zero".into());
         }
+        if self.target_oauth_token_url.is_some()
+            && self.target_oauth_client_secret.is_none()
+            && self.target_oauth_client_secret_ref.is_none()
+        {
+            return Err("--target-oauth-token-url needs the client's secret: \
+                        --target-oauth-client-secret or --target-oauth-client-secret-ref"
+                .into());
+        }
         if self.batch > 1 && self.document != DEFAULT_DOCUMENT {
             return Err(format!(
                 "--document cannot be combined with --batch {}: a batch is relay's own aliased \
@@ -131,22 +217,17 @@ impl DeliverySettings {
         Ok(())
     }
 
-    /// The target's configuration, with `extra` headers (read from `--header-secret`) and the
-    /// signing secret read from `--target-signing-secret-ref`, if any; the document read if it
-    /// is `@FILE`. A bad signing secret is named by its setting, never shown.
-    pub fn target(
-        &self,
-        extra: Vec<(String, String)>,
-        signing_from_ref: Option<String>,
-    ) -> Result<TargetConfig, String> {
+    /// The target's configuration, with what was read at start (see [`ReadAtStart`]), and the
+    /// document read if it is `@FILE`. A bad secret is named by its setting, never shown.
+    pub fn target(&self, read: ReadAtStart) -> Result<TargetConfig, String> {
         let document = match self.document.strip_prefix('@') {
             Some(path) => std::fs::read_to_string(path)
                 .map_err(|e| format!("cannot read --document file {path}: {e}"))?,
             None => self.document.clone(),
         };
         let mut headers = self.headers.clone();
-        headers.extend(extra);
-        let signing = match (&self.target_signing_secret, signing_from_ref) {
+        headers.extend(read.headers);
+        let signing = match (&self.target_signing_secret, read.signing_secret) {
             (Some(secret), _) => Some(SigningSecret::from_setting(
                 secret,
                 "--target-signing-secret (RELAY_TARGET_SIGNING_SECRET)",
@@ -157,6 +238,25 @@ impl DeliverySettings {
             )?),
             (None, None) => None,
         };
+        let oauth = match (&self.target_oauth_token_url, &self.target_oauth_client_id) {
+            (Some(token_url), Some(client_id)) => Some(OAuthClient {
+                token_url: token_url.clone(),
+                client_id: client_id.clone(),
+                client_secret: self
+                    .target_oauth_client_secret
+                    .clone()
+                    .or(read.oauth_client_secret)
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .ok_or("the OAuth2 client secret is empty")?,
+                scopes: self.target_oauth_scopes.clone(),
+            }),
+            _ => None,
+        };
+        let identity_pem = match (read.client_cert, read.client_key) {
+            (Some(cert), Some(key)) => Some(format!("{}\n{}", cert.trim_end(), key)),
+            (cert, _) => cert,
+        };
         Ok(TargetConfig {
             url: self.target_url.clone(),
             document,
@@ -165,6 +265,11 @@ impl DeliverySettings {
             timeout: self.target_timeout,
             batch: self.batch.into(),
             signing,
+            oauth,
+            tls: TargetTls {
+                identity_pem,
+                ca_pem: read.ca,
+            },
         })
     }
 
@@ -254,6 +359,19 @@ mod tests {
             e.contains("--document cannot be combined with --batch 5"),
             "{e}"
         );
+        let e = both(&[
+            "--target-oauth-token-url",
+            "https://auth.example/token",
+            "--target-oauth-client-id",
+            "relay",
+        ])
+        .unwrap()
+        .check()
+        .unwrap_err();
+        assert!(e.contains("needs the client's secret"), "{e}");
+        assert!(both(&["--target-oauth-client-id", "relay"]).is_err());
+        assert!(both(&["--target-client-key", "key.pem"]).is_err());
+        assert!(both(&["--target-ca", "ssm:"]).is_err());
         assert!(both(&["--batch", "501"]).is_err());
         assert!(both(&["--max-attempts", "0"]).is_err());
         assert!(both(&["--target-rate", "-2"]).is_err());
@@ -266,7 +384,7 @@ mod tests {
         let url = ["--target-url", "http://127.0.0.1:1/graphql"];
         let s =
             parse(&[&url[..], &["--target-signing-secret", "whsec_!!hunter2"]].concat()).unwrap();
-        let e = s.target(Vec::new(), None).unwrap_err();
+        let e = s.target(ReadAtStart::default()).unwrap_err();
         assert!(
             e.starts_with("--target-signing-secret (RELAY_TARGET_SIGNING_SECRET)"),
             "{e}"
@@ -274,12 +392,15 @@ mod tests {
         assert!(!e.contains("hunter2"), "{e}");
         let e = parse(&url)
             .unwrap()
-            .target(Vec::new(), Some("nope nope".into()))
+            .target(ReadAtStart {
+                signing_secret: Some("nope nope".into()),
+                ..ReadAtStart::default()
+            })
             .unwrap_err();
         assert!(e.starts_with("--target-signing-secret-ref"), "{e}");
         let signed = parse(&[&url[..], &["--target-signing-secret", "whsec_c2VjcmV0"]].concat())
             .unwrap()
-            .target(Vec::new(), None)
+            .target(ReadAtStart::default())
             .unwrap();
         assert!(signed.signing.is_some());
         assert!(

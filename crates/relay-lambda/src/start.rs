@@ -7,7 +7,9 @@
 use clap::error::{ContextKind, ContextValue, ErrorKind};
 use clap::{Args, Command, FromArgMatches};
 use relay_aws::AwsSettings;
+use relay_core::settings::Source;
 use relay_dispatch::DeliverySettings;
+use relay_dispatch::settings::ReadAtStart;
 use relay_ingest::IngestSettings;
 
 /// The dispatcher's settings: where the stack is, and how events are delivered.
@@ -174,22 +176,62 @@ pub async fn target_config(
     delivery: &DeliverySettings,
     aws: &LazyAws,
 ) -> Result<relay_dispatch::TargetConfig, StartError> {
-    let mut extra = Vec::new();
+    let mut read = ReadAtStart::default();
     if let Some(secret) = &delivery.header_secret {
-        extra = relay_aws::secrets::headers(aws.get().await?, secret)
+        read.headers = relay_aws::secrets::headers(aws.get().await?, secret)
             .await
             .map_err(|e| format!("cannot read the target's headers from {secret}: {e}"))?;
-        let names: Vec<&str> = extra.iter().map(|(n, _)| n.as_str()).collect();
+        let names: Vec<&str> = read.headers.iter().map(|(n, _)| n.as_str()).collect();
         tracing::info!(%secret, headers = ?names, "target headers read from the secret");
     }
-    let mut signing = None;
-    if let Some(secret) = &delivery.target_signing_secret_ref {
-        let value = relay_aws::secrets::read_secret(aws.get().await?, secret)
+    let secret = |setting| delivery_secret(setting, aws);
+    read.signing_secret = secret((
+        "RELAY_TARGET_SIGNING_SECRET_REF",
+        delivery
+            .target_signing_secret_ref
+            .clone()
+            .map(Source::Secret),
+    ))
+    .await?;
+    read.oauth_client_secret = secret((
+        "RELAY_TARGET_OAUTH_CLIENT_SECRET_REF",
+        delivery
+            .target_oauth_client_secret_ref
+            .clone()
+            .map(Source::Secret),
+    ))
+    .await?;
+    read.client_cert = secret((
+        "RELAY_TARGET_CLIENT_CERT",
+        delivery.target_client_cert.clone(),
+    ))
+    .await?;
+    read.client_key = secret((
+        "RELAY_TARGET_CLIENT_KEY",
+        delivery.target_client_key.clone(),
+    ))
+    .await?;
+    read.ca = secret(("RELAY_TARGET_CA", delivery.target_ca.clone())).await?;
+    Ok(delivery.target(read)?)
+}
+
+/// The value a delivery setting points at (a file, or a secret in AWS), if it is set; an error
+/// names the setting and where it looked, never the value.
+async fn delivery_secret(
+    (setting, source): (&str, Option<Source>),
+    aws: &LazyAws,
+) -> Result<Option<String>, StartError> {
+    let value = match &source {
+        None => return Ok(None),
+        Some(Source::File(path)) => std::fs::read_to_string(path).map_err(|e| e.to_string()),
+        Some(Source::Secret(secret)) => relay_aws::secrets::read_secret(aws.get().await?, secret)
             .await
-            .map_err(|e| format!("RELAY_TARGET_SIGNING_SECRET_REF ({secret}): {e}"))?;
-        signing = Some(value.trim().to_owned());
-    }
-    Ok(delivery.target(extra, signing)?)
+            .map_err(|e| e.to_string()),
+    };
+    let source = source.map(|s| s.to_string()).unwrap_or_default();
+    Ok(Some(
+        value.map_err(|e| format!("{setting} ({source}): {e}"))?,
+    ))
 }
 
 #[cfg(test)]
