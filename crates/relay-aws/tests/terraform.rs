@@ -787,28 +787,60 @@ fn required_signatures_reach_the_receiver_from_their_own_secret() {
 /// `sign_target_requests` gives the dispatcher its target signing secret (and only it the right
 /// to read it): the same signatures as `relay up --target-signing-secret`.
 #[test]
-fn signed_target_requests_reach_the_dispatcher_from_their_own_secret() {
+fn the_targets_credentials_reach_the_dispatcher_alone_from_their_own_secrets() {
     let module = load("modules/relay");
-    let secret = resource(&module, "aws_secretsmanager_secret", "target_signing");
-    assert_eq!(
-        attr(secret, "count").as_deref(),
-        Some("var.sign_target_requests ? 1 : 0")
-    );
-    assert!(
-        attr(secret, "name")
-            .unwrap()
-            .contains("/target-signing-secret")
-    );
     let environment: String = locals(&module, "environment").split_whitespace().collect();
-    assert!(
-        environment.contains(
-            "RELAY_TARGET_SIGNING_SECRET_REF=\"secretsmanager:${aws_secretsmanager_secret.target_signing[0].name}\""
-        ),
-        "{environment}"
-    );
     let policies = of_type(&module, "data", "aws_iam_policy_document");
-    for (name, body) in policies {
-        let grants = text(body).contains("aws_secretsmanager_secret.target_signing[*].arn");
-        assert_eq!(grants, name == "dispatcher", "{name}");
+    for (resource_name, count, name, variable) in [
+        (
+            "target_signing",
+            "var.sign_target_requests ? 1 : 0",
+            "/target-signing-secret",
+            "RELAY_TARGET_SIGNING_SECRET_REF",
+        ),
+        (
+            "target_oauth",
+            "var.target_oauth_token_url != \"\" ? 1 : 0",
+            "/target-oauth-client-secret",
+            "RELAY_TARGET_OAUTH_CLIENT_SECRET_REF",
+        ),
+        (
+            "target_client_certificate",
+            "var.target_mtls ? 1 : 0",
+            "/target-client-certificate",
+            "RELAY_TARGET_CLIENT_CERT",
+        ),
+        (
+            "target_ca",
+            "var.target_private_ca ? 1 : 0",
+            "/target-ca",
+            "RELAY_TARGET_CA",
+        ),
+    ] {
+        let secret = resource(&module, "aws_secretsmanager_secret", resource_name);
+        assert_eq!(
+            attr(secret, "count").as_deref(),
+            Some(count),
+            "{resource_name}"
+        );
+        assert!(
+            attr(secret, "name").unwrap().contains(name),
+            "{resource_name}"
+        );
+        assert!(
+            environment.contains(&format!(
+                "{variable}=\"secretsmanager:${{aws_secretsmanager_secret.{resource_name}[0].name}}\""
+            )),
+            "{variable}: {environment}"
+        );
+        for (policy, body) in &policies {
+            let grants =
+                text(body).contains(&format!("aws_secretsmanager_secret.{resource_name}[*].arn"));
+            assert_eq!(
+                grants,
+                *policy == "dispatcher",
+                "{resource_name} in {policy}"
+            );
+        }
     }
 }

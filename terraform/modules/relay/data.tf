@@ -213,3 +213,33 @@ resource "aws_secretsmanager_secret" "target_signing" {
   kms_key_id = aws_kms_key.relay.arn
   tags       = local.tags
 }
+
+# With var.target_oauth_token_url, the dispatcher gets its OAuth2 tokens with the client secret in
+# this secret. Set out of band; until it is set, the dispatcher cannot start.
+resource "aws_secretsmanager_secret" "target_oauth" {
+  # checkov:skip=CKV2_AWS_57:the client secret is issued by the target's authorization server; it is rotated there (docs/deploy.md)
+  count      = var.target_oauth_token_url != "" ? 1 : 0
+  name       = "${var.stack}/target-oauth-client-secret"
+  kms_key_id = aws_kms_key.relay.arn
+  tags       = local.tags
+}
+
+# With var.target_mtls, the dispatcher's client certificate for the target: its PEM chain and
+# private key in one value. Set out of band.
+resource "aws_secretsmanager_secret" "target_client_certificate" {
+  # checkov:skip=CKV2_AWS_57:the certificate is issued by the target's CA; it is renewed there (docs/deploy.md)
+  count      = var.target_mtls ? 1 : 0
+  name       = "${var.stack}/target-client-certificate"
+  kms_key_id = aws_kms_key.relay.arn
+  tags       = local.tags
+}
+
+# With var.target_private_ca, the CAs (PEM) the target's certificate is signed by. Not secret,
+# but kept beside the credentials it goes with. Set out of band.
+resource "aws_secretsmanager_secret" "target_ca" {
+  # checkov:skip=CKV2_AWS_57:a CA certificate is public; it changes when the target's CA does, not on a schedule
+  count      = var.target_private_ca ? 1 : 0
+  name       = "${var.stack}/target-ca"
+  kms_key_id = aws_kms_key.relay.arn
+  tags       = local.tags
+}

@@ -133,9 +133,15 @@ data "aws_iam_policy_document" "dispatcher" {
   }
 
   statement {
-    sid       = "TargetCredentials"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = concat([aws_secretsmanager_secret.target_headers.arn], aws_secretsmanager_secret.target_signing[*].arn)
+    sid     = "TargetCredentials"
+    actions = ["secretsmanager:GetSecretValue"]
+    resources = concat(
+      [aws_secretsmanager_secret.target_headers.arn],
+      aws_secretsmanager_secret.target_signing[*].arn,
+      aws_secretsmanager_secret.target_oauth[*].arn,
+      aws_secretsmanager_secret.target_client_certificate[*].arn,
+      aws_secretsmanager_secret.target_ca[*].arn,
+    )
   }
 }
 
@@ -187,6 +193,14 @@ locals {
       var.target_rate > 0 ? { RELAY_TARGET_RATE = tostring(var.target_rate) } : {},
       var.document != "" ? { RELAY_DOCUMENT = var.document } : {},
       var.sign_target_requests ? { RELAY_TARGET_SIGNING_SECRET_REF = "secretsmanager:${aws_secretsmanager_secret.target_signing[0].name}" } : {},
+      var.target_oauth_token_url != "" ? {
+        RELAY_TARGET_OAUTH_TOKEN_URL         = var.target_oauth_token_url
+        RELAY_TARGET_OAUTH_CLIENT_ID         = var.target_oauth_client_id
+        RELAY_TARGET_OAUTH_CLIENT_SECRET_REF = "secretsmanager:${aws_secretsmanager_secret.target_oauth[0].name}"
+      } : {},
+      var.target_oauth_scopes != "" ? { RELAY_TARGET_OAUTH_SCOPES = var.target_oauth_scopes } : {},
+      var.target_mtls ? { RELAY_TARGET_CLIENT_CERT = "secretsmanager:${aws_secretsmanager_secret.target_client_certificate[0].name}" } : {},
+      var.target_private_ca ? { RELAY_TARGET_CA = "secretsmanager:${aws_secretsmanager_secret.target_ca[0].name}" } : {},
     )
   }
 }

@@ -230,3 +230,33 @@ variable "sign_target_requests" {
   type        = bool
   default     = false
 }
+
+variable "target_oauth_token_url" {
+  description = "The target's OAuth2 token endpoint: the dispatcher gets a token by the client credentials grant, with the secret from `<stack>/target-oauth-client-secret` (relay up's --target-oauth-token-url). Empty: no OAuth2."
+  type        = string
+  default     = ""
+}
+
+variable "target_oauth_client_id" {
+  description = "The OAuth2 client id, with target_oauth_token_url (relay up's --target-oauth-client-id)."
+  type        = string
+  default     = ""
+}
+
+variable "target_oauth_scopes" {
+  description = "The scopes asked of the token endpoint, space-separated (relay up's --target-oauth-scopes). Empty: none."
+  type        = string
+  default     = ""
+}
+
+variable "target_mtls" {
+  description = "The target asks for a client certificate: the dispatcher presents the one in `<stack>/target-client-certificate` (PEM chain and key; relay up's --target-client-cert)."
+  type        = bool
+  default     = false
+}
+
+variable "target_private_ca" {
+  description = "The target's certificate is signed by a private CA: the dispatcher trusts the CAs in `<stack>/target-ca` (PEM) beside the system's (relay up's --target-ca)."
+  type        = bool
+  default     = false
+}
