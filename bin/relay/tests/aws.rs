@@ -545,3 +545,50 @@ async fn the_receiver_takes_signed_requests_and_refuses_unsigned_ones() {
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
     assert_eq!(target.stats().events, 1, "the unsigned event was delivered");
 }
+
+/// On AWS the dispatcher reads the OAuth2 client secret, the client certificate (chain and key
+/// in one secret) and the CA from Secrets Manager, and delivers to a target behind both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_behind_oauth2_and_mtls_is_reached_with_credentials_from_secrets_manager() {
+    let moto = MotoServer::start();
+    let pki = Pki::new();
+    let identity = format!("{}{}", pki.read("client.pem"), pki.read("client-key.pem"));
+    moto.put_secret("relay/target-oauth-client-secret", OAUTH_CLIENT.1)
+        .await;
+    moto.put_secret("relay/target-client-certificate", &identity)
+        .await;
+    moto.put_secret("relay/target-ca", &pki.read("ca.pem"))
+        .await;
+    let target = CredentialedTarget::start(Some(300), Some(&pki));
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = target.oauth_flags();
+    flags.extend(
+        [
+            "--target-oauth-client-secret-ref",
+            "secretsmanager:relay/target-oauth-client-secret",
+            "--target-client-cert",
+            "secretsmanager:relay/target-client-certificate",
+            "--target-ca",
+            "secretsmanager:relay/target-ca",
+        ]
+        .map(str::to_owned),
+    );
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let relay = Relay::start_aws(dir.path(), &moto, "credentialed", &target.url(), &flags);
+    let events: Vec<Value> = (0..10).map(event).collect();
+    assert_eq!(post_all(&relay.events_url(), &events).await.len(), 10);
+    eventually("all 10 delivered with a token, over mTLS", 60, || {
+        let seen = target.seen();
+        let delivered = seen.iter().filter(|r| r.authorized);
+        delivered.map(|r| r.events.len()).sum::<usize>() == 10
+    })
+    .await;
+    let seen = target.seen();
+    assert_eq!(seen.iter().filter(|r| r.granted).count(), 1, "{seen:?}");
+    assert!(
+        seen.iter()
+            .all(|r| r.peer.as_deref() == Some("relay-client") || r.path == "/token"),
+        "{seen:?}"
+    );
+    assert_eq!(relay.terminate().code(), Some(0));
+}

@@ -348,3 +348,153 @@ async fn requests_to_the_target_carry_signatures_an_independent_verifier_accepts
         "some requests were batches"
     );
 }
+
+/// A target behind OAuth2: relay fetches a token by the client credentials grant, reuses it,
+/// fetches the next one before it expires (no request ever carries an expired token), and when
+/// the server revokes it, fetches a new one on the 401 and sends again at once: no event spends
+/// an attempt on it. Neither the secret nor a token is logged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_behind_oauth2_gets_tokens_that_are_reused_renewed_and_replaced() {
+    let target = CredentialedTarget::start(Some(2), None);
+    let dir = tempfile::tempdir().unwrap();
+    let mut flags = target.oauth_flags();
+    flags.extend(["--target-oauth-client-secret".into(), OAUTH_CLIENT.1.into()]);
+    flags.extend(["--target-rate".into(), "20".into()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let relay = Relay::start(&dir.path().join("data"), &target.url(), &flags);
+    let delivered = |target: &CredentialedTarget| -> HashSet<String> {
+        let seen = target.seen();
+        let authorized = seen.iter().filter(|r| r.path == "/graphql" && r.authorized);
+        authorized.flat_map(|r| r.events.clone()).collect()
+    };
+    // Five seconds of sending: more than two tokens' lifetimes.
+    for round in 0..5 {
+        let events: Vec<Value> = (round * 10..round * 10 + 10).map(event).collect();
+        assert_eq!(post_all(&relay.events_url(), &events).await.len(), 10);
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+    eventually("the first 50 delivered", 60, || {
+        delivered(&target).len() == 50
+    })
+    .await;
+    let before = target.seen();
+    assert!(
+        before.iter().all(|r| r.path == "/token" || r.authorized),
+        "no request carried an expired token: {before:?}"
+    );
+    let grants = before.iter().filter(|r| r.granted).count();
+    let requests = before.iter().filter(|r| r.path == "/graphql").count();
+    assert!(
+        (3..=6).contains(&grants),
+        "a token per lifetime, renewed ahead: {grants} tokens for {requests} requests"
+    );
+
+    let revoked = reqwest::Client::new()
+        .post(format!("{}/revoke", target.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let late: Vec<Value> = (50..60).map(event).collect();
+    assert_eq!(post_all(&relay.events_url(), &late).await.len(), 10);
+    eventually("the last 10 delivered", 60, || {
+        delivered(&target).len() == 60
+    })
+    .await;
+    let after = &target.seen()[before.len()..];
+    let refused = after
+        .iter()
+        .filter(|r| r.path == "/graphql" && !r.authorized)
+        .count();
+    assert!(refused >= 1, "the revoked token was refused: {after:?}");
+    let id = late[0]["id"].as_str().unwrap();
+    let trace = || {
+        json_of(
+            assert_cmd::Command::new(relay_bin())
+                .args(["trace", id, "--json", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .assert()
+                .success(),
+        )
+    };
+    eventually("its delivery recorded", 30, || {
+        trace()["delivery"]["status"] == "delivered"
+    })
+    .await;
+    let trace = trace();
+    assert_eq!(
+        outcomes(&trace),
+        vec![("scheduled".to_owned(), "delivered".to_owned())],
+        "the 401 was answered with a new token inside the attempt: {trace}"
+    );
+    let log = relay.log();
+    assert!(log.contains("OAuth2 token fetched"), "{log}");
+    assert!(
+        !log.contains(OAUTH_CLIENT.1) && !log.contains("tok-"),
+        "{log}"
+    );
+    assert_eq!(relay.terminate().code(), Some(0));
+}
+
+/// A private target behind mTLS: its certificate is signed by a CA only `--target-ca` names,
+/// and it refuses a client without a certificate from its client CA. relay presents its client
+/// certificate and every event is delivered; a key that is not PEM stops the start, named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_target_behind_mtls_takes_relays_client_certificate() {
+    let pki = Pki::new();
+    let target = CredentialedTarget::start(None, Some(&pki));
+    let ca = reqwest::Certificate::from_pem(pki.read("ca.pem").as_bytes()).unwrap();
+    let without = reqwest::Client::builder()
+        .tls_certs_only([ca])
+        .build()
+        .unwrap()
+        .post(target.url())
+        .body("{}")
+        .send()
+        .await;
+    assert!(
+        without.is_err(),
+        "no client certificate, no answer: {without:?}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let tls = [
+        "--target-client-cert",
+        &pki.path("client.pem"),
+        "--target-client-key",
+        &pki.path("client-key.pem"),
+        "--target-ca",
+        &pki.path("ca.pem"),
+    ];
+    let relay = Relay::start(&dir.path().join("data"), &target.url(), &tls);
+    let events: Vec<Value> = (0..10).map(event).collect();
+    assert_eq!(post_all(&relay.events_url(), &events).await.len(), 10);
+    eventually("all 10 delivered over mTLS", 60, || {
+        target.seen().iter().map(|r| r.events.len()).sum::<usize>() == 10
+    })
+    .await;
+    assert!(
+        target
+            .seen()
+            .iter()
+            .all(|r| r.peer.as_deref() == Some("relay-client")),
+        "{:?}",
+        target.seen()
+    );
+    assert_eq!(relay.terminate().code(), Some(0));
+
+    let bad = dir.path().join("bad-key.pem");
+    std::fs::write(&bad, "-----BEGIN PRIVATE KEY-----\nnot a key\n").unwrap();
+    let out = std::process::Command::new(relay_bin())
+        .args(["up", "--api-key", KEY, "--target-url", &target.url()])
+        .args(["--target-client-cert", &pki.path("client.pem")])
+        .arg("--target-client-key")
+        .arg(&bad)
+        .arg("--data-dir")
+        .arg(dir.path().join("other"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("--target-client-key"), "{stderr}");
+}

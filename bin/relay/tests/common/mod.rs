@@ -438,50 +438,195 @@ pub struct Verified {
     pub error: Option<String>,
 }
 
+/// A test peer in Python (`common/SCRIPT`, run by the test venv's interpreter): the port it
+/// printed first, and each later line of its output as it comes.
+struct PythonPeer {
+    child: Child,
+    port: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl PythonPeer {
+    fn start(script: &str, args: &[&str]) -> PythonPeer {
+        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-webhooks/bin/python");
+        let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/common")
+            .join(script);
+        let mut child = Command::new(python)
+            .arg(script)
+            .args(args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = out.next().unwrap().unwrap();
+        let port = first.strip_prefix("listening ").unwrap().to_owned();
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = std::sync::Arc::clone(&lines);
+        std::thread::spawn(move || {
+            for line in out.map_while(Result::ok) {
+                sink.lock().unwrap().push(line);
+            }
+        });
+        PythonPeer { child, port, lines }
+    }
+
+    fn lines<T: serde::de::DeserializeOwned>(&self) -> Vec<T> {
+        let lines = self.lines.lock().unwrap();
+        lines
+            .iter()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+impl Drop for PythonPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A GraphQL target that checks every request's Standard Webhooks signature with the Python
 /// reference package (`common/signed_target.py`), answering 401 to any it cannot verify.
 pub struct VerifyingTarget {
-    child: Child,
+    peer: PythonPeer,
     pub url: String,
-    seen: std::sync::Arc<std::sync::Mutex<Vec<Verified>>>,
 }
 
 impl VerifyingTarget {
     pub fn start(secret: &str) -> VerifyingTarget {
-        let python = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../.venv-webhooks/bin/python");
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/common/signed_target.py");
-        let mut child = Command::new(python)
-            .arg(script)
-            .arg(secret)
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().unwrap().unwrap();
-        let port = first.strip_prefix("listening ").unwrap().to_owned();
-        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-        let sink = std::sync::Arc::clone(&seen);
-        std::thread::spawn(move || {
-            for line in lines.map_while(Result::ok) {
-                let verified: Verified = serde_json::from_str(&line).unwrap();
-                sink.lock().unwrap().push(verified);
-            }
-        });
-        VerifyingTarget {
-            child,
-            url: format!("http://127.0.0.1:{port}/graphql"),
-            seen,
-        }
+        let peer = PythonPeer::start("signed_target.py", &[secret]);
+        let url = format!("http://127.0.0.1:{}/graphql", peer.port);
+        VerifyingTarget { peer, url }
     }
 
     pub fn seen(&self) -> Vec<Verified> {
-        self.seen.lock().unwrap().clone()
+        self.peer.lines()
     }
 }
 
-impl Drop for VerifyingTarget {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+/// What the credentialed target saw of one request: at `/token`, whether it granted a token;
+/// at `/graphql`, whether the request was authorized and the client certificate's name.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct SeenRequest {
+    pub path: String,
+    #[serde(default)]
+    pub granted: bool,
+    #[serde(default)]
+    pub authorized: bool,
+    #[serde(default)]
+    pub events: Vec<String>,
+    pub peer: Option<String>,
+}
+
+/// The OAuth2 client the credentialed target's token endpoint knows.
+pub const OAUTH_CLIENT: (&str, &str, &str) = ("relay-test", "s3cr3t/+=value", "events:write");
+
+/// A GraphQL target behind OAuth2 (client credentials; tokens that live `expires_in` seconds)
+/// and, with `tls`, behind TLS that asks for a client certificate signed by its client CA
+/// (`common/credentialed_target.py`, Python's standard library).
+pub struct CredentialedTarget {
+    peer: PythonPeer,
+    /// `http(s)://127.0.0.1:PORT`.
+    pub base: String,
+}
+
+impl CredentialedTarget {
+    pub fn start(expires_in: Option<u64>, tls: Option<&Pki>) -> CredentialedTarget {
+        let (id, secret, scope) = OAUTH_CLIENT;
+        let mut args: Vec<String> = Vec::new();
+        if let Some(expires_in) = expires_in {
+            let oauth = ["--oauth", id, secret, scope, &expires_in.to_string()];
+            args.extend(oauth.map(str::to_owned));
+        }
+        if let Some(pki) = tls {
+            args.push("--tls".into());
+            for file in ["server.pem", "server-key.pem", "ca.pem"] {
+                args.push(pki.path(file));
+            }
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let peer = PythonPeer::start("credentialed_target.py", &args);
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let base = format!("{scheme}://127.0.0.1:{}", peer.port);
+        CredentialedTarget { peer, base }
+    }
+
+    pub fn url(&self) -> String {
+        format!("{}/graphql", self.base)
+    }
+
+    /// relay's flags for this target's token endpoint.
+    pub fn oauth_flags(&self) -> Vec<String> {
+        let (id, _, scope) = OAUTH_CLIENT;
+        [
+            "--target-oauth-token-url",
+            &format!("{}/token", self.base),
+            "--target-oauth-client-id",
+            id,
+            "--target-oauth-scopes",
+            scope,
+        ]
+        .map(str::to_owned)
+        .to_vec()
+    }
+
+    pub fn seen(&self) -> Vec<SeenRequest> {
+        self.peer.lines()
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate (`CN=relay-client`), all
+/// signed by it, as PEM files in a temporary directory: `ca.pem`, `server.pem`,
+/// `server-key.pem`, `client.pem`, `client-key.pem`.
+pub struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    pub fn new() -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, Issuer, KeyPair,
+            KeyUsagePurpose,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, pem: String| std::fs::write(dir.path().join(name), pem).unwrap();
+        let mut ca = CertificateParams::new(Vec::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca_key = KeyPair::generate().unwrap();
+        write("ca.pem", ca.self_signed(&ca_key).unwrap().pem());
+        let issuer = Issuer::new(ca, ca_key);
+        let server = CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        let server_key = KeyPair::generate().unwrap();
+        write(
+            "server.pem",
+            server.signed_by(&server_key, &issuer).unwrap().pem(),
+        );
+        write("server-key.pem", server_key.serialize_pem());
+        let mut client = CertificateParams::new(Vec::new()).unwrap();
+        client.distinguished_name = DistinguishedName::new();
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "relay-client");
+        let client_key = KeyPair::generate().unwrap();
+        write(
+            "client.pem",
+            client.signed_by(&client_key, &issuer).unwrap().pem(),
+        );
+        write("client-key.pem", client_key.serialize_pem());
+        Pki { dir }
+    }
+
+    pub fn path(&self, file: &str) -> String {
+        self.dir.path().join(file).to_str().unwrap().to_owned()
+    }
+
+    pub fn read(&self, file: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(file)).unwrap()
     }
 }
