@@ -181,6 +181,29 @@ pub fn decide(
     now: UnixMillis,
     jitter: f64,
 ) -> Settlement {
+    decide_counting(outcome, claim, policy, now, jitter, true)
+}
+
+/// [`decide`] for the probe of a target whose circuit is open: its failure is the target's,
+/// not the event's, so it does not spend the event's attempts.
+pub fn decide_probe(
+    outcome: &Outcome,
+    claim: &Claim,
+    policy: &DeliveryPolicy,
+    now: UnixMillis,
+    jitter: f64,
+) -> Settlement {
+    decide_counting(outcome, claim, policy, now, jitter, false)
+}
+
+fn decide_counting(
+    outcome: &Outcome,
+    claim: &Claim,
+    policy: &DeliveryPolicy,
+    now: UnixMillis,
+    jitter: f64,
+    may_count: bool,
+) -> Settlement {
     let (retry_after, counted) = match outcome {
         Outcome::Delivered => return Settlement::Delivered,
         Outcome::Permanent { reason } => {
@@ -188,9 +211,10 @@ pub fn decide(
                 reason: format!("permanent failure: {reason}"),
             };
         }
-        Outcome::RateLimited { retry_after, .. } | Outcome::Transient { retry_after, .. } => {
-            (*retry_after, outcome.kind().counts_toward_max_attempts())
-        }
+        Outcome::RateLimited { retry_after, .. } | Outcome::Transient { retry_after, .. } => (
+            *retry_after,
+            may_count && outcome.kind().counts_toward_max_attempts(),
+        ),
     };
     let attempts = claim.attempts + u32::from(counted);
     if attempts >= policy.max_attempts {
@@ -297,6 +321,20 @@ mod tests {
                 reason: "permanent failure: HTTP 400: bad".into()
             }
         );
+    }
+
+    #[test]
+    fn a_probes_failure_does_not_spend_the_events_attempts() {
+        // Its last attempt: a counted failure would dead-letter it.
+        let last = claim(POLICY.max_attempts - 1, 7);
+        assert!(matches!(
+            decide(&transient(None), &last, &POLICY, 10, 0.5),
+            Settlement::Dead { .. }
+        ));
+        assert!(matches!(
+            decide_probe(&transient(None), &last, &POLICY, 10, 0.5),
+            Settlement::Retry { counted: false, .. }
+        ));
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod concurrency;
 pub mod contract;
 pub mod delivery;
 pub mod event;
+pub mod hold;
 pub mod ops;
 pub mod ports;
 pub mod rate;
@@ -21,7 +22,7 @@ pub mod signing;
 pub use classify::{Answer, BatchOutcome, Outcome, TransportError, classify, classify_batch};
 pub use delivery::{
     AttemptOutcome, AttemptRecord, Claim, DeliveryPolicy, DeliveryStatus, Settlement, Trigger,
-    decide,
+    decide, decide_probe,
 };
 pub use event::{DEFAULT_BRAND, Event, Rejection, enrich, event_from_value, parse_event};
 pub use ports::{AcceptOutcome, Ingest, StoreError, WorkQueue};
