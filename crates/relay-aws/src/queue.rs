@@ -624,6 +624,57 @@ impl WorkQueue for SqsQueue {
         Ok(())
     }
 
+    /// `STATE` back to queued, due at `until`, under the claim's lease; then the message is
+    /// sent again with that delay and the received one deleted, as a retry's is, so that no
+    /// receive is spent on a hold however long it lasts.
+    async fn defer(&self, claims: Vec<Claim>, until: i64) -> Result<(), StoreError> {
+        let aws = &self.inner.aws;
+        for claim in claims {
+            let now = now_millis();
+            let back = aws
+                .dynamodb
+                .update_item()
+                .table_name(&aws.stack.events_table)
+                .set_key(Some(key(&claim.event_id, STATE)))
+                .update_expression(
+                    "SET #status = :queued, due_at = :due, lease_until = :now, updated_at = :now",
+                )
+                .condition_expression("#status = :leased AND lease = :token")
+                .expression_attribute_names("#status", "status")
+                .expression_attribute_values(":queued", s("queued"))
+                .expression_attribute_values(":leased", s("leased"))
+                .expression_attribute_values(":token", n(claim.lease))
+                .expression_attribute_values(":due", n(until))
+                .expression_attribute_values(":now", n(now))
+                .send()
+                .await;
+            if let Err(e) = back {
+                let e = AwsError::from_sdk("the events table", e);
+                tracing::debug!(event_id = ?claim.event_id, error = %e, "deferring a claim");
+                continue;
+            }
+            let held = self.take_held(&claim.event_id);
+            let mut event = NewEvent::from_image(
+                claim.event_id.clone(),
+                Some(&claim.payload),
+                Some(claim.received_at),
+            );
+            event.trace = held.as_ref().and_then(|h| h.trace.clone());
+            match self.send(&event, until - now).await {
+                Ok(()) => {
+                    if let Some(Held { receipt, .. }) = held {
+                        self.delete(receipt);
+                    }
+                }
+                // The received message comes back after its lease, and is deferred again.
+                Err(e) => {
+                    tracing::warn!(event_id = ?claim.event_id, error = %e, "deferred, but not queued again")
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn wait_for_work(&self, _at_most: Duration) {
         // A receive long-polls by itself: the next claim is the wait.
     }

@@ -46,6 +46,9 @@ impl WorkQueue for Stack {
     async fn release(&self, claims: Vec<Claim>) -> Result<(), StoreError> {
         self.queue.release(claims).await
     }
+    async fn defer(&self, claims: Vec<Claim>, until: i64) -> Result<(), StoreError> {
+        self.queue.defer(claims, until).await
+    }
     async fn wait_for_work(&self, at_most: Duration) {
         self.queue.wait_for_work(at_most).await
     }

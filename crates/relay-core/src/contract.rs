@@ -104,12 +104,13 @@ pub async fn ingest_batch<S: Ingest>(store: &S, prefix: &str) {
 
 /// `WorkQueue` over what `Ingest` accepted, on a queue holding nothing else: claims carry the
 /// event, delivered work never comes back, a retry comes back when due and not before, dead
-/// work does not, a stale lease is refused, released work comes back at once. `poll` is how long asynchronous hand-offs may
-/// take.
+/// work does not, a stale lease is refused, released work comes back at once, deferred work
+/// comes back when due, untried. `poll` is how long asynchronous hand-offs may take.
 pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duration) {
     let claims = accept_and_claim(queue, prefix, poll).await;
     let mut it = claims.into_iter();
-    let (delivered, retried, dead, released) = (
+    let (delivered, retried, dead, released, deferred) = (
+        it.next().unwrap(),
         it.next().unwrap(),
         it.next().unwrap(),
         it.next().unwrap(),
@@ -142,6 +143,7 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
         .await
         .unwrap();
     queue.release(vec![released.clone()]).await.unwrap();
+    queue.defer(vec![deferred.clone()], due).await.unwrap();
 
     let back = claim_until(queue, 1, LEASE, poll).await;
     assert_eq!(back.len(), 1, "released work comes back");
@@ -153,12 +155,20 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
     );
     deliver(&back[0]).await.unwrap();
 
-    let again = claim_until(queue, 1, LEASE, poll + Duration::from_secs(3)).await;
-    assert_eq!(again.len(), 1, "a retry comes back");
-    assert!(crate::now_millis() >= due, "…but not before it is due");
+    let mut again = claim_until(queue, 2, LEASE, poll + Duration::from_secs(3)).await;
+    assert_eq!(again.len(), 2, "a retry and deferred work come back");
+    assert!(crate::now_millis() >= due, "…but not before they are due");
+    again.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     assert_eq!(again[0].event_id, retried.event_id);
     assert_eq!((again[0].attempts, again[0].tries), (1, 1));
+    assert_eq!(again[1].event_id, deferred.event_id);
+    assert_eq!(
+        (again[1].attempts, again[1].tries),
+        (0, 0),
+        "deferring is no attempt"
+    );
     deliver(&again[0]).await.unwrap();
+    deliver(&again[1]).await.unwrap();
     assert!(
         claim_until(queue, 1, LEASE, Duration::from_secs(2))
             .await
@@ -167,22 +177,22 @@ pub async fn queue<Q: Ingest + WorkQueue>(queue: &Q, prefix: &str, poll: Duratio
     );
 }
 
-/// Accepts four events and claims them: each claim carries its event, untried; leased work is
+/// Accepts five events and claims them: each claim carries its event, untried; leased work is
 /// not claimed twice. The claims come back sorted by id.
 async fn accept_and_claim<Q: Ingest + WorkQueue>(
     queue: &Q,
     prefix: &str,
     poll: Duration,
 ) -> Vec<crate::Claim> {
-    let ids: Vec<String> = (0..4).map(|i| format!("{prefix}-q{i}")).collect();
+    let ids: Vec<String> = (0..5).map(|i| format!("{prefix}-q{i}")).collect();
     for id in &ids {
         assert_eq!(
             queue.accept(event(id, 7)).await,
             Ok(AcceptOutcome::Accepted)
         );
     }
-    let mut claims = claim_until(queue, 4, LEASE, poll).await;
-    assert_eq!(claims.len(), 4, "every accepted event is claimable");
+    let mut claims = claim_until(queue, 5, LEASE, poll).await;
+    assert_eq!(claims.len(), 5, "every accepted event is claimable");
     claims.sort_by(|a, b| a.event_id.cmp(&b.event_id));
     for (c, id) in claims.iter().zip(&ids) {
         assert_eq!(&c.event_id, id);

@@ -83,6 +83,15 @@ pub trait WorkQueue: Clone + Send + Sync + 'static {
     /// Gives back leased work without an attempt (shutdown), due at once.
     fn release(&self, claims: Vec<Claim>) -> impl Future<Output = Result<(), StoreError>> + Send;
 
+    /// Gives back leased work without an attempt, due at `until`: held back while delivery is
+    /// paused or the target's circuit is open. Attempts and tries are unchanged, and on a
+    /// queue that counts receives (SQS), none is spent.
+    fn defer(
+        &self,
+        claims: Vec<Claim>,
+        until: UnixMillis,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Resolves when new work may be due, or after `at_most`.
     fn wait_for_work(&self, at_most: Duration) -> impl Future<Output = ()> + Send;
 }

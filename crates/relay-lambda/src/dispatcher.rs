@@ -321,6 +321,15 @@ impl WorkQueue for BatchRef {
         released
     }
 
+    async fn defer(&self, claims: Vec<Claim>, until: i64) -> Result<(), StoreError> {
+        let n = claims.len();
+        let deferred = self.0.queue.defer(claims, until).await;
+        if n > 0 {
+            self.0.finished(n);
+        }
+        deferred
+    }
+
     async fn wait_for_work(&self, at_most: Duration) {
         // Nothing more comes in this invocation.
         tokio::time::sleep(at_most).await;

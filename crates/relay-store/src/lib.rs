@@ -480,7 +480,28 @@ impl WorkQueue for SqliteStore {
         if claims.is_empty() {
             return Ok(());
         }
-        self.submit(|reply| Job::Release { claims, reply }).await
+        self.submit(|reply| Job::Release {
+            claims,
+            due_at: None,
+            reply,
+        })
+        .await
+    }
+
+    async fn defer(
+        &self,
+        claims: Vec<Claim>,
+        until: relay_core::UnixMillis,
+    ) -> Result<(), StoreError> {
+        if claims.is_empty() {
+            return Ok(());
+        }
+        self.submit(|reply| Job::Release {
+            claims,
+            due_at: Some(until),
+            reply,
+        })
+        .await
     }
 
     async fn wait_for_work(&self, at_most: Duration) {

@@ -48,8 +48,10 @@ pub(crate) enum Job {
         settlement: Settlement,
         reply: Reply<()>,
     },
+    /// Gives claims back, due at `due_at` (at once when `None`).
     Release {
         claims: Vec<Claim>,
+        due_at: Option<UnixMillis>,
         reply: Reply<()>,
     },
     Publish {
@@ -365,9 +367,14 @@ fn run_in_savepoint(
             Some(reply),
             guarded(txn, |c| settle(c, &claim, &attempt, &settlement, now)),
         ),
-        Job::Release { claims, reply } => {
-            Done::Unit(Some(reply), guarded(txn, |c| release(c, &claims, now)))
-        }
+        Job::Release {
+            claims,
+            due_at,
+            reply,
+        } => Done::Unit(
+            Some(reply),
+            guarded(txn, |c| release(c, &claims, due_at.unwrap_or(now), now)),
+        ),
         Job::Publish { key, value, reply } => Done::Unit(
             Some(reply),
             guarded(txn, |c| put_meta(c, key, &value, now).map_err(failed)),
@@ -588,16 +595,21 @@ fn settle(
     .map_err(failed)
 }
 
-fn release(conn: &Connection, claims: &[Claim], now: UnixMillis) -> Result<(), StoreError> {
+fn release(
+    conn: &Connection,
+    claims: &[Claim],
+    due_at: UnixMillis,
+    now: UnixMillis,
+) -> Result<(), StoreError> {
     let mut update = conn
         .prepare_cached(
-            "UPDATE deliveries SET status = 'queued', lease = NULL, due_at = ?3, updated_at = ?3
+            "UPDATE deliveries SET status = 'queued', lease = NULL, due_at = ?3, updated_at = ?4
              WHERE event_id = ?1 AND status = 'leased' AND lease = ?2",
         )
         .map_err(failed)?;
     for c in claims {
         update
-            .execute(params![c.event_id, c.lease, now])
+            .execute(params![c.event_id, c.lease, due_at, now])
             .map_err(failed)?;
     }
     Ok(())
