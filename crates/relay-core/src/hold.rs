@@ -9,7 +9,9 @@
 //!   seconds ([`FIRST_PROBE`], doubling up to [`LAST_PROBE`]) and nothing else. A probe's
 //!   failure does not spend its event's attempts. When a probe is answered, the circuit is
 //!   half open: requests in flight are allowed 1, 2, 4, … as answers come back, and after
-//!   [`CLOSE_AFTER`] answers in a row it is closed. A failure while half open opens it again.
+//!   [`CLOSE_AFTER`] answers it is closed. A run of [`OPEN_AFTER`] failures while half open
+//!   opens it again, with a longer wait for the next probe. A flaky target (half its answers
+//!   503) rarely fails that many times in a row, so it is retried, not cut off.
 //!
 //! An answer of any kind (delivered, refused, rate limited) shows the target is up: only
 //! transient failures (the transport's, and 5xx) count as down.
@@ -22,12 +24,12 @@ use tokio::time::Instant;
 use crate::UnixMillis;
 
 /// Requests in a row that failed as a down target fails, before the circuit opens.
-pub const OPEN_AFTER: u32 = 5;
+pub const OPEN_AFTER: u32 = 8;
 /// The first wait for a probe, once the circuit opens; it doubles each failed probe.
 pub const FIRST_PROBE: Duration = Duration::from_secs(2);
 /// The longest wait between probes.
 pub const LAST_PROBE: Duration = Duration::from_secs(30);
-/// Answers in a row, while half open, that close the circuit.
+/// Answers, while half open, that close the circuit.
 pub const CLOSE_AFTER: u32 = 5;
 
 /// An operator's pause: when, who, and why.
@@ -90,6 +92,8 @@ enum State {
         since: UnixMillis,
         allowed: u32,
         answered: u32,
+        /// Failures in a row.
+        failures: u32,
         interval: Duration,
     },
 }
@@ -122,26 +126,28 @@ impl Default for Circuit {
 }
 
 impl Circuit {
-    /// Whether a request may go now, with `at_target` requests already in progress there.
-    pub fn gate(&mut self, now: Instant, at_target: u32) -> Gate {
-        match &mut self.state {
+    /// Whether a request may go now, with `at_target` requests already in progress there. Only
+    /// looks: [`Self::admit`] lets the request go.
+    pub fn gate(&self, now: Instant, at_target: u32) -> Gate {
+        match self.state {
             State::Closed { .. } => Gate::Send { probe: false },
-            State::Open {
-                probe_at, probing, ..
-            } => {
-                if *probing {
-                    // The probe's answer decides; look again shortly.
-                    Gate::Wait(now + Duration::from_millis(100))
-                } else if now >= *probe_at {
-                    *probing = true;
-                    Gate::Send { probe: true }
-                } else {
-                    Gate::Wait(*probe_at)
-                }
-            }
-            State::HalfOpen { allowed, .. } if at_target < *allowed => Gate::Send { probe: false },
+            // The probe's answer decides; look again shortly.
+            State::Open { probing: true, .. } => Gate::Wait(now + Duration::from_millis(100)),
+            State::Open { probe_at, .. } if now >= probe_at => Gate::Send { probe: true },
+            State::Open { probe_at, .. } => Gate::Wait(probe_at),
+            State::HalfOpen { allowed, .. } if at_target < allowed => Gate::Send { probe: false },
             State::HalfOpen { .. } => Gate::Wait(now + Duration::from_millis(20)),
         }
+    }
+
+    /// [`Self::gate`], and when it lets a request go, that request goes: a probe is the only
+    /// one until its answer.
+    pub fn admit(&mut self, now: Instant, at_target: u32) -> Gate {
+        let gate = self.gate(now, at_target);
+        if let (Gate::Send { probe: true }, State::Open { probing, .. }) = (gate, &mut self.state) {
+            *probing = true;
+        }
+        gate
     }
 
     /// A request's result: whether the target answered (`up`), or failed as a down target
@@ -154,7 +160,7 @@ impl Circuit {
         up: bool,
     ) -> Option<Transition> {
         let was = std::mem::discriminant(&self.state);
-        let reopened = matches!(self.state, State::HalfOpen { .. }) && !up;
+        let half_open = matches!(self.state, State::HalfOpen { .. });
         self.state = match (self.state, up) {
             (State::Closed { .. }, true) => State::Closed { failures: 0 },
             (State::Closed { failures }, false) if failures + 1 >= OPEN_AFTER => {
@@ -165,11 +171,12 @@ impl Circuit {
             },
             // Answers to requests sent before the circuit opened change nothing.
             (open @ State::Open { .. }, _) if !probe => open,
-            (State::Open { .. }, true) => State::HalfOpen {
+            (State::Open { interval, .. }, true) => State::HalfOpen {
                 since: wall,
                 allowed: 1,
                 answered: 0,
-                interval: FIRST_PROBE,
+                failures: 0,
+                interval,
             },
             (
                 State::Open {
@@ -188,6 +195,7 @@ impl Circuit {
                     allowed,
                     answered,
                     interval,
+                    ..
                 },
                 true,
             ) => {
@@ -198,17 +206,30 @@ impl Circuit {
                         since,
                         allowed: allowed.saturating_mul(2),
                         answered: answered + 1,
+                        failures: 0,
                         interval,
                     }
                 }
             }
-            (State::HalfOpen { interval, .. }, false) => open(now, wall, next(interval)),
+            (
+                State::HalfOpen {
+                    failures, interval, ..
+                },
+                false,
+            ) if failures + 1 >= OPEN_AFTER => open(now, wall, next(interval)),
+            (State::HalfOpen { failures, .. }, false) => {
+                let mut state = self.state;
+                if let State::HalfOpen { failures: f, .. } = &mut state {
+                    *f = failures + 1;
+                }
+                state
+            }
         };
         if std::mem::discriminant(&self.state) == was {
             return None;
         }
         Some(match self.state {
-            State::Open { .. } if reopened => Transition::Reopened,
+            State::Open { .. } if half_open => Transition::Reopened,
             State::Open { .. } => Transition::Opened,
             State::HalfOpen { .. } => Transition::HalfOpened,
             State::Closed { .. } => Transition::Closed,
@@ -229,6 +250,7 @@ impl Circuit {
                 since: wall,
                 allowed: 1,
                 answered: 0,
+                failures: 0,
                 interval,
             };
         }
@@ -271,7 +293,7 @@ mod tests {
     fn opened(now: Instant) -> Circuit {
         let mut circuit = Circuit::default();
         for _ in 0..OPEN_AFTER {
-            assert_eq!(circuit.gate(now, 0), Gate::Send { probe: false });
+            assert_eq!(circuit.admit(now, 0), Gate::Send { probe: false });
             circuit.on_result(now, 1, false, false);
         }
         circuit
@@ -307,9 +329,14 @@ mod tests {
         let mut at = start + FIRST_PROBE;
         let mut interval = FIRST_PROBE;
         for _ in 0..6 {
-            assert_eq!(circuit.gate(at, 0), Gate::Send { probe: true });
+            assert_eq!(
+                circuit.gate(at, 0),
+                Gate::Send { probe: true },
+                "looking lets none go"
+            );
+            assert_eq!(circuit.admit(at, 0), Gate::Send { probe: true });
             assert!(
-                matches!(circuit.gate(at, 1), Gate::Wait(_)),
+                matches!(circuit.admit(at, 1), Gate::Wait(_)),
                 "one probe at a time"
             );
             // Late answers to requests sent before it opened change nothing.
@@ -327,8 +354,11 @@ mod tests {
         let start = Instant::now();
         let mut circuit = opened(start);
         let at = start + FIRST_PROBE;
-        assert_eq!(circuit.gate(at, 0), Gate::Send { probe: true });
-        circuit.on_result(at, 5, true, true);
+        assert_eq!(circuit.admit(at, 0), Gate::Send { probe: true });
+        assert_eq!(
+            circuit.on_result(at, 5, true, true),
+            Some(Transition::HalfOpened)
+        );
         for allowed in [1, 2, 4, 8] {
             assert_eq!(circuit.gate(at, allowed - 1), Gate::Send { probe: false });
             assert!(matches!(circuit.gate(at, allowed), Gate::Wait(_)));
@@ -338,13 +368,22 @@ mod tests {
             circuit.view(at),
             Some(CircuitView::HalfOpen { allowed: 16, .. })
         ));
-        circuit.on_result(at, 6, false, true);
+        assert_eq!(
+            circuit.on_result(at, 6, false, true),
+            Some(Transition::Closed)
+        );
         assert_eq!(circuit.view(at), None, "closed after {CLOSE_AFTER} answers");
 
         let mut again = opened(start);
-        assert_eq!(again.gate(at, 0), Gate::Send { probe: true });
+        assert_eq!(again.admit(at, 0), Gate::Send { probe: true });
         again.on_result(at, 5, true, true);
-        again.on_result(at, 6, false, false);
+        for _ in 0..OPEN_AFTER - 1 {
+            assert_eq!(again.on_result(at, 6, false, false), None, "a flaky answer");
+        }
+        assert_eq!(
+            again.on_result(at, 6, false, false),
+            Some(Transition::Reopened)
+        );
         assert_eq!(again.gate(at, 0), Gate::Wait(at + FIRST_PROBE * 2));
     }
 

@@ -30,6 +30,9 @@ pub struct EventTrace {
     pub acked_before_flush: Option<EarlyAck>,
     /// Set when the event has left the live store for the archive.
     pub archived: Option<ArchiveRef>,
+    /// The pause that holds the event back, when it waits while delivery is paused.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub paused: Option<crate::hold::Pause>,
 }
 
 /// An acknowledgement sent before the event's flush to disk completed.
@@ -146,6 +149,9 @@ pub struct DispatcherReport {
     /// limit (`relay_core::concurrency`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency_limit: Option<u32>,
+    /// The target's circuit, when it is not closed (`relay_core::hold`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub circuit: Option<crate::hold::CircuitView>,
 }
 
 /// A dispatcher that has not reported for this long is not running.
@@ -237,6 +243,9 @@ pub struct StatusReport {
     /// What is failing in the store, if anything (it acknowledges no event meanwhile).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub store_failing: Vec<StoreFailing>,
+    /// An operator's pause (`relay pause`), if one stands: nothing is sent meanwhile.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pause: Option<crate::hold::Pause>,
 }
 
 /// A part of the store that cannot keep the promise that a 2xx means durable, and since when.
@@ -299,6 +308,15 @@ pub trait Operations {
         filter: &DlqFilter,
         dry_run: bool,
     ) -> impl Future<Output = Result<PurgeReport, StoreError>> + Send;
+    /// Pauses delivery: nothing is sent until [`Self::resume`]; events are still accepted.
+    /// When a pause stands already, it is left as it is and returned.
+    fn pause(
+        &self,
+        pause: crate::hold::Pause,
+    ) -> impl Future<Output = Result<Option<crate::hold::Pause>, StoreError>> + Send;
+    /// Lifts the pause; returns it, or `None` when delivery was not paused.
+    fn resume(&self)
+    -> impl Future<Output = Result<Option<crate::hold::Pause>, StoreError>> + Send;
 }
 
 #[cfg(test)]
@@ -325,6 +343,7 @@ mod tests {
             acked_before_flush: 0,
             dispatcher,
             store_failing: Vec::new(),
+            pause: None,
         }
     }
 
@@ -343,6 +362,7 @@ mod tests {
             events_per_request: batch,
             max_age_ms: Some(max_age_ms),
             concurrency_limit: None,
+            circuit: None,
         })
     }
 
