@@ -18,10 +18,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use relay_core::concurrency::{ConcurrencyLimit, Refusal};
+use relay_core::hold::{Circuit, Gate, Pause, Transition};
 use relay_core::rate::{RateConfig, RateController, Ticket};
 use relay_core::{
     Answer, AttemptRecord, BatchOutcome, Claim, DeliveryPolicy, Outcome, Settlement,
-    TransportError, WorkQueue, classify_batch, decide, now_millis,
+    TransportError, UnixMillis, WorkQueue, classify_batch, decide, decide_probe, now_millis,
 };
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
@@ -51,6 +52,9 @@ pub struct DispatchConfig {
     /// Claim at least this many at once, where each claim is a round trip worth filling (an
     /// SQS receive takes up to 10 messages).
     pub claim_at_least: usize,
+    /// Claimed work held back (paused, or the circuit open) is deferred at least this long:
+    /// on SQS each deferral is a message sent again, so not every second.
+    pub hold_at_least: Duration,
 }
 
 impl Default for DispatchConfig {
@@ -63,6 +67,7 @@ impl Default for DispatchConfig {
             poll: Duration::from_millis(200),
             drain_timeout: Duration::from_secs(15),
             claim_at_least: 1,
+            hold_at_least: Duration::ZERO,
         }
     }
 }
@@ -80,6 +85,16 @@ pub struct DispatcherHandle {
     /// How it sends: most events in one request, and the oldest an event may get.
     pub events_per_request: u32,
     pub max_age: Duration,
+    /// An operator's pause, and the target's circuit breaker.
+    hold: Arc<Mutex<Hold>>,
+}
+
+#[derive(Debug, Default)]
+struct Hold {
+    pause: Option<Pause>,
+    circuit: Circuit,
+    /// Changes of the circuit not yet shared with the fleet, with when they happened.
+    changes: Vec<(Transition, UnixMillis)>,
 }
 
 impl DispatcherHandle {
@@ -100,6 +115,75 @@ impl DispatcherHandle {
         lock(&self.concurrency).cap()
     }
 
+    /// Pauses delivery (or lifts the pause): the host reads it from the backend, where `relay
+    /// pause` and `relay resume` write it.
+    pub fn set_pause(&self, pause: Option<Pause>) {
+        let mut hold = lock(&self.hold);
+        if hold.pause.is_none() && pause.is_some() {
+            tracing::warn!(pause = ?pause, "delivery paused: nothing is sent until it is resumed");
+        } else if hold.pause.is_some() && pause.is_none() {
+            tracing::info!("delivery resumed");
+        }
+        hold.pause = pause;
+    }
+
+    pub fn pause(&self) -> Option<Pause> {
+        lock(&self.hold).pause.clone()
+    }
+
+    /// The circuit, when it is not closed.
+    pub fn circuit(&self) -> Option<relay_core::hold::CircuitView> {
+        lock(&self.hold).circuit.view(tokio::time::Instant::now())
+    }
+
+    /// The circuit's changes since the last call, for the fleet.
+    pub fn take_circuit_changes(&self) -> Vec<(Transition, UnixMillis)> {
+        std::mem::take(&mut lock(&self.hold).changes)
+    }
+
+    /// Follows what another dispatcher of the fleet found: the circuit opened at `opened`, or
+    /// its probe was answered at `answered`.
+    pub fn follow_circuit(&self, opened: Option<UnixMillis>, answered: Option<UnixMillis>) {
+        let mut hold = lock(&self.hold);
+        match (opened, answered) {
+            (Some(opened), answered) if answered.is_none_or(|a| a < opened) => {
+                hold.circuit
+                    .follow_open(tokio::time::Instant::now(), opened);
+            }
+            (_, Some(answered)) => hold.circuit.follow_answered(answered),
+            _ => {}
+        }
+    }
+
+    /// Until when sending is held back (paused: for as long as the pause stands; the circuit
+    /// open: until its next probe), if it is, for at least [`HOLD_BACK`]. A host whose work is
+    /// handed to it (a Lambda's SQS batch) defers that work at once rather than hold it.
+    pub fn held_until(&self) -> Option<tokio::time::Instant> {
+        let now = tokio::time::Instant::now();
+        match self.gate(false) {
+            Gate::Wait(at) if at.saturating_duration_since(now) >= HOLD_BACK => Some(at),
+            _ => None,
+        }
+    }
+
+    /// Whether a request may go now: not while paused; under the circuit's gate otherwise.
+    /// With `admit`, asked for a request that holds its place at the target, and when it may,
+    /// it goes (a probe is then the only one until its answer).
+    fn gate(&self, admit: bool) -> Gate {
+        let now = tokio::time::Instant::now();
+        let mut hold = lock(&self.hold);
+        if hold.pause.is_some() {
+            return Gate::Wait(now + PAUSE_RECHECK);
+        }
+        let at_target = self.at_target.load(SeqCst);
+        if admit {
+            // The request to admit holds its place at the target already.
+            hold.circuit.admit(now, at_target.saturating_sub(1))
+        } else {
+            hold.circuit.gate(now, at_target)
+        }
+    }
+
     /// What `relay status` shows of this dispatcher, as of now.
     pub fn report(&self) -> relay_core::ops::DispatcherReport {
         let m = self.snapshot();
@@ -112,9 +196,16 @@ impl DispatcherHandle {
             events_per_request: (self.events_per_request > 1).then_some(self.events_per_request),
             max_age_ms: Some(self.max_age.as_millis() as i64),
             concurrency_limit: self.concurrency_limit(),
+            circuit: self.circuit(),
         }
     }
 }
+
+/// How often a paused dispatcher looks whether it was resumed.
+const PAUSE_RECHECK: Duration = Duration::from_secs(1);
+
+/// A wait this long or longer gives claimed work back rather than holding it.
+const HOLD_BACK: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct Dispatcher<Q> {
@@ -138,6 +229,7 @@ impl<Q: WorkQueue> Dispatcher<Q> {
             at_target: Arc::default(),
             events_per_request: client.batch() as u32,
             max_age: config.policy.max_age,
+            hold: Arc::default(),
         };
         Dispatcher {
             queue,
@@ -190,6 +282,15 @@ impl<Q: WorkQueue> Dispatcher<Q> {
 
         'run: loop {
             while in_flight.try_join_next().is_some() {}
+            if let Gate::Wait(at) = handle.gate(false) {
+                hold_back(&queue, &mut buffer, at, &config).await;
+                tokio::select! {
+                    () = tokio::time::sleep_until(at.min(tokio::time::Instant::now() + PAUSE_RECHECK)) => {}
+                    () = places.answered.notified() => {}
+                    () = &mut shutdown => break 'run,
+                }
+                continue;
+            }
             if buffer.is_empty() {
                 let want = (claim_size(lock(&handle.rate).rate(), config.max_in_flight)
                     * per_request)
@@ -220,6 +321,14 @@ impl<Q: WorkQueue> Dispatcher<Q> {
                 place = places.enter(&handle) => place,
                 () = &mut shutdown => break 'run,
             };
+            // Paused, or the circuit opened, while this request waited for its turn.
+            let probe = match handle.gate(true) {
+                Gate::Send { probe } => probe,
+                Gate::Wait(_) => continue,
+            };
+            if probe {
+                tracing::info!("the target's circuit is open: sending a probe");
+            }
             // What is claimed already, up to a batch: never waiting for more.
             let claims: Vec<Claim> = buffer.drain(..per_request.min(buffer.len())).collect();
             let span = match claims.as_slice() {
@@ -233,7 +342,7 @@ impl<Q: WorkQueue> Dispatcher<Q> {
             let answered = Arc::clone(&places.answered);
             in_flight.spawn(
                 async move {
-                    let sent = (ticket, at_target);
+                    let sent = (ticket, at_target, probe);
                     deliver(&queue, &client, &handle, &policy, claims, sent, &answered).await;
                     drop(slot);
                 }
@@ -242,6 +351,29 @@ impl<Q: WorkQueue> Dispatcher<Q> {
         }
 
         wind_down(&queue, buffer, in_flight, config.drain_timeout).await;
+    }
+}
+
+/// While sending is held back until `at`: claimed work goes back to the queue when the wait is
+/// long, due when sending may resume (and no sooner than `hold_at_least`), so that it is not held
+/// past its lease; a short wait keeps it.
+async fn hold_back<Q: WorkQueue>(
+    queue: &Q,
+    buffer: &mut VecDeque<Claim>,
+    at: tokio::time::Instant,
+    config: &DispatchConfig,
+) {
+    let wait = at.saturating_duration_since(tokio::time::Instant::now());
+    if buffer.is_empty() || wait < HOLD_BACK {
+        return;
+    }
+    let until = now_millis() + wait.max(config.hold_at_least).as_millis() as i64;
+    let held: Vec<Claim> = buffer.drain(..).collect();
+    let n = held.len();
+    if let Err(e) = queue.defer(held, until).await {
+        tracing::warn!(error = %e, "could not give held-back work back; it comes back when its lease ends");
+    } else {
+        tracing::debug!(events = n, "held back: given back until sending resumes");
     }
 }
 
@@ -355,7 +487,7 @@ async fn deliver<Q: WorkQueue>(
     handle: &DispatcherHandle,
     policy: &DeliveryPolicy,
     claims: Vec<Claim>,
-    sent: (Ticket, AtTarget),
+    sent: (Ticket, AtTarget, bool),
     answered: &Arc<Notify>,
 ) {
     if claims.is_empty() {
@@ -370,7 +502,7 @@ async fn deliver<Q: WorkQueue>(
     );
     for claim in refused {
         let ticket = next_ticket(handle).await;
-        let sent = (ticket, AtTarget::enter(handle, answered));
+        let sent = (ticket, AtTarget::enter(handle, answered), false);
         attempt(queue, client, handle, policy, vec![claim], sent).await;
     }
 }
@@ -394,7 +526,7 @@ async fn attempt<Q: WorkQueue>(
     handle: &DispatcherHandle,
     policy: &DeliveryPolicy,
     claims: Vec<Claim>,
-    (ticket, at_target): (Ticket, AtTarget),
+    (ticket, at_target, probe): (Ticket, AtTarget, bool),
 ) -> Option<Vec<Claim>> {
     let metrics = &handle.metrics;
     let n = claims.len();
@@ -414,6 +546,7 @@ async fn attempt<Q: WorkQueue>(
     };
     drop(at_target);
     let duration = clock.elapsed();
+    on_result(handle, &result, probe);
     let outcomes = match classify_batch(&result, n) {
         BatchOutcome::Each(outcomes) => outcomes,
         BatchOutcome::Refused(outcome) => {
@@ -438,7 +571,11 @@ async fn attempt<Q: WorkQueue>(
         .zip(outcomes)
         .enumerate()
         .map(|(i, (claim, outcome))| {
-            let settlement = decide(&outcome, claim, policy, now_millis(), fastrand::f64());
+            let settlement = if probe {
+                decide_probe(&outcome, claim, policy, now_millis(), fastrand::f64())
+            } else {
+                decide(&outcome, claim, policy, now_millis(), fastrand::f64())
+            };
             let (http_status, detail) =
                 attempt_detail(&result, &outcome, &said, (i, n, stopped), data.as_ref());
             let attempt = AttemptRecord {
@@ -457,6 +594,40 @@ async fn attempt<Q: WorkQueue>(
         });
     futures_util::future::join_all(settles).await;
     None
+}
+
+/// What a request's result tells the circuit breaker: an answer of any kind shows the target
+/// up; no connection, a timeout or a 5xx shows it down. An event relay cannot send says nothing.
+fn on_result(handle: &DispatcherHandle, result: &Result<Answer, TransportError>, probe: bool) {
+    let up = match result {
+        Ok(answer) => answer.status < 500,
+        Err(TransportError::Unsendable(_)) => return,
+        Err(TransportError::TooLarge) => true,
+        Err(_) => false,
+    };
+    let wall = now_millis();
+    let mut hold = lock(&handle.hold);
+    let change = hold
+        .circuit
+        .on_result(tokio::time::Instant::now(), wall, probe, up);
+    if let Some(change) = change {
+        match change {
+            Transition::Opened => tracing::warn!(
+                failures = relay_core::hold::OPEN_AFTER,
+                "the target looks down: circuit open, one probe every few seconds"
+            ),
+            Transition::Reopened => {
+                tracing::warn!("the target failed again while half open: circuit open")
+            }
+            Transition::HalfOpened => {
+                tracing::info!("the target answered the probe: circuit half open")
+            }
+            Transition::Closed => {
+                tracing::info!("the target is answering again: circuit closed")
+            }
+        }
+        hold.changes.push((change, wall));
+    }
 }
 
 /// What one answer teaches the rate controller: an announced budget, a refusal for the rate

@@ -301,6 +301,7 @@ impl DeliverySettings {
         DispatchConfig {
             lease: (self.target_timeout * 3).max(Duration::from_secs(30)),
             claim_at_least: 10,
+            hold_at_least: Duration::from_secs(30),
             ..self.dispatch()
         }
     }

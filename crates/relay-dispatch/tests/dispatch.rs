@@ -551,7 +551,43 @@ async fn a_batch_refused_whole_is_sent_again_one_event_per_request() {
 
 #[tokio::test]
 async fn exhausted_attempts_go_to_the_dlq() {
-    let evs = events(3);
+    // Two events of two attempts: four failures, fewer than open the circuit.
+    let evs = events(2);
+    let mut target = unlimited();
+    target.faults = Faults {
+        outage: true,
+        ..Default::default()
+    };
+    let r = run(
+        target,
+        DispatchConfig {
+            policy: fast_policy(2),
+            ..Default::default()
+        },
+        Duration::from_secs(5),
+        &evs,
+    )
+    .await;
+    assert_eq!(r.settled(2).await.dead, 2);
+    let reader = Reader::open(r.dir.path()).unwrap();
+    let dl = reader.dead_letter("e0001").unwrap().unwrap();
+    assert_eq!(dl.attempts, 2);
+    assert!(
+        dl.reason.starts_with("attempts exhausted (2 of 2)"),
+        "{}",
+        dl.reason
+    );
+    assert!(dl.last_response.unwrap().contains("503"));
+    assert_eq!(reader.attempts("e0001").unwrap().len(), 2);
+    r.stop().await;
+}
+
+/// A target that is down gets a run of failed requests, then one probe every few seconds: not
+/// every due retry. The probes spend no attempts, so when it is back every event is delivered,
+/// though each had only three attempts.
+#[tokio::test]
+async fn an_outage_opens_the_circuit_and_gets_probes_not_every_retry() {
+    let evs = events(40);
     let mut target = unlimited();
     target.faults = Faults {
         outage: true,
@@ -567,17 +603,39 @@ async fn exhausted_attempts_go_to_the_dlq() {
         &evs,
     )
     .await;
-    assert_eq!(r.settled(3).await.dead, 3);
-    let reader = Reader::open(r.dir.path()).unwrap();
-    let dl = reader.dead_letter("e0001").unwrap().unwrap();
-    assert_eq!(dl.attempts, 3);
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    let during = r.target.stats().requests;
+    let circuit = r.handle.circuit();
     assert!(
-        dl.reason.starts_with("attempts exhausted (3 of 3)"),
-        "{}",
-        dl.reason
+        matches!(circuit, Some(relay_core::hold::CircuitView::Open { .. })),
+        "{circuit:?}"
     );
-    assert!(dl.last_response.unwrap().contains("503"));
-    assert_eq!(reader.attempts("e0001").unwrap().len(), 3);
+    // Without the breaker: 40 events × 3 attempts, every one dead within a second or two.
+    assert!(
+        during <= 20,
+        "{during} requests in 7 s of outage: a run, then a probe every few seconds"
+    );
+    assert_eq!(
+        r.counts().dead,
+        0,
+        "no event spent its attempts on the outage"
+    );
+    r.target.set_faults(Faults::default());
+    let counts = r.settled(40).await;
+    assert_eq!((counts.delivered, counts.dead), (40, 0));
+    r.assert_delivered_once(&evs);
+    let reader = Reader::open(r.dir.path()).unwrap();
+    for e in &evs {
+        let id = e["id"].as_str().unwrap();
+        let counted = reader
+            .attempts(id)
+            .unwrap()
+            .iter()
+            .filter(|a| a.outcome.as_str() == "transient")
+            .count();
+        assert!(counted <= 3, "{id}: {counted} failed attempts");
+    }
+    assert_eq!(r.handle.circuit(), None, "closed once the target answered");
     r.stop().await;
 }
 
