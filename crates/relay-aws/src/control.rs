@@ -13,13 +13,20 @@
 //!   `ADD`s its counts since the last heartbeat to the fleet's all-time totals; `relay status
 //!   --backend aws` reads them ([`read_status`]).
 //!
+//! - **Holds.** `relay pause` sets `pause_since`, `pause_by` and `pause_reason`, and `relay
+//!   resume` removes them ([`pause`], [`resume`]); each heartbeat reads them back, so the fleet
+//!   stops and starts within a [`PERIOD`]. A dispatcher whose circuit opens sets
+//!   `circuit_opened_ms`, and one whose probe is answered `circuit_answered_ms`: the others
+//!   follow, so one dispatcher finds a target down for all.
+//!
 //! So the item is written N times a second plus once per cut, whatever the event rate: no hot
 //! item is written per event.
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue};
+use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use relay_core::hold::{CircuitView, Pause, Transition};
 use relay_core::now_millis;
 
 use crate::items::{Item, get_n, get_s, n, s};
@@ -73,6 +80,8 @@ pub struct Report {
     pub max_age_ms: i64,
     /// The concurrency limit it learned, if any.
     pub concurrency_limit: Option<u32>,
+    /// Its circuit, when not closed.
+    pub circuit: Option<CircuitView>,
 }
 
 impl Report {
@@ -97,6 +106,9 @@ impl Report {
         if let Some(limit) = self.concurrency_limit {
             report.insert("concurrency_limit".into(), n(limit));
         }
+        if let Some(circuit) = self.circuit.and_then(|c| serde_json::to_string(&c).ok()) {
+            report.insert("circuit".into(), s(circuit));
+        }
         AttributeValue::M(report)
     }
 }
@@ -110,6 +122,8 @@ pub struct Heartbeat {
     pub add: Counts,
     /// Long-gone members to remove (from the previous [`FleetItem::stale`]).
     pub forget: Vec<String>,
+    /// Changes of its circuit since its last heartbeat, for the others to follow.
+    pub circuit: Vec<(Transition, i64)>,
 }
 
 /// A cut of the fleet's rate, as published.
@@ -130,6 +144,11 @@ pub struct FleetItem {
     pub stale: Vec<String>,
     /// The last cut published, if any.
     pub cut: Option<SharedCut>,
+    /// An operator's pause, if one stands.
+    pub pause: Option<Pause>,
+    /// When a dispatcher's circuit last opened, and when one's probe was last answered.
+    pub circuit_opened_ms: Option<i64>,
+    pub circuit_answered_ms: Option<i64>,
 }
 
 /// Writes `beat` and reads the whole item back, in one call.
@@ -147,7 +166,26 @@ pub async fn heartbeat(aws: &Aws, beat: &Heartbeat) -> Result<FleetItem, AwsErro
         .expression_attribute_values(":retried", n(beat.add.retried))
         .expression_attribute_values(":dead", n(beat.add.dead))
         .return_values(ReturnValue::AllNew);
-    let mut expression = "SET #me = :now, #report = :report".to_owned();
+    let mut sets = vec!["#me = :now".to_owned(), "#report = :report".to_owned()];
+    let opened = beat
+        .circuit
+        .iter()
+        .rev()
+        .find(|(t, _)| matches!(t, Transition::Opened | Transition::Reopened));
+    if let Some((_, at)) = opened {
+        sets.push("circuit_opened_ms = :opened".into());
+        update = update.expression_attribute_values(":opened", n(*at));
+    }
+    let answered = beat
+        .circuit
+        .iter()
+        .rev()
+        .find(|(t, _)| *t == Transition::HalfOpened);
+    if let Some((_, at)) = answered {
+        sets.push("circuit_answered_ms = :answered".into());
+        update = update.expression_attribute_values(":answered", n(*at));
+    }
+    let mut expression = format!("SET {}", sets.join(", "));
     for (i, member) in beat.forget.iter().enumerate() {
         expression.push_str(if i == 0 { " REMOVE " } else { ", " });
         expression.push_str(&format!("#old{i}, #oldr{i}"));
@@ -169,7 +207,65 @@ pub async fn heartbeat(aws: &Aws, beat: &Heartbeat) -> Result<FleetItem, AwsErro
         members,
         stale,
         cut: shared_cut(&item),
+        pause: pause_of(&item),
+        circuit_opened_ms: get_n(&item, "circuit_opened_ms"),
+        circuit_answered_ms: get_n(&item, "circuit_answered_ms"),
     })
+}
+
+fn pause_of(item: &Item) -> Option<Pause> {
+    Some(Pause {
+        since: get_n(item, "pause_since")?,
+        by: get_s(item, "pause_by").unwrap_or_default().to_owned(),
+        reason: get_s(item, "pause_reason").map(str::to_owned),
+    })
+}
+
+/// Pauses the fleet's delivery, unless a pause stands: then that one, unchanged.
+pub async fn pause(aws: &Aws, pause: &Pause) -> Result<Option<Pause>, AwsError> {
+    let mut update = aws
+        .dynamodb
+        .update_item()
+        .table_name(&aws.stack.control_table)
+        .key("pk", s(FLEET_ITEM))
+        .condition_expression("attribute_not_exists(pause_since)")
+        .expression_attribute_values(":since", n(pause.since))
+        .expression_attribute_values(":by", s(&pause.by))
+        .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld);
+    update = match &pause.reason {
+        Some(reason) => update
+            .update_expression("SET pause_since = :since, pause_by = :by, pause_reason = :reason")
+            .expression_attribute_values(":reason", s(reason)),
+        None => {
+            update.update_expression("SET pause_since = :since, pause_by = :by REMOVE pause_reason")
+        }
+    };
+    match update.send().await {
+        Ok(_) => Ok(None),
+        Err(e) => match e.as_service_error() {
+            Some(aws_sdk_dynamodb::operation::update_item::UpdateItemError::ConditionalCheckFailedException(c)) => {
+                Ok(c.item().and_then(pause_of))
+            }
+            _ => Err(AwsError::from_sdk("the fleet's item in the control table", e)),
+        },
+    }
+}
+
+/// Lifts the pause; the one lifted, if one stood.
+pub async fn resume(aws: &Aws) -> Result<Option<Pause>, AwsError> {
+    let old = aws
+        .dynamodb
+        .update_item()
+        .table_name(&aws.stack.control_table)
+        .key("pk", s(FLEET_ITEM))
+        .update_expression("REMOVE pause_since, pause_by, pause_reason")
+        .return_values(ReturnValue::AllOld)
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk("the fleet's item in the control table", e))?
+        .attributes
+        .unwrap_or_default();
+    Ok(pause_of(&old))
 }
 
 /// Publishes `cut` unless another of the same episode (within a second) is there already;
@@ -248,6 +344,9 @@ pub struct FleetStatus {
     pub events_per_request: Option<u32>,
     pub max_age_ms: Option<i64>,
     pub concurrency_limit: Option<u32>,
+    pub circuit: Option<CircuitView>,
+    /// An operator's pause, if one stands.
+    pub pause: Option<Pause>,
 }
 
 /// Reads the fleet's item: its members' reports and totals.
@@ -271,6 +370,7 @@ fn fleet_status(item: &Item, now_ms: i64) -> FleetStatus {
         delivered_total: get_n(item, "delivered_total").unwrap_or(0),
         retried_total: get_n(item, "retried_total").unwrap_or(0),
         dead_total: get_n(item, "dead_total").unwrap_or(0),
+        pause: pause_of(item),
         ..FleetStatus::default()
     };
     let mut latest = 0;
@@ -301,6 +401,7 @@ fn fleet_status(item: &Item, now_ms: i64) -> FleetStatus {
             status.events_per_request = get_n(report, "events_per_request");
             status.max_age_ms = get_n(report, "max_age_ms");
             status.concurrency_limit = get_n(report, "concurrency_limit");
+            status.circuit = get_s(report, "circuit").and_then(|c| serde_json::from_str(c).ok());
         }
     }
     status

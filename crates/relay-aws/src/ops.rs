@@ -22,6 +22,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_sqs::types::QueueAttributeName;
 use relay_core::delivery::DeliveryStatus;
+use relay_core::hold::Pause;
 use relay_core::ops::{
     ArchiveRef, ArchivedId, DeadLetterView, DeliveryState, DispatcherReport, DlqFilter, EventTrace,
     Operations, PurgeReport, RedriveReport, StatusReport, TraceRef, TraceSegment,
@@ -155,6 +156,7 @@ impl AwsOps {
                 .collect(),
             segments,
             acked_before_flush: None,
+            paused: None,
             archived: Some(ArchiveRef {
                 location,
                 why: r.status.clone(),
@@ -586,8 +588,27 @@ impl Operations for AwsOps {
                 .collect(),
             segments,
             acked_before_flush: None,
+            paused: match status {
+                DeliveryStatus::Queued | DeliveryStatus::Leased => {
+                    crate::control::read_status(&self.aws)
+                        .await
+                        .map_err(failed)?
+                        .pause
+                }
+                _ => None,
+            },
             archived: None,
         }))
+    }
+
+    async fn pause(&self, pause: Pause) -> Result<Option<Pause>, StoreError> {
+        crate::control::pause(&self.aws, &pause)
+            .await
+            .map_err(failed)
+    }
+
+    async fn resume(&self) -> Result<Option<Pause>, StoreError> {
+        crate::control::resume(&self.aws).await.map_err(failed)
     }
 
     async fn status(&self) -> Result<StatusReport, StoreError> {
@@ -621,9 +642,11 @@ impl Operations for AwsOps {
                 events_per_request: fleet.events_per_request.filter(|&n| n > 1),
                 max_age_ms: fleet.max_age_ms,
                 concurrency_limit: fleet.concurrency_limit,
+                circuit: fleet.circuit,
             }),
             // DynamoDB answers each write itself: there is no store to fail in between.
             store_failing: Vec::new(),
+            pause: fleet.pause,
         })
     }
 

@@ -17,6 +17,10 @@ use serde::Serialize;
 use crate::archive::{self, ArchivedEvent};
 use crate::writer::ACKED_BEFORE_FLUSH_KEY;
 use crate::{APPLICATION_ID, DB_FILE, DISPATCHER_KEY, OpenError, open_connection};
+use relay_core::hold::Pause;
+
+/// The `meta` row of an operator's pause (`relay pause`), which `relay up` reads.
+const PAUSE_KEY: &str = "pause";
 
 /// A connection for operators and tools, usable while `relay up` runs: reads see a consistent
 /// snapshot and never block the writer; the few writes (redrive) are short transactions that
@@ -200,6 +204,7 @@ impl Reader {
             trace_ids: Vec::new(),
             segments: Vec::new(),
             acked_before_flush: early,
+            paused: None,
             archived: None,
             event_id: d.event_id,
         }))
@@ -228,6 +233,7 @@ impl Reader {
             trace_ids: Vec::new(),
             segments: Vec::new(),
             acked_before_flush: None,
+            paused: None,
             archived: None,
         }))
     }
@@ -264,6 +270,7 @@ impl Reader {
                 trace_ids: Vec::new(),
                 segments: Vec::new(),
                 acked_before_flush: a.acked_before_flush,
+                paused: None,
                 archived: Some(ArchiveRef {
                     location: path.display().to_string(),
                     why: a.why,
@@ -275,6 +282,8 @@ impl Reader {
 
     fn status_now(&self) -> rusqlite::Result<StatusReport> {
         let now = now_millis();
+        // Before the connection is taken below: its lock is not reentrant.
+        let pause = self.pause_now()?;
         let counts = self.status_counts()?;
         let conn = self.conn();
         let minute_ago = now - 60_000;
@@ -320,6 +329,7 @@ impl Reader {
             acked_before_flush,
             dispatcher,
             store_failing: crate::health::read(&self.dir),
+            pause,
         })
     }
 
@@ -479,10 +489,64 @@ fn store_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+impl Reader {
+    /// The pause that stands (`relay pause`), if any: `relay up` looks every second.
+    pub fn pause_now(&self) -> rusqlite::Result<Option<Pause>> {
+        let json: Option<String> = self
+            .conn()
+            .query_row("SELECT value FROM meta WHERE key = ?1", [PAUSE_KEY], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
+    }
+
+    /// Writes the pause unless one stands; the one that stands, if any.
+    fn pause_with(&self, pause: &Pause) -> rusqlite::Result<Option<Pause>> {
+        let value = serde_json::to_string(pause).unwrap_or_default();
+        let conn = self.conn();
+        let written = conn.execute(
+            "INSERT INTO meta (key, value, updated_at) VALUES (?1, ?2, ?3)
+             ON CONFLICT (key) DO NOTHING",
+            rusqlite::params![PAUSE_KEY, value, now_millis()],
+        )?;
+        drop(conn);
+        if written == 1 {
+            Ok(None)
+        } else {
+            self.pause_now()
+        }
+    }
+
+    fn resume_now(&self) -> rusqlite::Result<Option<Pause>> {
+        let lifted = self.pause_now()?;
+        self.conn()
+            .execute("DELETE FROM meta WHERE key = ?1", [PAUSE_KEY])?;
+        Ok(lifted)
+    }
+}
+
 /// Blocking SQLite calls inside `async fn`s: fine for the CLI, which does one thing at a time.
 impl Operations for Reader {
     async fn trace(&self, id: &str) -> Result<Option<EventTrace>, StoreError> {
-        self.trace_now(id)
+        let mut trace = self.trace_now(id)?;
+        if let Some(t) = trace.as_mut()
+            && matches!(
+                t.delivery.status,
+                DeliveryStatus::Queued | DeliveryStatus::Leased
+            )
+        {
+            t.paused = self.pause_now().map_err(store_error)?;
+        }
+        Ok(trace)
+    }
+
+    async fn pause(&self, pause: Pause) -> Result<Option<Pause>, StoreError> {
+        self.pause_with(&pause).map_err(store_error)
+    }
+
+    async fn resume(&self) -> Result<Option<Pause>, StoreError> {
+        self.resume_now().map_err(store_error)
     }
 
     async fn status(&self) -> Result<StatusReport, StoreError> {

@@ -704,6 +704,10 @@ mod operations {
             events_per_request: Some(10),
             max_age_ms: Some(86_400_000),
             concurrency_limit: Some(4),
+            circuit: Some(relay_core::hold::CircuitView::Open {
+                since: 40,
+                probe_in_ms: 2000,
+            }),
         };
         store.publish_dispatcher(&report).await.unwrap();
         assert_eq!(reader.status().await.unwrap().dispatcher, Some(report));
