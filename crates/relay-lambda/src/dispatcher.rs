@@ -85,21 +85,31 @@ impl BatchDispatcher {
 
     /// Syncs with the fleet once a period, for as long as it is polled.
     async fn keep_in_fleet(&self) {
-        let Some(fleet) = &self.fleet else {
+        if self.fleet.is_none() {
             return std::future::pending().await;
-        };
+        }
         loop {
-            {
-                let mut synced = self.synced.lock().await;
-                let due = synced.map_or(tokio::time::Instant::now(), |at| at + fleet::PERIOD);
-                tokio::time::sleep_until(due).await;
-                if let Err(e) = fleet.sync().await {
-                    tracing::warn!(error = %e, "fleet sync failed; pacing on this instance's own share");
-                }
-                *synced = Some(tokio::time::Instant::now());
-            }
+            self.sync(true).await;
             tokio::time::sleep(fleet::PERIOD).await;
         }
+    }
+
+    /// Syncs with the fleet if a period has passed since the last sync; with `wait`, waits for
+    /// the period to pass.
+    async fn sync(&self, wait: bool) {
+        let Some(fleet) = &self.fleet else {
+            return;
+        };
+        let mut synced = self.synced.lock().await;
+        let due = synced.map_or(tokio::time::Instant::now(), |at| at + fleet::PERIOD);
+        if !wait && tokio::time::Instant::now() < due {
+            return;
+        }
+        tokio::time::sleep_until(due).await;
+        if let Err(e) = fleet.sync().await {
+            tracing::warn!(error = %e, "fleet sync failed; pacing on this instance's own share");
+        }
+        *synced = Some(tokio::time::Instant::now());
     }
 
     pub fn handle(&self) -> &DispatcherHandle {
@@ -173,6 +183,20 @@ impl BatchDispatcher {
             response.add_failure(message_id);
         }
         if claims.is_empty() {
+            return (response, Tally::default());
+        }
+        // Paused, or the target's circuit open: the batch waits in the queue, no receive spent.
+        self.sync(false).await;
+        if let Some(at) = self.handle.held_until() {
+            let wait = at.saturating_duration_since(tokio::time::Instant::now());
+            let until =
+                relay_core::now_millis() + wait.max(self.config.hold_at_least).as_millis() as i64;
+            let n = claims.len();
+            if let Err(e) = self.queue.defer(claims, until).await {
+                tracing::warn!(error = %e, "could not defer the held-back batch; it comes back when its lease ends");
+            }
+            tracing::info!(events = n, pause = ?self.handle.pause(), circuit = ?self.handle.circuit(), "held back: the batch is deferred");
+            self.queue.flush_trace().await;
             return (response, Tally::default());
         }
         let batch = Batch {

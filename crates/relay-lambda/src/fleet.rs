@@ -65,6 +65,8 @@ struct Seen {
     window: VecDeque<(i64, Counts)>,
     /// Counts already added to the fleet's totals.
     added: Counts,
+    /// The circuit's shared changes last followed: (opened, answered) ms.
+    circuit: (Option<i64>, Option<i64>),
 }
 
 impl Fleet {
@@ -125,9 +127,11 @@ impl Fleet {
                 events_per_request: self.handle.events_per_request,
                 max_age_ms: self.handle.max_age.as_millis() as i64,
                 concurrency_limit: self.handle.concurrency_limit(),
+                circuit: self.handle.circuit(),
             },
             add,
             forget,
+            circuit: self.handle.take_circuit_changes(),
         }
     }
 
@@ -150,7 +154,8 @@ impl Fleet {
     pub async fn sync(&self) -> Result<FleetView, AwsError> {
         let now_ms = now_millis();
         let item = control::heartbeat(&self.aws, &self.heartbeat(now_ms)).await?;
-        self.seen().forget = item.stale;
+        self.seen().forget = item.stale.clone();
+        self.follow_holds(&item);
         let members = item.members;
         let share = 1.0 / members.max(1) as f64;
         let now = Instant::now();
@@ -172,6 +177,18 @@ impl Fleet {
             cut_ms: item.cut.map(|c| c.at_ms),
             share,
         })
+    }
+
+    /// Follows the operator's pause, and what other dispatchers found of the target's circuit.
+    fn follow_holds(&self, item: &control::FleetItem) {
+        self.handle.set_pause(item.pause.clone());
+        let circuit = (item.circuit_opened_ms, item.circuit_answered_ms);
+        let mut seen = self.seen();
+        if seen.circuit != circuit {
+            seen.circuit = circuit;
+            drop(seen);
+            self.handle.follow_circuit(circuit.0, circuit.1);
+        }
     }
 
     /// Adopts another dispatcher's cut, if it is newer than any seen and not stale.
