@@ -10,6 +10,7 @@ mod harness;
 mod import;
 mod logging;
 mod ops;
+mod pause;
 mod signals;
 mod simulate;
 mod soak;
@@ -142,6 +143,22 @@ enum Command {
     ///   relay store backup /backups/relay-2026-12-04 --data-dir /var/lib/relay
     #[command(verbatim_doc_comment)]
     Store(store::StoreCmd),
+    /// Pause delivery: events are still accepted, nothing is sent until `relay resume`.
+    ///
+    /// `relay status` and `relay trace` say who paused, since when and why. Works on a running
+    /// relay (it stops sending within a second) and on an AWS stack (the whole fleet).
+    ///
+    /// Examples:
+    ///   relay pause --reason "target migration, ticket OPS-311" --data-dir /var/lib/relay
+    ///   relay pause --backend aws --stack relay-prod --reason "schema change"
+    #[command(verbatim_doc_comment)]
+    Pause(pause::PauseArgs),
+    /// Lift a pause: what waited is sent at the pace the relay had learned.
+    ///
+    /// Example:
+    ///   relay resume --data-dir /var/lib/relay
+    #[command(verbatim_doc_comment)]
+    Resume(pause::ResumeArgs),
     /// Show queue depth, in flight, DLQ depth, recent deliveries and the dispatcher's rate.
     ///
     /// Example:
@@ -174,6 +191,8 @@ fn main() -> ExitCode {
             Command::Dlq(args) => dlq::run(args).await,
             Command::Import(args) => import::run(args).await,
             Command::Status(args) => status::run(args).await,
+            Command::Pause(args) => pause::pause(args).await,
+            Command::Resume(args) => pause::resume(args).await,
             Command::Soak(args) => soak::run(args).await,
             Command::Store(args) => store::run(args).await,
         }

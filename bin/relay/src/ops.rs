@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
+use relay_core::hold::Pause;
 use relay_core::ops::{
     DeadLetterView, DlqFilter, EventTrace, Operations, PurgeReport, RedriveReport, StatusReport,
 };
@@ -123,6 +124,20 @@ impl Operations for Ops {
         match self {
             Ops::Local(r) => r.purge(filter, dry_run).await,
             Ops::Aws(a) => a.purge(filter, dry_run).await,
+        }
+    }
+
+    async fn pause(&self, pause: Pause) -> Result<Option<Pause>, StoreError> {
+        match self {
+            Ops::Local(r) => r.pause(pause).await,
+            Ops::Aws(a) => a.pause(pause).await,
+        }
+    }
+
+    async fn resume(&self) -> Result<Option<Pause>, StoreError> {
+        match self {
+            Ops::Local(r) => r.resume().await,
+            Ops::Aws(a) => a.resume().await,
         }
     }
 }

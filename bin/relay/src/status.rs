@@ -136,6 +136,22 @@ fn render(s: &StatusReport) -> String {
         (None, _) => Cell::new("no dispatcher has run on this data directory").fg(Color::Yellow),
     };
     t.add_row(vec![Cell::new("dispatcher"), dispatcher]);
+    if let Some(pause) = &s.pause {
+        t.add_row(vec![
+            Cell::new("PAUSED").fg(Color::Yellow),
+            Cell::new(format!(
+                "{} — events are accepted, nothing is sent; `relay resume` to carry on",
+                pause.describe(crate::ops::timestamp)
+            ))
+            .fg(Color::Yellow),
+        ]);
+    }
+    if let Some(circuit) = s.live_dispatcher().and_then(|d| d.circuit) {
+        t.add_row(vec![
+            Cell::new("target's circuit"),
+            circuit_cell(circuit, s.now),
+        ]);
+    }
     t.add_row(vec![Cell::new("backlog drains in"), drain(&s.forecast())]);
     if let Some(budget) = s.dispatcher.as_ref().and_then(|d| d.announced) {
         t.add_row(vec![
@@ -144,6 +160,24 @@ fn render(s: &StatusReport) -> String {
         ]);
     }
     t.to_string()
+}
+
+/// The circuit breaker in words: open (the target looks down) or half open (ramping up).
+fn circuit_cell(circuit: relay_core::hold::CircuitView, now: i64) -> Cell {
+    use relay_core::hold::CircuitView;
+    match circuit {
+        CircuitView::Open { since, probe_in_ms } => Cell::new(format!(
+            "OPEN since {}: the target looks down (no connection, timeouts or 5xx); one probe every few seconds, the next in {:.1} s; waiting events spend no attempts",
+            relative(since, now),
+            probe_in_ms as f64 / 1000.0
+        ))
+        .fg(Color::Red),
+        CircuitView::HalfOpen { since, allowed } => Cell::new(format!(
+            "half open since {}: the target answered a probe; {allowed} request(s) in flight allowed, doubling with each answer",
+            relative(since, now)
+        ))
+        .fg(Color::Yellow),
+    }
 }
 
 /// The drain forecast in words: how long at what pace, and a warning in red when events will

@@ -108,6 +108,16 @@ fn summary(t: &EventTrace) -> comfy_table::Table {
     if let Some(error) = &d.last_error {
         summary.add_row(vec![Cell::new("last error"), Cell::new(error)]);
     }
+    if let Some(pause) = &t.paused {
+        summary.add_row(vec![
+            Cell::new("held back"),
+            Cell::new(format!(
+                "{} — it waits until `relay resume`",
+                pause.describe(timestamp)
+            ))
+            .fg(Color::Yellow),
+        ]);
+    }
     storage_rows(t, &mut summary);
     summary.add_row(vec![Cell::new("payload"), Cell::new(t.payload.to_string())]);
     summary

@@ -264,7 +264,10 @@ async fn run_local(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
     let app = relay_ingest::router(store.clone(), ingest);
     let stop_rx = stop_on_signals();
 
-    let reporter = report_to_store(handle.clone(), store.clone(), stop_rx.clone());
+    // A pause stands across restarts: it holds from the first request.
+    let reader = relay_store::Reader::open(&data_dir)?;
+    handle.set_pause(reader.pause_now()?);
+    let reporter = report_to_store(handle.clone(), store.clone(), reader, stop_rx.clone());
 
     tracing::info!(%addr, target = %args.delivery.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
@@ -285,24 +288,32 @@ async fn run_local(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Every 2 s the dispatcher's figures go to the store, where `relay status` reads them from
-/// another process; every 10 s they also go to the log.
+/// Every second the dispatcher follows the pause `relay pause` and `relay resume` write; every
+/// 2 s its figures go to the store, where `relay status` reads them from another process; every
+/// 10 s they also go to the log.
 fn report_to_store(
     handle: relay_dispatch::DispatcherHandle,
     store: SqliteStore,
+    reader: relay_store::Reader,
     mut rx: watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(2));
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
         for n in 0u64.. {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = rx.wait_for(|stop| *stop) => break,
             }
-            if let Err(e) = store.publish_dispatcher(&handle.report()).await {
+            match reader.pause_now() {
+                Ok(pause) => handle.set_pause(pause),
+                Err(e) => tracing::debug!(error = %e, "could not read the pause"),
+            }
+            if n % 2 == 1
+                && let Err(e) = store.publish_dispatcher(&handle.report()).await
+            {
                 tracing::debug!(error = %e, "could not publish dispatcher figures");
             }
-            if n % 5 == 4 {
+            if n % 10 == 9 {
                 log_progress(&handle.snapshot(), Some(store.flush_stats()));
             }
         }

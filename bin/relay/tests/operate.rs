@@ -447,3 +447,13 @@ async fn retention_archives_delivered_events_and_trace_finds_them_there() {
         .stderr(predicates::str::contains("cannot be redriven"));
     drop(relay_up);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_delivery_back_and_resume_lets_it_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target(1000.0, 1000.0).await;
+    let up = Relay::start(&data, &target.url(), &[]);
+    pause_then_resume(|args| relay(args, &data), &up.events_url(), &target).await;
+    assert_eq!(up.terminate().code(), Some(0));
+}

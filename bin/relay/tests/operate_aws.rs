@@ -455,3 +455,18 @@ async fn purge_copies_dead_letters_to_the_archive_and_trace_finds_them_there() {
         .stderr(predicates::str::contains("was archived"));
     assert_eq!(up.terminate().code(), Some(0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_holds_the_fleets_delivery_back_and_resume_lets_it_go() {
+    let moto = MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = target(1000.0, 1000.0).await;
+    let up = Relay::start_aws(dir.path(), &moto, "paused", &target.url(), &[]);
+    pause_then_resume(
+        |args| relay(&moto, "paused", args),
+        &up.events_url(),
+        &target,
+    )
+    .await;
+    assert_eq!(up.terminate().code(), Some(0));
+}

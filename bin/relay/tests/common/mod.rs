@@ -630,3 +630,77 @@ impl Pki {
         std::fs::read_to_string(self.dir.path().join(file)).unwrap()
     }
 }
+
+/// `relay pause` and `relay resume` as an operator uses them, on the backend `relay` runs the
+/// commands against (`relay ARGS [backend flags]`), with `relay up` sending to `target`: while
+/// paused, events are accepted and none is sent, and `status` and `trace` say who paused and
+/// why; after the resume every one is delivered.
+pub async fn pause_then_resume(
+    relay: impl Fn(&[&str]) -> assert_cmd::assert::Assert,
+    events_url: &str,
+    target: &target_sim::TargetHandle,
+) {
+    let stdout = |a: assert_cmd::assert::Assert| {
+        String::from_utf8(a.success().get_output().stdout.clone()).unwrap()
+    };
+    let said = stdout(relay(&[
+        "pause",
+        "--reason",
+        "target migration",
+        "--by",
+        "ana",
+    ]));
+    assert!(
+        said.contains("paused since") && said.contains("by ana: target migration"),
+        "{said}"
+    );
+    let again = stdout(relay(&["pause", "--by", "bob"]));
+    assert!(
+        again.contains("already paused") && again.contains("by ana"),
+        "{again}"
+    );
+    // The dispatchers look every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let events: Vec<Value> = (0..20).map(|i| named(&format!("held-{i}"), "ok")).collect();
+    assert_eq!(
+        post_all(events_url, &events).await.len(),
+        20,
+        "accepted while paused"
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(target.stats().events, 0, "nothing is sent while paused");
+    let status = json_of(relay(&["status", "--json"]));
+    assert_eq!(status["pause"]["by"], "ana", "{status}");
+    assert_eq!(status["pause"]["reason"], "target migration", "{status}");
+    let human = stdout(relay(&["status"]));
+    assert!(
+        human.contains("PAUSED") && human.contains("target migration"),
+        "{human}"
+    );
+    let trace = json_of(relay(&["trace", "held-0", "--json"]));
+    assert_eq!(trace["paused"]["by"], "ana", "{trace}");
+    assert_eq!(trace["attempts"].as_array().unwrap().len(), 0, "{trace}");
+    let human = stdout(relay(&["trace", "held-0"]));
+    assert!(
+        human.contains("held back") && human.contains("by ana"),
+        "{human}"
+    );
+
+    let resumed = stdout(relay(&["resume"]));
+    assert!(
+        resumed.contains("resumed") && resumed.contains("by ana"),
+        "{resumed}"
+    );
+    eventually("every held event delivered after the resume", 60, || {
+        target.stats().events == 20
+    })
+    .await;
+    let stats = target.stats();
+    assert_eq!(stats.duplicates, 0);
+    let not = stdout(relay(&["resume"]));
+    assert!(not.contains("not paused"), "{not}");
+    let status = json_of(relay(&["status", "--json"]));
+    assert!(status.get("pause").is_none(), "{status}");
+    let trace = json_of(relay(&["trace", "held-0", "--json"]));
+    assert!(trace.get("paused").is_none(), "{trace}");
+}
