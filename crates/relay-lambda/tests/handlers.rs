@@ -159,14 +159,128 @@ async fn the_dispatcher_sends_an_sqs_batch_as_one_request_of_aliased_mutations()
     assert_eq!(target.stats().bad_idempotency_keys, 0);
 }
 
-/// The fixture's SQS batch (d-1, d-2 delivered; d-3 refused) through the dispatcher handler,
-/// with `batch` events per request, and everything it must leave behind checked.
-async fn dispatch_the_fixture_batch(batch: usize) -> target_sim::TargetHandle {
+/// A stack whose work queue holds `events` (id, name), stored and forwarded as the stream's
+/// Lambda does.
+async fn queued(stack: &str, events: &[(&str, &str)]) -> (MotoServer, relay_aws::Aws, SqsQueue) {
     let moto = MotoServer::start();
-    let aws = moto.stack(&format!("dispatcher{batch}")).await;
+    let aws = moto.stack(stack).await;
     let queue = SqsQueue::new(aws.clone(), Duration::from_secs(60))
         .await
         .unwrap();
+    let ingest = DynamoIngest::new(aws.clone());
+    for (id, name) in events {
+        let raw = json!({"id": id, "name": name, "body": "b", "timestamp": 1});
+        ingest
+            .accept(parse_event(raw.to_string().as_bytes()).unwrap())
+            .await
+            .unwrap();
+    }
+    let ids: Vec<relay_aws::outbox::NewEvent> = events.iter().map(|(id, _)| (*id).into()).collect();
+    relay_aws::outbox::forward(&aws, queue.queue_url(), &ids).await;
+    (moto, aws, queue)
+}
+
+/// Received messages as the event source mapping hands them over: the fixture's shape, real
+/// receipts.
+fn sqs_event(messages: Vec<aws_sdk_sqs::types::Message>) -> SqsEvent {
+    let template: Value = serde_json::from_str(&fixture("sqs-batch.json")).unwrap();
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let mut r = template["Records"][0].clone();
+            r["messageId"] = json!(m.message_id);
+            r["receiptHandle"] = json!(m.receipt_handle);
+            r["body"] = json!(m.body);
+            r
+        })
+        .collect();
+    serde_json::from_value(json!({"Records": records})).unwrap()
+}
+
+/// While the fleet is paused, an invocation sends nothing and defers its batch: the messages
+/// are sent again delayed and the received ones deleted, so no receive is spent however long
+/// the pause; after the resume the same events are delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_dispatcher_defers_its_batch_without_spending_receives() {
+    let target = target_sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target_sim::TargetConfig {
+            rate: 1000.0,
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (_moto, aws, queue) = queued("paused", &[("p-1", "ok"), ("p-2", "ok")]).await;
+    let pause = relay_core::hold::Pause {
+        since: relay_core::now_millis(),
+        by: "ana".into(),
+        reason: Some("migration".into()),
+    };
+    assert_eq!(relay_aws::control::pause(&aws, &pause).await.unwrap(), None);
+    let client = GraphqlClient::new(&TargetConfig::new(target.url())).unwrap();
+    let config = DispatchConfig {
+        hold_at_least: Duration::from_secs(2),
+        ..DispatchConfig::default()
+    };
+    let dispatcher = BatchDispatcher::new(queue.clone(), client, config).in_fleet(aws.clone());
+    let batch = sqs_event(receive(&aws, queue.queue_url()).await);
+    assert_eq!(batch.records.len(), 2);
+    let response = dispatcher.dispatch(batch, Duration::from_secs(20)).await;
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "nothing returned as failed"
+    );
+    assert_eq!(target.stats().requests, 0, "nothing sent while paused");
+    // Sent again with a delay: not there at once, there after it.
+    assert!(receive(&aws, queue.queue_url()).await.is_empty());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let back = aws
+        .sqs
+        .receive_message()
+        .queue_url(queue.queue_url())
+        .max_number_of_messages(10)
+        .visibility_timeout(60)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(aws_sdk_sqs::types::MessageSystemAttributeName::All)
+        .send()
+        .await
+        .unwrap()
+        .messages
+        .unwrap_or_default();
+    assert_eq!(back.len(), 2, "the deferred messages come back");
+    for m in &back {
+        let count = m
+            .attributes()
+            .and_then(|a| {
+                a.get(&aws_sdk_sqs::types::MessageSystemAttributeName::ApproximateReceiveCount)
+            })
+            .cloned();
+        assert_eq!(
+            count.as_deref(),
+            Some("1"),
+            "a new message: no receive spent"
+        );
+    }
+    assert_eq!(
+        relay_aws::control::resume(&aws)
+            .await
+            .unwrap()
+            .map(|p| p.by),
+        Some("ana".into())
+    );
+    // The next invocation syncs with the fleet a period after the last.
+    tokio::time::sleep(relay_lambda::fleet::PERIOD).await;
+    let response = dispatcher
+        .dispatch(sqs_event(back), Duration::from_secs(20))
+        .await;
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(target.stats().events, 2, "delivered after the resume");
+}
+
+/// The fixture's SQS batch (d-1, d-2 delivered; d-3 refused) through the dispatcher handler,
+/// with `batch` events per request, and everything it must leave behind checked.
+async fn dispatch_the_fixture_batch(batch: usize) -> target_sim::TargetHandle {
     let target = target_sim::start(
         "127.0.0.1:0".parse().unwrap(),
         target_sim::TargetConfig {
@@ -180,35 +294,10 @@ async fn dispatch_the_fixture_batch(batch: usize) -> target_sim::TargetHandle {
     )
     .await
     .unwrap();
-    let ingest = DynamoIngest::new(aws.clone());
-    for (id, name) in [("d-1", "ok"), ("d-2", "ok"), ("d-3", "poison")] {
-        let raw = json!({"id": id, "name": name, "body": "b", "timestamp": 1});
-        ingest
-            .accept(parse_event(raw.to_string().as_bytes()).unwrap())
-            .await
-            .unwrap();
-    }
-    relay_aws::outbox::forward(
-        &aws,
-        queue.queue_url(),
-        &["d-1".into(), "d-2".into(), "d-3".into()],
-    )
-    .await;
-    // The batch as the event source mapping hands it over: the fixture's shape, real receipts.
-    let template: Value = serde_json::from_str(&fixture("sqs-batch.json")).unwrap();
-    let messages = receive(&aws, queue.queue_url()).await;
-    assert_eq!(messages.len(), 3);
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let mut r = template["Records"][0].clone();
-            r["messageId"] = json!(m.message_id);
-            r["receiptHandle"] = json!(m.receipt_handle);
-            r["body"] = json!(m.body);
-            r
-        })
-        .collect();
-    let event: SqsEvent = serde_json::from_value(json!({"Records": records})).unwrap();
+    let events = [("d-1", "ok"), ("d-2", "ok"), ("d-3", "poison")];
+    let (_moto, aws, queue) = queued(&format!("dispatcher{batch}"), &events).await;
+    let event = sqs_event(receive(&aws, queue.queue_url()).await);
+    assert_eq!(event.records.len(), 3);
 
     let client = GraphqlClient::new(&TargetConfig {
         batch,
