@@ -17,7 +17,8 @@
 //!   resume` removes them ([`pause`], [`resume`]); each heartbeat reads them back, so the fleet
 //!   stops and starts within a [`PERIOD`]. A dispatcher whose circuit opens sets
 //!   `circuit_opened_ms`, and one whose probe is answered `circuit_answered_ms`: the others
-//!   follow, so one dispatcher finds a target down for all.
+//!   follow, so one dispatcher finds a target down for all. A dispatcher without a concurrency
+//!   limit (or with a higher one) takes the lowest a live member reports.
 //!
 //! So the item is written N times a second plus once per cut, whatever the event rate: no hot
 //! item is written per event.
@@ -149,6 +150,8 @@ pub struct FleetItem {
     /// When a dispatcher's circuit last opened, and when one's probe was last answered.
     pub circuit_opened_ms: Option<i64>,
     pub circuit_answered_ms: Option<i64>,
+    /// The concurrency limits live members learned (`report:<id>.concurrency_limit`).
+    pub concurrency_limits: Vec<u32>,
 }
 
 /// Writes `beat` and reads the whole item back, in one call.
@@ -210,7 +213,20 @@ pub async fn heartbeat(aws: &Aws, beat: &Heartbeat) -> Result<FleetItem, AwsErro
         pause: pause_of(&item),
         circuit_opened_ms: get_n(&item, "circuit_opened_ms"),
         circuit_answered_ms: get_n(&item, "circuit_answered_ms"),
+        concurrency_limits: live_reports(&item, beat.report.at_ms)
+            .filter_map(|report| get_n(report, "concurrency_limit"))
+            .collect(),
     })
+}
+
+/// The reports of members seen within [`LIVE`].
+fn live_reports(item: &Item, now_ms: i64) -> impl Iterator<Item = &Item> {
+    item.iter()
+        .filter(|(name, _)| name.starts_with(REPORT))
+        .filter_map(|(_, value)| value.as_m().ok())
+        .filter(move |report| {
+            now_ms - get_n::<i64>(report, "at").unwrap_or(0) <= LIVE.as_millis() as i64
+        })
 }
 
 fn pause_of(item: &Item) -> Option<Pause> {

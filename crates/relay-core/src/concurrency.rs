@@ -67,6 +67,16 @@ impl ConcurrencyLimit {
         }
     }
 
+    /// Takes `cap`, what another dispatcher of the fleet learned, when this one knows no lower
+    /// cap: a dispatcher that joins starts under the target's limit instead of finding it by
+    /// refusals. It probes upward from there as from its own.
+    pub fn adopt(&mut self, cap: u32) {
+        if cap >= 1 && self.cap.is_none_or(|own| own > cap) {
+            self.cap = Some(cap);
+            self.at_cap = 0;
+        }
+    }
+
     /// An accepted request that was sent beside `others` requests in flight.
     pub fn on_accepted(&mut self, others: u32) {
         if self.accepted.len() == WINDOW {
@@ -136,6 +146,19 @@ mod tests {
         assert!((1..=3).contains(&refused), "{refused} probes refused");
         assert_eq!(answer(&mut c, 6, 6), Some(Refusal::Concurrency));
         assert_eq!(c.cap(), Some(6));
+    }
+
+    #[test]
+    fn a_fleets_cap_is_adopted_unless_a_lower_one_is_known() {
+        let mut c = ConcurrencyLimit::default();
+        c.adopt(4);
+        assert_eq!(c.cap(), Some(4));
+        c.adopt(6);
+        assert_eq!(c.cap(), Some(4), "a higher cap is not taken");
+        c.adopt(2);
+        assert_eq!(c.cap(), Some(2));
+        c.adopt(0);
+        assert_eq!(c.cap(), Some(2), "no cap of nothing");
     }
 
     #[test]

@@ -110,6 +110,12 @@ impl DispatcherHandle {
             .snapshot(rate.rate(), rate.estimate(), rate.announced())
     }
 
+    /// Takes the concurrency limit other dispatchers of the fleet learned, unless this one
+    /// knows a lower one.
+    pub fn adopt_concurrency_limit(&self, cap: u32) {
+        lock(&self.concurrency).adopt(cap);
+    }
+
     /// The most requests in flight the target allows, when its refusals have shown it.
     pub fn concurrency_limit(&self) -> Option<u32> {
         lock(&self.concurrency).cap()

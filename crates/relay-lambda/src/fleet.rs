@@ -179,9 +179,13 @@ impl Fleet {
         })
     }
 
-    /// Follows the operator's pause, and what other dispatchers found of the target's circuit.
+    /// Follows the operator's pause, and what other dispatchers found of the target: its
+    /// circuit, and its concurrency limit.
     fn follow_holds(&self, item: &control::FleetItem) {
         self.handle.set_pause(item.pause.clone());
+        if let Some(&cap) = item.concurrency_limits.iter().min() {
+            self.handle.adopt_concurrency_limit(cap);
+        }
         let circuit = (item.circuit_opened_ms, item.circuit_answered_ms);
         let mut seen = self.seen();
         if seen.circuit != circuit {

@@ -82,14 +82,66 @@ async fn a_ceiling_holds_for_the_fleet_not_for_each_dispatcher() {
     assert_eq!(result.refused_share, 0.0, "never above the target's limit");
 }
 
+/// Two dispatchers in one fleet against `target`: the first with `events` events to send, the
+/// second with none. Their handles; sending `true` stops them.
+async fn busy_and_idle(
+    aws: &relay_aws::Aws,
+    target: &target_sim::TargetHandle,
+    events: usize,
+) -> (
+    Vec<relay_dispatch::DispatcherHandle>,
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinSet<()>,
+    [tempfile::TempDir; 2],
+) {
+    use relay_core::{Ingest, parse_event};
+    use relay_dispatch::{DispatchConfig, Dispatcher, GraphqlClient, TargetConfig};
+
+    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
+    let busy = relay_store::SqliteStore::open(dirs[0].path()).unwrap();
+    for i in 0..events {
+        let body = format!(r#"{{"id":"c-{i}","name":"n","body":"b","timestamp":1}}"#);
+        busy.accept(parse_event(body.as_bytes()).unwrap())
+            .await
+            .unwrap();
+    }
+    let idle = relay_store::SqliteStore::open(dirs[1].path()).unwrap();
+    let client = GraphqlClient::new(&TargetConfig::new(target.url())).unwrap();
+    let mut config = DispatchConfig::default();
+    config.policy.backoff.base = Duration::from_millis(20);
+    config.policy.backoff.cap = Duration::from_millis(200);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut handles = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for store in [busy, idle] {
+        let dispatcher = Dispatcher::new(store, client.clone(), config.clone());
+        let handle = dispatcher.handle();
+        tasks.spawn(dispatcher.run(until_stopped(stopped.clone())));
+        let fleet = relay_lambda::fleet::Fleet::new(aws.clone(), handle.clone());
+        tasks.spawn(fleet.run(until_stopped(stopped.clone())));
+        handles.push(handle);
+    }
+    (handles, stop, tasks, dirs)
+}
+
+/// Waits up to `secs` for `done`, showing `state` if it never comes.
+async fn until(secs: u64, mut done: impl FnMut() -> bool, state: impl Fn() -> String) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(secs);
+    while !done() {
+        assert!(tokio::time::Instant::now() < deadline, "{}", state());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// One dispatcher finds the target down; another, which has sent nothing, follows through the
 /// control item and holds back too. When the first one's probe is answered, the other follows
 /// it out of the open state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_dispatcher_finds_the_target_down_and_the_fleet_follows() {
     use relay_core::hold::CircuitView;
-    use relay_core::{Ingest, parse_event};
-    use relay_dispatch::{DispatchConfig, Dispatcher, GraphqlClient, TargetConfig};
 
     let moto = MotoServer::start();
     let aws = moto.stack("circuit").await;
@@ -106,52 +158,19 @@ async fn one_dispatcher_finds_the_target_down_and_the_fleet_follows() {
     )
     .await
     .unwrap();
-    let dirs = [tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap()];
-    let busy = relay_store::SqliteStore::open(dirs[0].path()).unwrap();
-    for i in 0..20 {
-        let body = format!(r#"{{"id":"c-{i}","name":"n","body":"b","timestamp":1}}"#);
-        busy.accept(parse_event(body.as_bytes()).unwrap())
-            .await
-            .unwrap();
-    }
-    let idle = relay_store::SqliteStore::open(dirs[1].path()).unwrap();
-    let client = GraphqlClient::new(&TargetConfig::new(target.url())).unwrap();
-    let mut config = DispatchConfig::default();
-    config.policy.backoff.base = Duration::from_millis(20);
-    config.policy.backoff.cap = Duration::from_millis(200);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let mut handles = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for store in [busy, idle] {
-        let dispatcher = Dispatcher::new(store, client.clone(), config.clone());
-        let handle = dispatcher.handle();
-        let mut rx = stopped.clone();
-        tasks.spawn(dispatcher.run(async move {
-            let _ = rx.wait_for(|s| *s).await;
-        }));
-        let fleet = relay_lambda::fleet::Fleet::new(aws.clone(), handle.clone());
-        tasks.spawn(fleet.run({
-            let mut rx = stopped.clone();
-            async move {
-                let _ = rx.wait_for(|s| *s).await;
-            }
-        }));
-        handles.push(handle);
-    }
+    let (handles, stop, mut tasks, _dirs) = busy_and_idle(&aws, &target, 20).await;
     let open = |h: &relay_dispatch::DispatcherHandle| {
         matches!(h.circuit(), Some(CircuitView::Open { .. }))
     };
-    let within = |secs| tokio::time::Instant::now() + Duration::from_secs(secs);
-    let deadline = within(20);
-    while !(open(&handles[0]) && open(&handles[1])) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "busy {:?}, idle {:?}",
+    let state = || {
+        format!(
+            "busy {:?}, idle {:?}, {:?}",
             handles[0].circuit(),
-            handles[1].circuit()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+            handles[1].circuit(),
+            target.stats()
+        )
+    };
+    until(20, || open(&handles[0]) && open(&handles[1]), state).await;
     assert_eq!(
         handles[1].snapshot().attempts,
         0,
@@ -159,17 +178,58 @@ async fn one_dispatcher_finds_the_target_down_and_the_fleet_follows() {
     );
 
     target.set_faults(target_sim::Faults::default());
-    let deadline = within(30);
-    while open(&handles[1]) || target.stats().events < 20 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
+    until(
+        30,
+        || !open(&handles[1]) && target.stats().events == 20,
+        state,
+    )
+    .await;
+    let _ = stop.send(true);
+    while tasks.join_next().await.is_some() {}
+}
+
+/// One dispatcher learns that the target limits requests in progress; another, which has sent
+/// nothing, takes the same limit from the fleet, and starts under it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_concurrency_limit_one_dispatcher_learned_is_the_fleets() {
+    let moto = MotoServer::start();
+    let aws = moto.stack("concurrency").await;
+    let target = target_sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target_sim::TargetConfig {
+            rate: 100_000.0,
+            burst: Some(100_000.0),
+            concurrency: Some(3),
+            faults: target_sim::Faults {
+                latency_ms: 100,
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let (handles, stop, mut tasks, _dirs) = busy_and_idle(&aws, &target, 400).await;
+    let state = || {
+        format!(
             "busy {:?}, idle {:?}, {:?}",
-            handles[0].circuit(),
-            handles[1].circuit(),
+            handles[0].concurrency_limit(),
+            handles[1].concurrency_limit(),
             target.stats()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        )
+    };
+    until(30, || handles[0].concurrency_limit().is_some(), state).await;
+    until(10, || handles[1].concurrency_limit().is_some(), state).await;
+    assert_eq!(
+        handles[1].snapshot().attempts,
+        0,
+        "the idle one sent nothing"
+    );
+    assert!(
+        handles[1].concurrency_limit() <= Some(4),
+        "the target allows 3: {}",
+        state()
+    );
     let _ = stop.send(true);
     while tasks.join_next().await.is_some() {}
 }
