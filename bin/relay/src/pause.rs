@@ -25,12 +25,18 @@ pub(crate) struct PauseArgs {
         default_value = "unknown"
     )]
     by: String,
+    /// Print as JSON: `{"pause": {...}, "already": bool}`.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ResumeArgs {
     #[command(flatten)]
     store: StoreArgs,
+    /// Print as JSON: `{"resumed": {...} or null, "waiting": N}`.
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
@@ -40,7 +46,16 @@ pub(crate) async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
         by: args.by,
         reason: args.reason.filter(|r| !r.trim().is_empty()),
     };
-    match ops.pause(pause.clone()).await? {
+    let standing = ops.pause(pause.clone()).await?;
+    if args.json {
+        let json = serde_json::json!({
+            "pause": standing.as_ref().unwrap_or(&pause),
+            "already": standing.is_some(),
+        });
+        println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match standing {
         None => println!(
             "{} {}. Events are still accepted; nothing is sent until `relay resume {}`.",
             pause.describe(timestamp),
@@ -58,16 +73,20 @@ pub(crate) async fn pause(args: PauseArgs) -> anyhow::Result<ExitCode> {
 
 pub(crate) async fn resume(args: ResumeArgs) -> anyhow::Result<ExitCode> {
     let ops = args.store.open().await?;
-    match ops.resume().await? {
-        Some(lifted) => {
-            let status = ops.status().await?;
-            println!(
-                "resumed {}: it had been {}. {} event(s) wait; they go at the pace the relay learned.",
-                args.store.place(),
-                lifted.describe(timestamp),
-                status.queued + status.in_flight
-            );
-        }
+    let lifted = ops.resume().await?;
+    let status = ops.status().await?;
+    let waiting = status.queued + status.in_flight;
+    if args.json {
+        let json = serde_json::json!({ "resumed": lifted, "waiting": waiting });
+        println!("{json}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    match lifted {
+        Some(lifted) => println!(
+            "resumed {}: it had been {}. {waiting} event(s) wait; they go at the pace the relay learned.",
+            args.store.place(),
+            lifted.describe(timestamp),
+        ),
         None => println!("not paused {}; nothing to do.", args.store.place()),
     }
     Ok(ExitCode::SUCCESS)
