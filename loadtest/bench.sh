@@ -12,6 +12,8 @@
 #                                runtime, and a fixed window with and without budget headers
 #   loadtest/bench.sh concurrency  a target that allows 4 requests in progress of 100 ms each
 #                                (40/s, more get 429): delivered share and refusals
+#   loadtest/bench.sh outage     a target down for 60 s under a 2,000-event backlog, then back:
+#                                requests it got while down, dead letters, time to drain after
 #   loadtest/bench.sh fleet      1, 2 and 4 dispatchers sharing a 50/s limit through the control
 #                                table (moto), work from an embedded store, then through SQS
 #   loadtest/bench.sh lambda     Lambda zip and bootstrap sizes, and each bootstrap's init time
@@ -315,6 +317,31 @@ print(f"| 4 in progress × 100 ms | {ev/len(per):.1f}/s | {ev/len(per)/40:.1%} |
 PY
 }
 
+outage() {
+  echo "## a target down for 60 s under a 2,000-event backlog, then back ($UP)"
+  start outage-target "$BIN/relay" target --listen 127.0.0.1:4324 --rate 200
+  local T=$LAST_PID
+  faults() { curl -sf -X PUT -H 'content-type: application/json' -d "$1" http://127.0.0.1:4324/admin/faults >/dev/null; }
+  faults '{"outage": true}'
+  up outage 8324 4324
+  local R=$LAST_PID
+  sim 8324 --rps 2000 --count 2000 >/dev/null
+  sleep 60
+  local down; down=$(json <(stats 127.0.0.1:4324) "d['requests']")
+  faults '{"outage": false}'
+  local t0; t0=$(date +%s)
+  local drained=">240"
+  for _ in $(seq 240); do
+    "$UP" status --data-dir "$WORK/outage-data" --json >"$WORK/outage-status.json"
+    if [ "$(json "$WORK/outage-status.json" "d['queued'] + d['in_flight']")" = 0 ]; then drained=$(( $(date +%s) - t0 )); break; fi
+    sleep 1
+  done
+  printf '| requests while down (60 s) | dead-lettered | delivered | drained after it came back |\n|---|---|---|---|\n'
+  printf '| %s | %s | %s | %s s |\n' "$down" "$(json "$WORK/outage-status.json" "d['dead']")" \
+    "$(json <(stats 127.0.0.1:4324) "d['events']")" "$drained"
+  stop "$R"; stop "$T"
+}
+
 fleet() {
   echo "## fleet: dispatchers sharing a 50/s limit (burst 5) through the stack's control table"
   if [ ! -x .venv-moto/bin/moto_server ]; then
@@ -448,11 +475,12 @@ case "${1:-all}" in
   retention) retention ;;
   pacing) pacing ;;
   concurrency) concurrency ;;
+  outage) outage ;;
   fleet) fleet ;;
   lambda) lambda ;;
   aws-ack) aws_ack ;;
   batching) batching ;;
   batch-ingest) batch_ingest ;;
-  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; concurrency; fleet; lambda; aws_ack; batching; batch_ingest ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|concurrency|fleet|lambda|aws-ack|batching|batch-ingest|all]" >&2; exit 2 ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; concurrency; outage; fleet; lambda; aws_ack; batching; batch_ingest ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|concurrency|outage|fleet|lambda|aws-ack|batching|batch-ingest|all]" >&2; exit 2 ;;
 esac
