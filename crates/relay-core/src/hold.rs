@@ -28,7 +28,7 @@ pub const OPEN_AFTER: u32 = 8;
 /// The first wait for a probe, once the circuit opens; it doubles each failed probe.
 pub const FIRST_PROBE: Duration = Duration::from_secs(2);
 /// The longest wait between probes.
-pub const LAST_PROBE: Duration = Duration::from_secs(30);
+pub const LAST_PROBE: Duration = Duration::from_secs(10);
 /// Answers, while half open, that close the circuit.
 pub const CLOSE_AFTER: u32 = 5;
 
