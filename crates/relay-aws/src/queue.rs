@@ -235,6 +235,38 @@ impl SqsQueue {
         }))
     }
 
+    /// `STATE` back to queued under the claim's lease, due at `due_at` (or when it was due):
+    /// a claim given back, with no attempt.
+    async fn requeue(&self, claim: &Claim, due_at: Option<i64>) -> Result<(), AwsError> {
+        let aws = &self.inner.aws;
+        let now = now_millis();
+        let mut update = aws
+            .dynamodb
+            .update_item()
+            .table_name(&aws.stack.events_table)
+            .set_key(Some(key(&claim.event_id, STATE)))
+            .condition_expression("#status = :leased AND lease = :token")
+            .expression_attribute_names("#status", "status")
+            .expression_attribute_values(":queued", s("queued"))
+            .expression_attribute_values(":leased", s("leased"))
+            .expression_attribute_values(":token", n(claim.lease))
+            .expression_attribute_values(":now", n(now));
+        update = match due_at {
+            Some(due) => update
+                .update_expression(
+                    "SET #status = :queued, due_at = :due, lease_until = :now, updated_at = :now",
+                )
+                .expression_attribute_values(":due", n(due)),
+            None => update
+                .update_expression("SET #status = :queued, lease_until = :now, updated_at = :now"),
+        };
+        update
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| AwsError::from_sdk("the events table", e))
+    }
+
     /// Queues the event to be received after `delay_ms` (as much of it as SQS allows).
     pub(crate) async fn send(&self, event: &NewEvent, delay_ms: i64) -> Result<(), AwsError> {
         send_event(&self.inner.aws, &self.inner.queue_url, event, delay_ms).await
@@ -589,23 +621,8 @@ impl WorkQueue for SqsQueue {
     async fn release(&self, claims: Vec<Claim>) -> Result<(), StoreError> {
         let aws = &self.inner.aws;
         for claim in claims {
-            let now = now_millis();
-            let back = aws
-                .dynamodb
-                .update_item()
-                .table_name(&aws.stack.events_table)
-                .set_key(Some(key(&claim.event_id, STATE)))
-                .update_expression("SET #status = :queued, lease_until = :now, updated_at = :now")
-                .condition_expression("#status = :leased AND lease = :token")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":queued", s("queued"))
-                .expression_attribute_values(":leased", s("leased"))
-                .expression_attribute_values(":token", n(claim.lease))
-                .expression_attribute_values(":now", n(now))
-                .send()
-                .await;
-            if let Err(e) = back {
-                tracing::debug!(event_id = ?claim.event_id, error = %AwsError::from_sdk("the events table", e), "releasing a claim");
+            if let Err(e) = self.requeue(&claim, None).await {
+                tracing::debug!(event_id = ?claim.event_id, error = %e, "releasing a claim");
             }
             if let Some(Held { receipt, .. }) = self.take_held(&claim.event_id) {
                 let _ = aws
@@ -628,28 +645,9 @@ impl WorkQueue for SqsQueue {
     /// sent again with that delay and the received one deleted, as a retry's is, so that no
     /// receive is spent on a hold however long it lasts.
     async fn defer(&self, claims: Vec<Claim>, until: i64) -> Result<(), StoreError> {
-        let aws = &self.inner.aws;
         for claim in claims {
             let now = now_millis();
-            let back = aws
-                .dynamodb
-                .update_item()
-                .table_name(&aws.stack.events_table)
-                .set_key(Some(key(&claim.event_id, STATE)))
-                .update_expression(
-                    "SET #status = :queued, due_at = :due, lease_until = :now, updated_at = :now",
-                )
-                .condition_expression("#status = :leased AND lease = :token")
-                .expression_attribute_names("#status", "status")
-                .expression_attribute_values(":queued", s("queued"))
-                .expression_attribute_values(":leased", s("leased"))
-                .expression_attribute_values(":token", n(claim.lease))
-                .expression_attribute_values(":due", n(until))
-                .expression_attribute_values(":now", n(now))
-                .send()
-                .await;
-            if let Err(e) = back {
-                let e = AwsError::from_sdk("the events table", e);
+            if let Err(e) = self.requeue(&claim, Some(until)).await {
                 tracing::debug!(event_id = ?claim.event_id, error = %e, "deferring a claim");
                 continue;
             }
