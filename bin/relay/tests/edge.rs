@@ -11,7 +11,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{KEY, Relay, eventually, now, post_signed, signed};
+use common::{KEY, Pki, Relay, eventually, now, post_signed, signed};
 use serde_json::{Value, json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -185,20 +185,12 @@ async fn at_the_connection_cap_new_clients_wait_and_the_log_says_so() {
 
 /// A CA and a certificate for `localhost` and 127.0.0.1 signed by it, as PEM (CA, cert, key).
 fn certificate() -> (String, String, String) {
-    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair, KeyUsagePurpose};
-    let mut ca = CertificateParams::new(Vec::new()).unwrap();
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_key = KeyPair::generate().unwrap();
-    let ca_cert = ca.self_signed(&ca_key).unwrap();
-    let issuer = Issuer::new(ca, ca_key);
-    let leaf = CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
-    let leaf_key = KeyPair::generate().unwrap();
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer).unwrap();
-    (ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem())
+    let pki = Pki::new();
+    (
+        pki.read("ca.pem"),
+        pki.read("server.pem"),
+        pki.read("server-key.pem"),
+    )
 }
 
 /// A client that trusts `ca` alone, and checks the certificate as any HTTPS client does.
