@@ -118,6 +118,9 @@ struct Announced {
     /// Resets come in whole seconds, rounded up; with the window's length, this phase says
     /// when the next one really is.
     window_began: Option<Instant>,
+    /// The window's length as seen between renewals, when the target does not name it
+    /// (`X-RateLimit-*`): the shortest gap, to a whole second when it is near one.
+    window_seen: Option<Duration>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -415,6 +418,7 @@ impl RateController {
         let share = self.share;
         let previous = self.announced;
         let mut window_began = previous.and_then(|a| a.window_began);
+        let mut window_seen = previous.and_then(|a| a.window_seen);
         let pacer = match budget {
             Budget::Window {
                 remaining,
@@ -429,10 +433,15 @@ impl RateController {
                     Budget::Bucket { .. } => false,
                 });
                 if renewed {
+                    if let Some(began) = window_began {
+                        let gap = seen_window(now - began);
+                        window_seen = Some(window_seen.map_or(gap, |w| w.min(gap)));
+                    }
                     // The window began before this answer was written, so never later than
                     // now: boundaries counted from here are never early.
                     window_began = Some(now);
                 }
+                let window = window.or(window_seen);
                 let until = match (window_began, window.filter(|w| !w.is_zero())) {
                     // The next boundary of the learned phase, if it is no later than announced.
                     (Some(began), Some(window)) => {
@@ -467,6 +476,7 @@ impl RateController {
             seq: ticket.seq,
             pacer,
             window_began,
+            window_seen,
         });
     }
 
@@ -615,6 +625,18 @@ impl RateController {
     fn clamp(&mut self) {
         let top = self.config.ceiling.unwrap_or(self.config.max);
         self.rate = self.rate.clamp(self.config.floor.min(top), top);
+    }
+}
+
+/// A gap seen between two window renewals, as a window: to the whole second when within 10 %
+/// of one (windows are seconds, minutes, hours; the gap is late by up to a request's spacing).
+fn seen_window(gap: Duration) -> Duration {
+    let secs = gap.as_secs_f64();
+    let whole = secs.round();
+    if whole >= 1.0 && (secs - whole).abs() <= 0.1 * whole {
+        Duration::from_secs_f64(whole)
+    } else {
+        gap
     }
 }
 
