@@ -12,6 +12,8 @@
 #                                runtime, and a fixed window with and without budget headers
 #   loadtest/bench.sh concurrency  a target that allows 4 requests in progress of 100 ms each
 #                                (40/s, more get 429): delivered share and refusals
+#   loadtest/bench.sh budgets    a 20/s fixed window announcing its budget in whole seconds, in
+#                                each syntax (draft 6, drafts 8+, X-RateLimit-*, epoch resets)
 #   loadtest/bench.sh outage     a target down for 60 s under a 2,000-event backlog, then back:
 #                                requests it got while down, dead letters, time to drain after
 #   loadtest/bench.sh fleet      1, 2 and 4 dispatchers sharing a 50/s limit through the control
@@ -317,6 +319,20 @@ print(f"| 4 in progress × 100 ms | {ev/len(per):.1f}/s | {ev/len(per)/40:.1%} |
 PY
 }
 
+budgets() {
+  echo "## a fixed window of 20 per second announcing its budget in whole seconds, 40 s ($UP)"
+  printf '| syntax | delivered/s | share of 20/s | refused |\n|---|---|---|---|\n'
+  for syntax in draft6 draft8 x-ratelimit x-ratelimit-epoch; do
+    pace "budget-$syntax" 4325 8325 40 - --rate 20 --window 1s --mode headers --announce "$syntax"
+    python3 - "$WORK/budget-$syntax.json" "$syntax" <<'PY'
+import json, sys
+per = json.load(open(sys.argv[1]))[5:]
+ev = sum(x["events"] for x in per); rq = sum(x["requests"] for x in per); rl = sum(x["rate_limited"] for x in per)
+print(f"| {sys.argv[2]} | {ev/len(per):.1f}/s | {ev/len(per)/20:.1%} | {rl/max(rq,1):.2%} ({rl} of {rq}) |")
+PY
+  done
+}
+
 outage() {
   echo "## a target down for 60 s under a 2,000-event backlog, then back ($UP)"
   start outage-target "$BIN/relay" target --listen 127.0.0.1:4324 --rate 200
@@ -476,11 +492,12 @@ case "${1:-all}" in
   pacing) pacing ;;
   concurrency) concurrency ;;
   outage) outage ;;
+  budgets) budgets ;;
   fleet) fleet ;;
   lambda) lambda ;;
   aws-ack) aws_ack ;;
   batching) batching ;;
   batch-ingest) batch_ingest ;;
-  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; concurrency; outage; fleet; lambda; aws_ack; batching; batch_ingest ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|concurrency|outage|fleet|lambda|aws-ack|batching|batch-ingest|all]" >&2; exit 2 ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; concurrency; budgets; outage; fleet; lambda; aws_ack; batching; batch_ingest ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|concurrency|budgets|outage|fleet|lambda|aws-ack|batching|batch-ingest|all]" >&2; exit 2 ;;
 esac
