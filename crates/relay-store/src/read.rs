@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
+use relay_core::hold::Pause;
 use relay_core::ops::{
     ArchiveRef, ArchivedId, AttemptView, DeadLetterView, DeliveryState, DispatcherReport,
     DlqFilter, EarlyAck, EventTrace, Operations, PurgeReport, RedriveReport, StatusReport,
@@ -17,7 +18,6 @@ use serde::Serialize;
 use crate::archive::{self, ArchivedEvent};
 use crate::writer::ACKED_BEFORE_FLUSH_KEY;
 use crate::{APPLICATION_ID, DB_FILE, DISPATCHER_KEY, OpenError, open_connection};
-use relay_core::hold::Pause;
 
 /// The `meta` row of an operator's pause (`relay pause`), which `relay up` reads.
 const PAUSE_KEY: &str = "pause";
@@ -518,11 +518,17 @@ impl Reader {
         }
     }
 
+    /// Lifts the pause in one statement; the one lifted, if any.
     fn resume_now(&self) -> rusqlite::Result<Option<Pause>> {
-        let lifted = self.pause_now()?;
-        self.conn()
-            .execute("DELETE FROM meta WHERE key = ?1", [PAUSE_KEY])?;
-        Ok(lifted)
+        let json: Option<String> = self
+            .conn()
+            .query_row(
+                "DELETE FROM meta WHERE key = ?1 RETURNING value",
+                [PAUSE_KEY],
+                |r| r.get(0),
+            )
+            .optional()?;
+        Ok(json.and_then(|j| serde_json::from_str(&j).ok()))
     }
 }
 
