@@ -251,6 +251,7 @@ where
         poll,
     };
     trace_before_delivery(queue, ops, &case).await;
+    pause_and_resume(ops, &case).await;
     deliver_one_kill_two(queue, &case).await;
     trace_after_settling(ops, &case).await;
     list_dead_letters(ops, &case).await;
@@ -277,6 +278,38 @@ fn by_reason(reason: &str) -> crate::ops::DlqFilter {
 }
 
 /// Accepted events have a story with no attempts yet; an unknown id has none.
+/// A pause stands until resumed: a second pause leaves the first, `status` and the trace of a
+/// waiting event carry it, and a resume returns it once.
+async fn pause_and_resume<O: crate::ops::Operations>(ops: &O, case: &OpsCase) {
+    use crate::hold::Pause;
+    let pause = Pause {
+        since: crate::now_millis(),
+        by: "contract".into(),
+        reason: Some("maintenance".into()),
+    };
+    assert_eq!(ops.pause(pause.clone()).await, Ok(None), "paused");
+    let second = Pause {
+        by: "someone else".into(),
+        reason: None,
+        ..pause.clone()
+    };
+    assert_eq!(
+        ops.pause(second).await,
+        Ok(Some(pause.clone())),
+        "a pause that stands is left as it is"
+    );
+    assert_eq!(ops.status().await.unwrap().pause, Some(pause.clone()));
+    let told = ops.trace(&case.fine).await.unwrap().unwrap();
+    assert_eq!(
+        told.paused,
+        Some(pause.clone()),
+        "a waiting event is held back"
+    );
+    assert_eq!(ops.resume().await, Ok(Some(pause)), "resumed");
+    assert_eq!(ops.resume().await, Ok(None), "nothing to resume");
+    assert_eq!(ops.status().await.unwrap().pause, None);
+}
+
 async fn trace_before_delivery<Q: Ingest, O: crate::ops::Operations>(
     queue: &Q,
     ops: &O,
