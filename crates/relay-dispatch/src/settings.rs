@@ -207,6 +207,16 @@ impl DeliverySettings {
                         --target-oauth-client-secret or --target-oauth-client-secret-ref"
                 .into());
         }
+        if let Some(url) = &self.target_oauth_token_url
+            && let Ok(parsed) = reqwest::Url::parse(url)
+            && parsed.scheme() == "http"
+            && !matches!(parsed.host_str(), Some("127.0.0.1" | "localhost" | "[::1]"))
+        {
+            return Err(format!(
+                "--target-oauth-token-url {url} must be https: the client secret would cross \
+                 the network in clear (http is taken on 127.0.0.1 and localhost only)"
+            ));
+        }
         if self.batch > 1 && self.document != DEFAULT_DOCUMENT {
             return Err(format!(
                 "--document cannot be combined with --batch {}: a batch is relay's own aliased \
@@ -370,6 +380,27 @@ mod tests {
         .check()
         .unwrap_err();
         assert!(e.contains("needs the client's secret"), "{e}");
+        let e = both(&[
+            "--target-oauth-token-url",
+            "http://auth.example/token",
+            "--target-oauth-client-id",
+            "relay",
+            "--target-oauth-client-secret",
+            "s",
+        ])
+        .unwrap()
+        .check()
+        .unwrap_err();
+        assert!(e.contains("must be https"), "{e}");
+        let loopback = both(&[
+            "--target-oauth-token-url",
+            "http://127.0.0.1:9/token",
+            "--target-oauth-client-id",
+            "relay",
+            "--target-oauth-client-secret",
+            "s",
+        ]);
+        assert_eq!(loopback.unwrap().check(), Ok(()));
         assert!(both(&["--target-oauth-client-id", "relay"]).is_err());
         assert!(both(&["--target-client-key", "key.pem"]).is_err());
         assert!(both(&["--target-ca", "ssm:"]).is_err());
