@@ -118,8 +118,17 @@ async fn status_then_trace_of_retried_delivered_and_dead_events_with_their_x_ray
         "{dead:#}"
     );
 
-    // X-Ray has each attempt's segment shortly after the attempt is recorded.
-    let retried = eventually_json(&moto, "ops", &["trace", "b-0", "--json"], |t| {
+    // X-Ray has each attempt's segment shortly after the attempt is recorded. The target's
+    // circuit opened after a run of failures, so not every event of the backlog was tried
+    // while it was down: the one to read is one that was.
+    let tried_while_down = (0..12)
+        .map(|i| format!("b-{i}"))
+        .find(|id| {
+            let t = json_of(relay(&moto, "ops", &["trace", id, "--json"]));
+            outcomes(&t).first().is_some_and(|o| o.1 == "transient")
+        })
+        .expect("the target was tried while down");
+    let retried = eventually_json(&moto, "ops", &["trace", &tried_while_down, "--json"], |t| {
         t["delivery"]["status"] == "delivered"
             && segment_names(t)
                 .iter()
