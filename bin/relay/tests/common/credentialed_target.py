@@ -38,8 +38,14 @@ tokens = {}  # token -> expiry (monotonic)
 lock = threading.Lock()
 
 
+printing = threading.Lock()
+
+
 def report(line):
-    print(json.dumps(line), flush=True)
+    # One line at a time: the server answers on several threads.
+    with printing:
+        sys.stdout.write(json.dumps(line) + "\n")
+        sys.stdout.flush()
 
 
 class Handler(http.server.BaseHTTPRequestHandler):

@@ -11,7 +11,12 @@ import http.server
 import json
 import sys
 
+import threading
+
 import standardwebhooks
+
+# One line at a time: the server answers on several threads.
+printing = threading.Lock()
 
 webhook = standardwebhooks.Webhook(sys.argv[1])
 
@@ -32,17 +37,18 @@ class Handler(http.server.BaseHTTPRequestHandler):
         else:
             created = {alias: {"id": event["id"]} for alias, event in variables.items()}
         events = [value["id"] for value in created.values()]
-        print(
-            json.dumps(
-                {
-                    "valid": valid,
-                    "webhook_id": headers.get("webhook-id"),
-                    "events": events,
-                    "error": error,
-                }
-            ),
-            flush=True,
-        )
+        with printing:
+            print(
+                json.dumps(
+                    {
+                        "valid": valid,
+                        "webhook_id": headers.get("webhook-id"),
+                        "events": events,
+                        "error": error,
+                    }
+                ),
+                flush=True,
+            )
         status, answer = (200, {"data": created}) if valid else (401, {"errors": [{"message": error}]})
         payload = json.dumps(answer).encode()
         self.send_response(status)
