@@ -235,22 +235,31 @@ impl SqsQueue {
         }))
     }
 
-    /// `STATE` back to queued under the claim's lease, due at `due_at` (or when it was due):
-    /// a claim given back, with no attempt.
-    async fn requeue(&self, claim: &Claim, due_at: Option<i64>) -> Result<(), AwsError> {
+    /// An update of the event's `STATE` on condition that the claim's lease still holds, with
+    /// `#status`, `:leased`, `:token` and `:now` bound.
+    pub(super) fn under_lease(
+        &self,
+        claim: &Claim,
+        now: i64,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
         let aws = &self.inner.aws;
-        let now = now_millis();
-        let mut update = aws
-            .dynamodb
+        aws.dynamodb
             .update_item()
             .table_name(&aws.stack.events_table)
             .set_key(Some(key(&claim.event_id, STATE)))
             .condition_expression("#status = :leased AND lease = :token")
             .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":queued", s("queued"))
             .expression_attribute_values(":leased", s("leased"))
             .expression_attribute_values(":token", n(claim.lease))
-            .expression_attribute_values(":now", n(now));
+            .expression_attribute_values(":now", n(now))
+    }
+
+    /// `STATE` back to queued under the claim's lease, due at `due_at` (or when it was due):
+    /// a claim given back, with no attempt.
+    async fn requeue(&self, claim: &Claim, due_at: Option<i64>) -> Result<(), AwsError> {
+        let mut update = self
+            .under_lease(claim, now_millis())
+            .expression_attribute_values(":queued", s("queued"));
         update = match due_at {
             Some(due) => update
                 .update_expression(

@@ -9,7 +9,7 @@ use serde_json::json;
 use super::{SqsQueue, lock};
 use crate::AwsError;
 use crate::archive::ArchiveRecord;
-use crate::items::{STATE, attempt_item, get_n, get_s, key, n, s};
+use crate::items::{attempt_item, get_n, get_s, n, s};
 use crate::outbox::NewEvent;
 
 impl SqsQueue {
@@ -23,18 +23,9 @@ impl SqsQueue {
         settlement: &Settlement,
         now: i64,
     ) -> Result<(), StoreError> {
-        let aws = &self.inner.aws;
         let counted = i64::from(attempt.outcome.counts_toward_max_attempts());
-        let mut update = aws
-            .dynamodb
-            .update_item()
-            .table_name(&aws.stack.events_table)
-            .set_key(Some(key(&claim.event_id, STATE)))
-            .condition_expression("#status = :leased AND lease = :token")
-            .expression_attribute_names("#status", "status")
-            .expression_attribute_values(":leased", s("leased"))
-            .expression_attribute_values(":token", n(claim.lease))
-            .expression_attribute_values(":now", n(now))
+        let mut update = self
+            .under_lease(claim, now)
             .expression_attribute_values(":counted", n(counted))
             .expression_attribute_values(":one", n(1))
             .expression_attribute_values(":scheduled", s("scheduled"));
