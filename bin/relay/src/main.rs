@@ -17,6 +17,7 @@ mod soak;
 mod status;
 mod store;
 mod target;
+mod telemetry;
 mod trace;
 mod up;
 

@@ -16,6 +16,9 @@ use std::sync::atomic::Ordering::Relaxed;
 use tokio::sync::watch;
 
 use crate::args;
+use crate::ops::Ops;
+use crate::telemetry;
+use metrics_exporter_prometheus::PrometheusHandle;
 
 #[derive(Debug, Args)]
 pub(crate) struct UpArgs {
@@ -83,6 +86,17 @@ pub(crate) struct UpArgs {
     /// --store-timeout.
     #[arg(long, help_heading = "Store", env = "RELAY_FLUSH_WAIT", default_value = "50ms", value_parser = args::duration)]
     flush_wait: Duration,
+
+    /// Serve Prometheus metrics on GET /metrics at this address, a listener of its own (for
+    /// example 127.0.0.1:9464). No key: keep it on loopback or a private network. The metrics
+    /// and their names are in docs/telemetry.md.
+    #[arg(
+        long,
+        help_heading = "Telemetry",
+        env = "RELAY_METRICS",
+        value_name = "ADDR"
+    )]
+    metrics: Option<SocketAddr>,
 }
 
 /// How the ingest server treats its clients: what it takes from slow or broken ones, and TLS.
@@ -174,10 +188,12 @@ enum DurabilityArg {
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    // Before anything records: the store's first flushes count too.
+    let recorder = args.metrics.map(|_| telemetry::install()).transpose()?;
     let start = start(&args).await?;
     match args.backend {
-        Backend::Local => run_local(args, start).await,
-        Backend::Aws => run_aws(args, start).await,
+        Backend::Local => run_local(args, start, recorder).await,
+        Backend::Aws => run_aws(args, start, recorder).await,
     }
 }
 
@@ -229,7 +245,11 @@ async fn start(args: &UpArgs) -> anyhow::Result<Start> {
 }
 
 /// Ingest and the dispatcher over one embedded store.
-async fn run_local(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
+async fn run_local(
+    args: UpArgs,
+    start: Start,
+    recorder: Option<PrometheusHandle>,
+) -> anyhow::Result<ExitCode> {
     let Start {
         client,
         ingest,
@@ -268,6 +288,14 @@ async fn run_local(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
     let reader = relay_store::Reader::open(&data_dir)?;
     handle.set_pause(reader.pause_now()?);
     let reporter = report_to_store(handle.clone(), store.clone(), reader, stop_rx.clone());
+    let metrics = match (args.metrics, recorder) {
+        (Some(addr), Some(recorder)) => {
+            let ops = Ops::Local(relay_store::Reader::open(&data_dir)?);
+            let exporter = telemetry::Exporter::new(recorder, ops, Some(handle.clone()));
+            Some(telemetry::serve(addr, exporter, stop_rx.clone()).await?)
+        }
+        _ => None,
+    };
 
     tracing::info!(%addr, target = %args.delivery.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
@@ -277,6 +305,7 @@ async fn run_local(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
     let (served, ()) = tokio::join!(server, dispatcher.run(stopped(stop_rx)));
     served.context("ingest server failed")?;
     let _ = reporter.await;
+    stop_metrics(metrics).await;
     let m = handle.snapshot();
     tracing::info!(
         delivered = m.delivered,
@@ -337,6 +366,15 @@ fn log_progress(m: &MetricsSnapshot, flush: Option<&FlushStats>) {
     );
 }
 
+/// Waits for the metrics listener, told to stop with the rest, to finish its last scrape.
+async fn stop_metrics(server: Option<tokio::task::JoinHandle<std::io::Result<()>>>) {
+    if let Some(server) = server
+        && let Ok(Err(e)) = server.await
+    {
+        tracing::warn!(error = %e, "the metrics listener failed");
+    }
+}
+
 /// Flags that contradict each other: a usage error (exit 2), as clap reports its own.
 fn conflict(message: String) -> ! {
     clap::Error::raw(
@@ -377,7 +415,11 @@ async fn stopped(mut rx: watch::Receiver<bool>) {
 
 /// The AWS handlers in one process, against a stack's resources: the receiver behind a local
 /// API Gateway stand-in, the outbox fed by a stream poller, the dispatcher by an SQS poller.
-async fn run_aws(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
+async fn run_aws(
+    args: UpArgs,
+    start: Start,
+    recorder: Option<PrometheusHandle>,
+) -> anyhow::Result<ExitCode> {
     let Start {
         client,
         ingest,
@@ -434,6 +476,17 @@ async fn run_aws(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
             }
         })
     };
+    let metrics = match (args.metrics, recorder) {
+        (Some(at), Some(recorder)) => {
+            let ops = relay_aws::ops::AwsOps::connect(aws.clone())
+                .await
+                .with_context(|| format!("cannot reach stack {:?}", aws.stack))?;
+            let exporter =
+                telemetry::Exporter::new(recorder, Ops::Aws(Box::new(ops)), Some(handle.clone()));
+            Some(telemetry::serve(at, exporter, stop_rx.clone()).await?)
+        }
+        _ => None,
+    };
     tracing::info!(%addr, target = %args.delivery.target_url, stack = ?aws.stack, "relay up on AWS");
     println!("relay listening on {}://{addr}", scheme(&edge));
     let server = serve_edge(
@@ -445,6 +498,7 @@ async fn run_aws(args: UpArgs, start: Start) -> anyhow::Result<ExitCode> {
     let (served, ()) = tokio::join!(server, dispatcher.run(stopped(stop_rx)));
     served.context("ingest server failed")?;
     let _ = tokio::join!(outbox, reporter, fleet);
+    stop_metrics(metrics).await;
     aws.tracer.flush().await;
     let m = handle.snapshot();
     tracing::info!(

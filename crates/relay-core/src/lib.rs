@@ -18,6 +18,7 @@ pub mod ports;
 pub mod rate;
 pub mod settings;
 pub mod signing;
+pub mod telemetry;
 
 pub use classify::{Answer, BatchOutcome, Outcome, TransportError, classify, classify_batch};
 pub use delivery::{

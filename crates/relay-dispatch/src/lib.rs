@@ -552,6 +552,7 @@ async fn attempt<Q: WorkQueue>(
     };
     drop(at_target);
     let duration = clock.elapsed();
+    ::metrics::histogram!(relay_core::telemetry::ATTEMPT_SECONDS).record(duration);
     on_result(handle, &result, probe);
     let outcomes = match classify_batch(&result, n) {
         BatchOutcome::Each(outcomes) => outcomes,

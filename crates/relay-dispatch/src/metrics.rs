@@ -3,7 +3,7 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use relay_core::budget::Budget;
-use relay_core::{Outcome, Settlement};
+use relay_core::{Outcome, Settlement, telemetry};
 use serde::Serialize;
 
 #[derive(Debug, Default)]
@@ -58,8 +58,15 @@ impl Metrics {
         if let Some(counter) = answer {
             counter.fetch_add(1, Relaxed);
         }
+        // The same for an installed recorder (Prometheus), which cannot take an attempt back:
+        // it counts answered attempts only.
+        ::metrics::counter!(telemetry::ATTEMPTS, "outcome" => outcome.kind().as_str()).increment(1);
+        if matches!(outcome, Outcome::Delivered) {
+            ::metrics::counter!(telemetry::DELIVERED).increment(1);
+        }
         if matches!(settlement, Settlement::Dead { .. }) {
             self.dead.fetch_add(1, Relaxed);
+            ::metrics::counter!(telemetry::DEAD).increment(1);
         }
     }
 

@@ -21,7 +21,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use http_body_util::{BodyExt, LengthLimitError, Limited};
-use relay_core::{AcceptOutcome, Event, Ingest, Rejection, event_from_value, parse_event};
+use relay_core::{
+    AcceptOutcome, Event, Ingest, Rejection, event_from_value, parse_event, telemetry,
+};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -103,7 +105,7 @@ pub fn router<S: Ingest>(store: S, config: IngestConfig) -> Router {
                 "method not allowed on this route",
             )
         })
-        .layer(middleware::from_fn(log_errors))
+        .layer(middleware::from_fn(observe))
         .with_state(state)
 }
 
@@ -196,6 +198,9 @@ async fn accept_event<S: Ingest>(
             tracing::error!(error = %e, event_id = ?id, "store refused an event");
             store_refused(&e, "the event was")
         })?;
+    if outcome != AcceptOutcome::Conflict {
+        count_stored(&outcome);
+    }
     Ok(match outcome {
         AcceptOutcome::Accepted => (
             StatusCode::ACCEPTED,
@@ -261,6 +266,11 @@ async fn post_batch<S: Ingest>(
                 store_refused(&e, "no event of this batch was")
             })?
     };
+    outcomes.iter().for_each(count_stored);
+    for refused in results.iter().flatten() {
+        let reason = refused["error"].as_str().unwrap_or("invalid_event");
+        metrics::counter!(telemetry::REFUSED, "reason" => reason.to_owned()).increment(1);
+    }
     let mut stored = ids.into_iter().zip(outcomes).map(|(id, outcome)| match outcome {
         AcceptOutcome::Accepted => json!({"id": id, "status": "accepted"}),
         AcceptOutcome::Duplicate => json!({"id": id, "status": "duplicate"}),
@@ -431,20 +441,41 @@ async fn read_body(
     }
 }
 
-/// Logs every error answer once, here, rather than wherever it was raised.
-async fn log_errors(request: Request, next: Next) -> Response {
+/// Logs every error answer once, here, rather than wherever it was raised, and counts it by
+/// its code; times every 2xx to an ingest route.
+async fn observe(request: Request, next: Next) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
+    let started = std::time::Instant::now();
     let response = next.run(request).await;
     if let Some(error) = response.extensions().get::<error::Refusal>() {
         let status = response.status().as_u16();
+        metrics::counter!(telemetry::REFUSED, "reason" => error.code).increment(1);
         if response.status().is_server_error() {
             tracing::warn!(%method, ?path, status, code = error.code, "request failed");
         } else {
             tracing::debug!(%method, ?path, status, code = error.code, "request refused");
         }
+    } else if response.status().is_success() {
+        let route = match path.as_str() {
+            "/events" => "/events",
+            "/events/batch" => "/events/batch",
+            _ => return response,
+        };
+        metrics::histogram!(telemetry::ACK_SECONDS, "route" => route).record(started.elapsed());
     }
     response
+}
+
+/// Counts what the store did with each event it was given.
+fn count_stored(outcome: &AcceptOutcome) {
+    match outcome {
+        AcceptOutcome::Accepted => metrics::counter!(telemetry::ACCEPTED).increment(1),
+        AcceptOutcome::Duplicate => metrics::counter!(telemetry::DUPLICATES).increment(1),
+        AcceptOutcome::Conflict => {
+            metrics::counter!(telemetry::REFUSED, "reason" => "id_conflict").increment(1);
+        }
+    }
 }
 
 /// What a request body read fails with once the edge's deadline for it passed (`serve`'s

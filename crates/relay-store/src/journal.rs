@@ -894,6 +894,7 @@ fn flush(shared: &Shared, batch: FlushBatch) {
         result = shared.disk.sync_dir(&shared.dir);
     }
     let took = started.elapsed();
+    metrics::histogram!(relay_core::telemetry::FLUSH_SECONDS).record(took);
     let stats = &shared.stats;
     stats
         .flushes

@@ -343,6 +343,7 @@ impl SqliteStore {
             .stats
             .acked_before_flush
             .fetch_add(1, Relaxed);
+        metrics::counter!(relay_core::telemetry::ACKED_BEFORE_FLUSH).increment(1);
         tracing::debug!(event_id = ?id, "acknowledged before its flush");
         let at = self.inner.clock.now();
         let jobs = self.jobs();

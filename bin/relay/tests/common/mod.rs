@@ -704,3 +704,110 @@ pub async fn pause_then_resume(
     let trace = json_of(relay(&["trace", "held-0", "--json"]));
     assert!(trace.get("paused").is_none(), "{trace}");
 }
+
+/// A real Prometheus server (Debian's `prometheus`), scraping the given targets every second,
+/// with its own storage in a temporary directory. `scripts/test.sh` installs it.
+pub struct Prometheus {
+    child: Child,
+    pub url: String,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub async fn start(jobs: &[(&str, &str)]) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let scrapes: String = jobs
+            .iter()
+            .map(|(job, target)| {
+                format!("  - job_name: {job}\n    static_configs:\n      - targets: ['{target}']\n")
+            })
+            .collect();
+        let config = dir.path().join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n{scrapes}"),
+        )
+        .unwrap();
+        let listen = free_addr();
+        let log = dir.path().join("prometheus.log");
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={listen}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start `prometheus` ({e}); scripts/test.sh installs it (Debian's package)")
+            });
+        let prometheus = Prometheus {
+            child,
+            url: format!("http://{listen}"),
+            log,
+            _dir: dir,
+        };
+        let ready = format!("{}/-/ready", prometheus.url);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(&ready).await
+                && r.status().is_success()
+            {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "prometheus did not get ready; its log:\n{}",
+                std::fs::read_to_string(&prometheus.log).unwrap_or_default()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        prometheus
+    }
+
+    /// The instant vector of a PromQL query: each series' labels and value.
+    pub async fn query(&self, promql: &str) -> Vec<(Value, f64)> {
+        let query: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("query", promql)
+            .finish();
+        let answer: Value = reqwest::Client::new()
+            .get(format!("{}/api/v1/query?{query}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(answer["status"], "success", "{promql}: {answer}");
+        answer["data"]["result"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|series| {
+                let value = series["value"][1].as_str().unwrap().parse().unwrap();
+                (series["metric"].clone(), value)
+            })
+            .collect()
+    }
+
+    /// The one value of a query that names one series; `None` while it has none.
+    pub async fn value(&self, promql: &str) -> Option<f64> {
+        let series = self.query(promql).await;
+        assert!(series.len() <= 1, "{promql} names {} series", series.len());
+        series.first().map(|(_, v)| *v)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- prometheus log ----\n{}", self.log());
+        }
+    }
+}
