@@ -269,19 +269,15 @@ pub fn record_status(report: &StatusReport) {
     };
     gauge!(DRAIN_FORECAST).set(drain);
     gauge!(PAUSED).set(if report.pause.is_some() { 1.0 } else { 0.0 });
-    let Some(dispatcher) = report.live_dispatcher() else {
-        gauge!(RATE).set(0.0);
-        gauge!(IN_FLIGHT).set(0.0);
-        return;
-    };
-    gauge!(RATE).set(dispatcher.rate);
-    gauge!(IN_FLIGHT).set(dispatcher.in_flight as f64);
-    if let Some(limit) = dispatcher.estimated_limit {
-        gauge!(LEARNED_RATE).set(limit);
-    }
-    if let Some(limit) = dispatcher.concurrency_limit {
-        gauge!(LEARNED_CONCURRENCY).set(f64::from(limit));
-    }
-    let open = matches!(dispatcher.circuit, Some(CircuitView::Open { .. }));
+    // What no running dispatcher reports, or one has not learned yet, is NaN: a gap in a graph,
+    // never a made-up zero.
+    let dispatcher = report.live_dispatcher();
+    gauge!(RATE).set(dispatcher.map_or(0.0, |d| d.rate));
+    gauge!(IN_FLIGHT).set(dispatcher.map_or(0.0, |d| d.in_flight as f64));
+    let learned = dispatcher.and_then(|d| d.estimated_limit);
+    gauge!(LEARNED_RATE).set(learned.unwrap_or(f64::NAN));
+    let concurrency = dispatcher.and_then(|d| d.concurrency_limit);
+    gauge!(LEARNED_CONCURRENCY).set(concurrency.map_or(f64::NAN, f64::from));
+    let open = dispatcher.is_some_and(|d| matches!(d.circuit, Some(CircuitView::Open { .. })));
     gauge!(CIRCUIT_OPEN).set(if open { 1.0 } else { 0.0 });
 }
