@@ -35,6 +35,18 @@ if ! command -v aws >/dev/null 2>&1 && [ ! -x .venv-awscli/bin/aws ]; then
   .venv-awscli/bin/pip install --quiet "awscli==1.46.2"
 fi
 
+# The metrics are read back through a real Prometheus (and its rules checked by promtool), from
+# Debian's package; installing it needs root (CI runs as root).
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+  echo "==> installing Prometheus (Debian's package)"
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "Prometheus is missing and this is not root: run 'sudo apt-get install prometheus' first" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+fi
+
 # The supply chain: cargo-deny (crates.io, as locked) checks every dependency's license, bans
 # and source against deny.toml. Advisories need the RustSec database from GitHub, which the
 # GitHub CI workflow fetches (`cargo deny check advisories` there); see deny.toml to accept one.
