@@ -124,5 +124,156 @@ async fn a_real_prometheus_scrapes_the_counts_the_backlog_and_the_pause() {
         .await
         .unwrap();
     assert!(p99 > 0.0 && p99 <= 5.0, "p99 ack {p99} s");
+
+    // Every graph of the Grafana dashboard has data from this relay, and every alert's
+    // expression is one this Prometheus evaluates.
+    for (title, expr) in dashboard_queries() {
+        let series = prometheus.query(&expr).await;
+        assert!(
+            !series.is_empty(),
+            "dashboard panel {title:?}: {expr} has no data"
+        );
+    }
+    for (alert, expr) in alert_expressions() {
+        prometheus.query(&expr).await;
+        println!("{alert}: evaluated");
+    }
     assert_eq!(relay.terminate().code(), Some(0));
+}
+
+fn repo_file(path: &str) -> String {
+    let at = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .join(path);
+    std::fs::read_to_string(&at).unwrap_or_else(|e| panic!("{}: {e}", at.display()))
+}
+
+/// Each panel's title and PromQL, with Grafana's `$__rate_interval` as Prometheus takes it.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&repo_file("docs/grafana/relay-dashboard.json")).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+    panels
+        .iter()
+        .flat_map(|panel| {
+            let title = panel["title"].as_str().unwrap().to_owned();
+            panel["targets"].as_array().unwrap().iter().map(move |t| {
+                let expr = t["expr"].as_str().unwrap();
+                (title.clone(), expr.replace("$__rate_interval", "1m"))
+            })
+        })
+        .collect()
+}
+
+/// Each alert's name and expression, from docs/prometheus/alerts.yml.
+fn alert_expressions() -> Vec<(String, String)> {
+    let rules = repo_file("docs/prometheus/alerts.yml");
+    let mut found = Vec::new();
+    let mut lines = rules.lines().peekable();
+    while let Some(line) = lines.next() {
+        let Some(name) = line.trim().strip_prefix("- alert: ") else {
+            continue;
+        };
+        let expr_line = lines.next().unwrap();
+        let indent = expr_line.len() - expr_line.trim_start().len();
+        let expr = match expr_line.trim().strip_prefix("expr: ").unwrap() {
+            // A block scalar: the lines indented deeper than `expr:`.
+            "|" => {
+                let mut block = String::new();
+                while let Some(l) = lines.next_if(|l| l.len() - l.trim_start().len() > indent) {
+                    block.push_str(l.trim());
+                    block.push(' ');
+                }
+                block
+            }
+            one => one.to_owned(),
+        };
+        found.push((name.to_owned(), expr));
+    }
+    assert_eq!(found.len(), 8, "{found:?}");
+    found
+}
+
+/// `promtool` checks the alert rules, and runs their unit tests: each alert fires on the
+/// series that should raise it, with the annotations an on-call engineer reads.
+#[test]
+fn the_alert_rules_are_valid_and_fire_when_they_should() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/prometheus");
+    for args in [
+        &["check", "rules", "alerts.yml"][..],
+        &["test", "rules", "alerts.test.yml"],
+    ] {
+        let out = std::process::Command::new("promtool")
+            .args(args)
+            .current_dir(&dir)
+            .output()
+            .expect("promtool (Prometheus, Debian's package; scripts/test.sh installs it)");
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(out.status.success(), "promtool {args:?}:\n{said}");
+        assert!(said.contains("SUCCESS"), "promtool {args:?}:\n{said}");
+    }
+}
+
+/// docs/telemetry.md lists every metric; the dashboard and the alerts use no other; every
+/// alert points at a section of the runbook that exists.
+#[test]
+fn the_docs_the_dashboard_and_the_alerts_name_the_metrics_relay_records() {
+    use relay_core::telemetry::METRICS;
+    let doc = repo_file("docs/telemetry.md");
+    for m in METRICS {
+        assert!(
+            doc.contains(&format!("`{}`", m.name)),
+            "docs/telemetry.md lacks {}",
+            m.name
+        );
+    }
+    let known = |name: &str| {
+        let base = ["_bucket", "_count", "_sum"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .unwrap_or(name);
+        METRICS.iter().any(|m| m.name == base)
+    };
+    let queries = dashboard_queries()
+        .into_iter()
+        .chain(alert_expressions())
+        .map(|(_, expr)| expr);
+    for expr in queries {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if word.starts_with("relay_") {
+                assert!(
+                    known(word),
+                    "{word} (in {expr}) is not a metric relay records"
+                );
+            }
+        }
+    }
+    let runbook = repo_file("docs/runbook.md");
+    let anchors: Vec<String> = runbook
+        .lines()
+        .filter_map(|l| l.strip_prefix("## "))
+        .map(|heading| {
+            heading
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-')
+                .collect::<String>()
+                .replace(' ', "-")
+        })
+        .collect();
+    let rules = repo_file("docs/prometheus/alerts.yml");
+    for line in rules.lines() {
+        if let Some(link) = line.trim().strip_prefix("runbook: \"docs/runbook.md#") {
+            let anchor = link.trim_end_matches('"');
+            assert!(
+                anchors.iter().any(|a| a == anchor),
+                "no runbook section #{anchor}"
+            );
+        }
+    }
 }
