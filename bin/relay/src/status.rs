@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use clap::Args;
 use comfy_table::{Cell, Color};
-use relay_core::budget::Budget;
 use relay_core::ops::{Forecast, Operations, StatusReport};
 
 use crate::args;
@@ -156,7 +155,7 @@ fn render(s: &StatusReport) -> String {
     if let Some(budget) = s.dispatcher.as_ref().and_then(|d| d.announced) {
         t.add_row(vec![
             Cell::new("target's announced budget"),
-            Cell::new(announced(&budget)),
+            Cell::new(budget.to_string()),
         ]);
     }
     t.to_string()
@@ -203,35 +202,4 @@ fn drain(f: &Forecast) -> Cell {
         "{text} — events will pass --max-age ({max_age}) before delivery, and a failed attempt then dead-letters them{oldest}; see docs/runbook.md"
     ))
     .fg(Color::Red)
-}
-
-/// What the target said about its budget, in its own terms.
-fn announced(budget: &Budget) -> String {
-    match *budget {
-        Budget::Window {
-            remaining,
-            reset,
-            limit,
-            window,
-        } => {
-            let per = match (limit, window) {
-                (Some(limit), Some(window)) => {
-                    format!(" ({limit:.0} per {})", humantime::format_duration(window))
-                }
-                (Some(limit), None) => format!(" (of {limit:.0})"),
-                _ => String::new(),
-            };
-            format!(
-                "{remaining:.0} requests left{per}, resets in {:.1} s",
-                reset.as_secs_f64()
-            )
-        }
-        Budget::Bucket {
-            available,
-            refill,
-            max,
-        } => format!(
-            "{available:.0} of {max:.0} requests available, refilled at {refill:.1}/s (GraphQL cost)"
-        ),
-    }
 }

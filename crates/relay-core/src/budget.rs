@@ -51,6 +51,41 @@ impl Budget {
     }
 }
 
+/// What the target said, in its own terms.
+impl std::fmt::Display for Budget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Budget::Window {
+                remaining,
+                reset,
+                limit,
+                window,
+            } => {
+                let per = match (limit, window) {
+                    (Some(limit), Some(window)) => {
+                        format!(" ({limit:.0} per {})", humantime::format_duration(window))
+                    }
+                    (Some(limit), None) => format!(" (of {limit:.0})"),
+                    _ => String::new(),
+                };
+                write!(
+                    f,
+                    "{remaining:.0} requests left{per}, resets in {:.1} s",
+                    reset.as_secs_f64()
+                )
+            }
+            Budget::Bucket {
+                available,
+                refill,
+                max,
+            } => write!(
+                f,
+                "{available:.0} of {max:.0} requests available, refilled at {refill:.1}/s (GraphQL cost)"
+            ),
+        }
+    }
+}
+
 /// Bounds on what a target can announce. A value past them is read as the bound (and the
 /// attempt says what the target said); a value that is not a number, or negative, is ignored.
 pub mod bounds {
