@@ -8,7 +8,8 @@ use clap::Args;
 use comfy_table::{ContentArrangement, Table, presets::UTF8_FULL_CONDENSED};
 use relay_core::hold::Pause;
 use relay_core::ops::{
-    DeadLetterView, DlqFilter, EventTrace, Operations, PurgeReport, RedriveReport, StatusReport,
+    DeadLetterGroup, DeadLetterView, DlqFilter, EventPage, EventQuery, EventTrace, Operations,
+    PurgeReport, RedriveReport, StatusReport,
 };
 use relay_core::{StoreError, UnixMillis};
 use relay_store::Reader;
@@ -131,6 +132,20 @@ impl Operations for Ops {
         match self {
             Ops::Local(r) => r.pause(pause).await,
             Ops::Aws(a) => a.pause(pause).await,
+        }
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        match self {
+            Ops::Local(r) => r.events(query).await,
+            Ops::Aws(a) => a.events(query).await,
+        }
+    }
+
+    async fn dead_letter_groups(&self) -> Result<Vec<DeadLetterGroup>, StoreError> {
+        match self {
+            Ops::Local(r) => r.dead_letter_groups().await,
+            Ops::Aws(a) => a.dead_letter_groups().await,
         }
     }
 

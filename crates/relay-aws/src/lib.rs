@@ -19,6 +19,7 @@ mod config;
 pub mod control;
 mod ingest;
 mod items;
+mod listing;
 pub mod ops;
 pub mod outbox;
 mod queue;

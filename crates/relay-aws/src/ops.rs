@@ -24,8 +24,9 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use relay_core::delivery::DeliveryStatus;
 use relay_core::hold::Pause;
 use relay_core::ops::{
-    ArchiveRef, ArchivedId, DeadLetterView, DeliveryState, DispatcherReport, DlqFilter, EventTrace,
-    Operations, PurgeReport, RedriveReport, StatusReport, TraceRef, TraceSegment,
+    ArchiveRef, ArchivedId, DeadLetterGroup, DeadLetterView, DeliveryState, DispatcherReport,
+    DlqFilter, EventPage, EventQuery, EventTrace, Operations, PurgeReport, RedriveReport,
+    StatusReport, TraceRef, TraceSegment,
 };
 use relay_core::{StoreError, now_millis};
 
@@ -643,6 +644,8 @@ impl Operations for AwsOps {
                 max_age_ms: fleet.max_age_ms,
                 concurrency_limit: fleet.concurrency_limit,
                 circuit: fleet.circuit,
+                rate_limited: None,
+                lessons: Vec::new(),
             }),
             // DynamoDB answers each write itself: there is no store to fail in between.
             store_failing: Vec::new(),
@@ -653,6 +656,15 @@ impl Operations for AwsOps {
     async fn dead_letters(&self, filter: &DlqFilter) -> Result<Vec<DeadLetterView>, StoreError> {
         self.adopt_dlq().await.map_err(failed)?;
         self.all_dead(filter).await.map_err(failed)
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        crate::listing::events(&self.aws, query).await
+    }
+
+    async fn dead_letter_groups(&self) -> Result<Vec<DeadLetterGroup>, StoreError> {
+        let all = self.dead_letters(&DlqFilter::default()).await?;
+        Ok(relay_core::ops::group_dead_letters(&all))
     }
 
     async fn redrive(&self, ids: &[String], spread: Duration) -> Result<RedriveReport, StoreError> {

@@ -255,6 +255,7 @@ where
     deliver_one_kill_two(queue, &case).await;
     trace_after_settling(ops, &case).await;
     list_dead_letters(ops, &case).await;
+    list_events(ops, &case, prefix).await;
     redrive_one(queue, ops, &case).await;
     purge_one(ops, &case).await;
 }
@@ -409,6 +410,113 @@ async fn list_dead_letters<O: crate::ops::Operations>(ops: &O, case: &OpsCase) {
             .is_empty()
     );
     assert!(ops.status().await.is_ok(), "a status can be read");
+}
+
+/// Events are listed with their status, filtered by id prefix, status, time and a payload
+/// field, and paged by cursor however small the page; a cursor the store did not give is an
+/// error. Dead letters are grouped by reason.
+async fn list_events<O: crate::ops::Operations>(ops: &O, case: &OpsCase, prefix: &str) {
+    use crate::delivery::DeliveryStatus;
+    use crate::ops::{EventQuery, FieldMatch};
+    let ours = EventQuery {
+        id_prefix: Some(format!("{prefix}-ops-")),
+        limit: 50,
+        ..EventQuery::default()
+    };
+    let listed = eventually(
+        case.poll,
+        "the three events listed, one delivered",
+        || async {
+            let page = ops.events(&ours).await.unwrap();
+            let delivered = page
+                .events
+                .iter()
+                .filter(|e| e.status == DeliveryStatus::Delivered)
+                .count();
+            (page.events.len() == 3 && delivered == 1).then_some(page)
+        },
+    )
+    .await;
+    let fine = listed
+        .events
+        .iter()
+        .find(|e| e.event_id == case.fine)
+        .expect("the delivered event is listed");
+    assert_eq!(fine.name.as_deref(), Some("contract"));
+    assert!(fine.delivered_at.is_some() && fine.tries == 1, "{fine:?}");
+    let query = |change: &dyn Fn(&mut EventQuery)| {
+        let mut q = ours.clone();
+        change(&mut q);
+        q
+    };
+    let ids = |page: crate::ops::EventPage| {
+        let mut ids: Vec<String> = page.events.into_iter().map(|e| e.event_id).collect();
+        ids.sort();
+        ids
+    };
+    let dead = ops
+        .events(&query(&|q| q.status = Some(DeliveryStatus::Dead)))
+        .await
+        .unwrap();
+    let mut want = vec![case.refused.clone(), case.doomed.clone()];
+    want.sort();
+    assert_eq!(ids(dead), want, "the status filter");
+    let by_field = ops
+        .events(&query(&|q| {
+            q.field = Some(FieldMatch::parse("extra.v=3").unwrap());
+        }))
+        .await
+        .unwrap();
+    assert_eq!(
+        by_field.events.len(),
+        3,
+        "a payload field, not a string, as JSON text"
+    );
+    let none = ops
+        .events(&query(&|q| {
+            q.field = Some(FieldMatch::parse("name=other").unwrap())
+        }))
+        .await
+        .unwrap();
+    assert!(none.events.is_empty(), "{none:?}");
+    let future = ops
+        .events(&query(&|q| q.since = Some(crate::now_millis() + 60_000)))
+        .await
+        .unwrap();
+    assert!(future.events.is_empty(), "the time filter");
+    // One event a page, following the cursor to the end.
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for _ in 0..20 {
+        let page = ops
+            .events(&query(&|q| {
+                q.limit = 1;
+                q.cursor = cursor.clone();
+            }))
+            .await
+            .unwrap();
+        assert!(page.events.len() <= 1, "{page:?}");
+        seen.extend(page.events.into_iter().map(|e| e.event_id));
+        cursor = page.next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    seen.sort();
+    let mut all = vec![case.fine.clone(), case.refused.clone(), case.doomed.clone()];
+    all.sort();
+    assert_eq!(seen, all, "paging one at a time finds each event once");
+    let bad = ops
+        .events(&query(&|q| q.cursor = Some("not a cursor".into())))
+        .await;
+    assert!(matches!(bad, Err(StoreError::Invalid(_))), "{bad:?}");
+    let groups = ops.dead_letter_groups().await.unwrap();
+    let ours: Vec<_> = groups
+        .iter()
+        .filter(|g| g.reason.contains(&format!("{prefix}-ops-")))
+        .collect();
+    assert_eq!(ours.len(), 2, "{groups:?}");
+    assert!(ours.iter().all(|g| g.count == 1 && g.first_at <= g.last_at));
 }
 
 /// A redrive puts the dead letter back, with a fresh budget, triggered `redrive`.

@@ -152,6 +152,143 @@ pub struct DispatcherReport {
     /// The target's circuit, when it is not closed (`relay_core::hold`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub circuit: Option<crate::hold::CircuitView>,
+    /// Events the target refused with a rate limit since the dispatcher started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited: Option<u64>,
+    /// What taught the dispatcher its limits, newest first: the last refusals and budget
+    /// readings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lessons: Vec<Lesson>,
+}
+
+/// One thing the target said that moved (or confirmed) what relay knows of its limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Lesson {
+    pub at: UnixMillis,
+    /// `rate_limited` (a 429 or GraphQL RATE_LIMITED), `concurrency` (a refusal that showed a
+    /// concurrency limit), or `budget` (rate-limit headers or GraphQL cost).
+    pub kind: String,
+    /// What the answer said: its status, `Retry-After`, the budget it announced.
+    pub detail: String,
+    /// The learned limit right after, requests/s.
+    pub learned_rate: Option<f64>,
+}
+
+/// Which events to list, newest first (the console's Events page, `GET /api/v1/events`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    pub status: Option<DeliveryStatus>,
+    /// Received at or after.
+    pub since: Option<UnixMillis>,
+    /// Received before.
+    pub until: Option<UnixMillis>,
+    pub id_prefix: Option<String>,
+    /// A field of the payload that must have a value.
+    pub field: Option<FieldMatch>,
+    /// Where the previous page stopped ([`EventPage::next`]).
+    pub cursor: Option<String>,
+    pub limit: usize,
+}
+
+/// `path=value`: the payload's field at a dotted path (`source.shard`, `tags.0` for an array's
+/// first item) has this value; a string compares as it is, anything else as its JSON text
+/// (`3`, `true`, `null`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldMatch {
+    pub path: Vec<String>,
+    pub value: String,
+}
+
+impl FieldMatch {
+    /// Parses `path=value`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (path, value) = s
+            .split_once('=')
+            .ok_or_else(|| format!("{s:?}: expected path=value, e.g. name=order.created"))?;
+        let path: Vec<String> = path.trim().split('.').map(str::to_owned).collect();
+        if path.iter().any(String::is_empty) {
+            return Err(format!("{s:?}: the path has an empty part"));
+        }
+        Ok(FieldMatch {
+            path,
+            value: value.to_owned(),
+        })
+    }
+
+    pub fn matches(&self, payload: &serde_json::Value) -> bool {
+        let found = self.path.iter().try_fold(payload, |v, key| match v {
+            serde_json::Value::Array(items) => items.get(key.parse::<usize>().ok()?),
+            _ => v.get(key),
+        });
+        match found {
+            Some(serde_json::Value::String(s)) => *s == self.value,
+            Some(other) => other.to_string() == self.value,
+            None => false,
+        }
+    }
+}
+
+impl std::fmt::Display for FieldMatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}={}", self.path.join("."), self.value)
+    }
+}
+
+/// One event in a list.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventSummary {
+    pub event_id: String,
+    /// The payload's `name`.
+    pub name: Option<String>,
+    pub received_at: UnixMillis,
+    #[serde(serialize_with = "as_str")]
+    pub status: DeliveryStatus,
+    /// Every attempt made.
+    pub tries: u32,
+    pub delivered_at: Option<UnixMillis>,
+    pub last_error: Option<String>,
+}
+
+/// A page of events, and where the next one starts. A page may hold fewer than asked, even
+/// none, with more to come: each page reads a bounded number of events, so a filter that
+/// matches few never makes one request scan millions.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct EventPage {
+    pub events: Vec<EventSummary>,
+    /// Pass as [`EventQuery::cursor`] for the next page; `None` at the end.
+    pub next: Option<String>,
+    /// Events read to make this page.
+    pub scanned: u64,
+}
+
+/// Dead letters that share a reason.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct DeadLetterGroup {
+    pub reason: String,
+    pub count: u64,
+    pub first_at: UnixMillis,
+    pub last_at: UnixMillis,
+}
+
+/// Groups dead letters by their exact reason, the largest group first.
+pub fn group_dead_letters(letters: &[DeadLetterView]) -> Vec<DeadLetterGroup> {
+    let mut groups: std::collections::BTreeMap<&str, DeadLetterGroup> = Default::default();
+    for l in letters {
+        let g = groups
+            .entry(l.reason.as_str())
+            .or_insert_with(|| DeadLetterGroup {
+                reason: l.reason.clone(),
+                count: 0,
+                first_at: l.dead_at,
+                last_at: l.dead_at,
+            });
+        g.count += 1;
+        g.first_at = g.first_at.min(l.dead_at);
+        g.last_at = g.last_at.max(l.dead_at);
+    }
+    let mut groups: Vec<DeadLetterGroup> = groups.into_values().collect();
+    groups.sort_by(|a, b| b.count.cmp(&a.count).then(a.reason.cmp(&b.reason)));
+    groups
 }
 
 /// A dispatcher that has not reported for this long is not running.
@@ -317,11 +454,65 @@ pub trait Operations {
     /// Lifts the pause; returns it, or `None` when delivery was not paused.
     fn resume(&self)
     -> impl Future<Output = Result<Option<crate::hold::Pause>, StoreError>> + Send;
+    /// A page of events, newest first.
+    fn events(
+        &self,
+        query: &EventQuery,
+    ) -> impl Future<Output = Result<EventPage, StoreError>> + Send;
+    /// The dead letters grouped by reason, the largest group first.
+    fn dead_letter_groups(
+        &self,
+    ) -> impl Future<Output = Result<Vec<DeadLetterGroup>, StoreError>> + Send;
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_field_match_reads_a_dotted_path_and_compares_json_text() {
+        let payload = serde_json::json!({
+            "name": "order.created",
+            "source": {"shard": 3, "live": true, "tags": ["a", "b"]},
+        });
+        let m = |s: &str| FieldMatch::parse(s).unwrap().matches(&payload);
+        assert!(
+            m("name=order.created"),
+            "the value may hold dots and the first = splits"
+        );
+        assert!(m("source.shard=3") && m("source.live=true") && m("source.tags.1=b"));
+        assert!(!m("source.shard=\"3\"") && !m("source.tags.2=c") && !m("missing=x"));
+        assert!(!m("name=order"), "whole values only");
+        assert_eq!(
+            FieldMatch::parse("a=b=c").unwrap().value,
+            "b=c",
+            "only the first = splits"
+        );
+        assert!(FieldMatch::parse("no-equals").is_err());
+        assert!(FieldMatch::parse("a..b=1").is_err());
+    }
+
+    #[test]
+    fn dead_letters_group_by_exact_reason_largest_first() {
+        let letter = |id: &str, reason: &str, at| DeadLetterView {
+            event_id: id.into(),
+            reason: reason.into(),
+            attempts: 1,
+            last_response: None,
+            dead_at: at,
+        };
+        let groups = group_dead_letters(&[
+            letter("a", "HTTP 400: bad", 5),
+            letter("b", "attempts exhausted", 9),
+            letter("c", "HTTP 400: bad", 2),
+        ]);
+        assert_eq!(groups[0].reason, "HTTP 400: bad");
+        assert_eq!(
+            (groups[0].count, groups[0].first_at, groups[0].last_at),
+            (2, 2, 5)
+        );
+        assert_eq!((groups[1].count, groups.len()), (1, 2));
+    }
 
     const NOW: i64 = 1_000_000_000;
 
@@ -363,6 +554,8 @@ mod tests {
             max_age_ms: Some(max_age_ms),
             concurrency_limit: None,
             circuit: None,
+            rate_limited: None,
+            lessons: Vec::new(),
         })
     }
 

@@ -34,6 +34,9 @@ pub enum StoreError {
     /// A settlement arrived for a lease that is no longer held.
     #[error("lease lost for event {0}")]
     LeaseLost(String),
+    /// The request cannot be served as asked (a cursor this store did not give).
+    #[error("{0}")]
+    Invalid(String),
 }
 
 impl StoreError {

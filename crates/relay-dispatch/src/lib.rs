@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use relay_core::concurrency::{ConcurrencyLimit, Refusal};
 use relay_core::hold::{Circuit, Gate, Pause, Transition};
+use relay_core::ops::Lesson;
 use relay_core::rate::{RateConfig, RateController, Ticket};
 use relay_core::{
     Answer, AttemptRecord, BatchOutcome, Claim, DeliveryPolicy, Outcome, Settlement,
@@ -87,6 +88,38 @@ pub struct DispatcherHandle {
     pub max_age: Duration,
     /// An operator's pause, and the target's circuit breaker.
     hold: Arc<Mutex<Hold>>,
+    /// What taught it the target's limits, newest first.
+    lessons: Arc<Mutex<Lessons>>,
+}
+
+/// The last few answers that taught the dispatcher something of the target's limits.
+#[derive(Debug, Default)]
+struct Lessons {
+    newest_first: std::collections::VecDeque<Lesson>,
+    /// When a budget reading was last kept: a target that announces its budget in every
+    /// answer would push out every refusal.
+    budget_kept_at: Option<UnixMillis>,
+}
+
+/// Lessons kept for `relay status` and the console.
+const LESSONS_KEPT: usize = 20;
+/// At most one budget reading kept per this long.
+const BUDGET_LESSON_EVERY_MS: i64 = 10_000;
+
+impl Lessons {
+    fn learned(&mut self, lesson: Lesson) {
+        if lesson.kind == "budget" {
+            if self
+                .budget_kept_at
+                .is_some_and(|at| lesson.at - at < BUDGET_LESSON_EVERY_MS)
+            {
+                return;
+            }
+            self.budget_kept_at = Some(lesson.at);
+        }
+        self.newest_first.push_front(lesson);
+        self.newest_first.truncate(LESSONS_KEPT);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -203,6 +236,8 @@ impl DispatcherHandle {
             max_age_ms: Some(self.max_age.as_millis() as i64),
             concurrency_limit: self.concurrency_limit(),
             circuit: self.circuit(),
+            rate_limited: Some(m.rate_limited),
+            lessons: lock(&self.lessons).newest_first.iter().cloned().collect(),
         }
     }
 }
@@ -236,6 +271,7 @@ impl<Q: WorkQueue> Dispatcher<Q> {
             events_per_request: client.batch() as u32,
             max_age: config.policy.max_age,
             hold: Arc::default(),
+            lessons: Arc::default(),
         };
         Dispatcher {
             queue,
@@ -666,20 +702,65 @@ fn learn(
         Outcome::RateLimited { retry_after, .. } => Some(*retry_after),
         _ => None,
     });
-    match limited {
+    let kind = match limited {
         // A refusal that says nothing of when to come back may be the target's concurrency
         // limit: then relay holds fewer requests in flight, and its rate stands.
         Some(None)
             if reading.budget.is_none()
-                && lock(&handle.concurrency).on_refused(others) == Refusal::Concurrency => {}
-        Some(retry_after) => rate.on_rate_limited(now, ticket, retry_after),
+                && lock(&handle.concurrency).on_refused(others) == Refusal::Concurrency =>
+        {
+            Some("concurrency")
+        }
+        Some(retry_after) => {
+            rate.on_rate_limited(now, ticket, retry_after);
+            Some("rate_limited")
+        }
         None if outcomes.contains(&Outcome::Delivered) => {
             rate.on_delivered(now, ticket);
             lock(&handle.concurrency).on_accepted(others);
+            reading.budget.map(|_| "budget")
         }
-        None => {}
+        None => reading.budget.map(|_| "budget"),
+    };
+    if let Some(kind) = kind {
+        let lesson = Lesson {
+            at: now_millis(),
+            kind: kind.to_owned(),
+            detail: lesson_detail(result, limited.flatten(), reading.budget, others),
+            learned_rate: rate.estimate(),
+        };
+        drop(rate);
+        lock(&handle.lessons).learned(lesson);
     }
     reading.said()
+}
+
+/// What an answer that taught something said, in a line.
+fn lesson_detail(
+    result: &Result<Answer, TransportError>,
+    retry_after: Option<Duration>,
+    budget: Option<relay_core::budget::Budget>,
+    others: u32,
+) -> String {
+    let mut said = match result {
+        Ok(answer) => format!("HTTP {}", answer.status),
+        Err(e) => e.to_string(),
+    };
+    if let Some(after) = retry_after {
+        said.push_str(&format!(
+            ", retry after {}",
+            humantime::format_duration(after)
+        ));
+    } else if budget.is_none() {
+        said.push_str(&format!(
+            ", no Retry-After, with {} other request(s) in flight",
+            others
+        ));
+    }
+    if let Some(budget) = budget {
+        said.push_str(&format!("; announced {budget}"));
+    }
+    said
 }
 
 /// An attempt's HTTP status and detail: the answer's excerpt or the reason, what the target

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use relay_core::hold::Pause;
 use relay_core::ops::{
-    ArchiveRef, ArchivedId, AttemptView, DeadLetterView, DeliveryState, DispatcherReport,
-    DlqFilter, EarlyAck, EventTrace, Operations, PurgeReport, RedriveReport, StatusReport,
+    ArchiveRef, ArchivedId, AttemptView, DeadLetterGroup, DeadLetterView, DeliveryState,
+    DispatcherReport, DlqFilter, EarlyAck, EventPage, EventQuery, EventSummary, EventTrace,
+    Operations, PurgeReport, RedriveReport, StatusReport,
 };
 use relay_core::{DeliveryStatus, StoreError, UnixMillis, now_millis};
 use rusqlite::{Connection, OpenFlags, OptionalExtension, TransactionBehavior, params};
@@ -480,6 +481,24 @@ fn dead_letter_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<DeadLetterView> {
     })
 }
 
+/// Most events a page of [`Reader::events_now`] reads when a payload field filters them: a
+/// filter that matches few stops here and says where to go on.
+const SCAN_PER_PAGE: usize = 20_000;
+/// Events read at once while a field filters them.
+const SCAN_BATCH: usize = 1_000;
+
+/// `received_at:id`, where a page of events stopped.
+fn event_cursor(received_at: UnixMillis, id: &str) -> String {
+    format!("{received_at}:{id}")
+}
+
+fn parse_event_cursor(cursor: &str) -> Result<(UnixMillis, String), StoreError> {
+    cursor
+        .split_once(':')
+        .and_then(|(at, id)| Some((at.parse().ok()?, id.to_owned())))
+        .ok_or_else(|| StoreError::Invalid(format!("{cursor:?} is not a cursor this relay gave")))
+}
+
 fn store_error(e: rusqlite::Error) -> StoreError {
     match e.sqlite_error_code() {
         Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
@@ -490,6 +509,110 @@ fn store_error(e: rusqlite::Error) -> StoreError {
 }
 
 impl Reader {
+    /// A page of events, newest first. Status, time and id prefix filter in SQLite; a payload
+    /// field is matched here, over at most [`SCAN_PER_PAGE`] events a page.
+    fn events_now(&self, q: &EventQuery) -> Result<EventPage, StoreError> {
+        let (mut at, mut id) = match &q.cursor {
+            Some(cursor) => parse_event_cursor(cursor)?,
+            None => (q.until.unwrap_or(i64::MAX), String::new()),
+        };
+        if let Some(until) = q.until {
+            // A cursor from before the range narrowed never reaches past it.
+            if at > until {
+                (at, id) = (until, String::new());
+            }
+        }
+        let conn = self.conn();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT e.id, e.payload, e.received_at, d.status, d.tries, d.delivered_at, d.last_error
+                 FROM events e JOIN deliveries d ON d.event_id = e.id
+                 WHERE (e.received_at < ?1 OR (e.received_at = ?1 AND e.id < ?2))
+                   AND (?3 IS NULL OR e.received_at >= ?3)
+                   AND (?4 IS NULL OR d.status = ?4)
+                   AND (?5 IS NULL OR substr(e.id, 1, length(?5)) = ?5)
+                 ORDER BY e.received_at DESC, e.id DESC LIMIT ?6",
+            )
+            .map_err(store_error)?;
+        let limit = q.limit.max(1);
+        let batch = if q.field.is_some() { SCAN_BATCH } else { limit };
+        let mut page = EventPage::default();
+        loop {
+            let rows = stmt
+                .query_map(
+                    params![
+                        at,
+                        id,
+                        q.since,
+                        q.status.map(DeliveryStatus::as_str),
+                        q.id_prefix,
+                        batch as i64
+                    ],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, i64>(2)?,
+                            r.get::<_, String>(3)?,
+                            r.get::<_, u32>(4)?,
+                            r.get::<_, Option<i64>>(5)?,
+                            r.get::<_, Option<String>>(6)?,
+                        ))
+                    },
+                )
+                .map_err(store_error)?;
+            let mut read = 0;
+            for row in rows {
+                let (event_id, payload, received_at, status, tries, delivered_at, last_error) =
+                    row.map_err(store_error)?;
+                read += 1;
+                page.scanned += 1;
+                (at, id) = (received_at, event_id.clone());
+                let payload: serde_json::Value = serde_json::from_str(&payload).unwrap_or_default();
+                if q.field.as_ref().is_some_and(|f| !f.matches(&payload)) {
+                    continue;
+                }
+                page.events.push(EventSummary {
+                    event_id,
+                    name: payload["name"].as_str().map(str::to_owned),
+                    received_at,
+                    status: DeliveryStatus::parse(&status).unwrap_or(DeliveryStatus::Queued),
+                    tries,
+                    delivered_at,
+                    last_error,
+                });
+                if page.events.len() == limit {
+                    break;
+                }
+            }
+            let more = read == batch || page.events.len() == limit;
+            if !more {
+                return Ok(page);
+            }
+            if page.events.len() == limit || page.scanned as usize >= SCAN_PER_PAGE {
+                page.next = Some(event_cursor(at, &id));
+                return Ok(page);
+            }
+        }
+    }
+
+    fn dead_letter_groups_now(&self) -> rusqlite::Result<Vec<DeadLetterGroup>> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(
+            "SELECT reason, count(*), min(dead_at), max(dead_at) FROM dead_letters
+             GROUP BY reason ORDER BY count(*) DESC, reason",
+        )?;
+        let rows = stmt.query_map([], |r| {
+            Ok(DeadLetterGroup {
+                reason: r.get(0)?,
+                count: r.get::<_, i64>(1)? as u64,
+                first_at: r.get(2)?,
+                last_at: r.get(3)?,
+            })
+        })?;
+        rows.collect()
+    }
+
     /// The pause that stands (`relay pause`), if any: `relay up` looks every second.
     pub fn pause_now(&self) -> rusqlite::Result<Option<Pause>> {
         let json: Option<String> = self
@@ -582,5 +705,13 @@ impl Operations for Reader {
 
     async fn purge(&self, filter: &DlqFilter, dry_run: bool) -> Result<PurgeReport, StoreError> {
         self.purge_now(filter, dry_run)
+    }
+
+    async fn events(&self, query: &EventQuery) -> Result<EventPage, StoreError> {
+        self.events_now(query)
+    }
+
+    async fn dead_letter_groups(&self) -> Result<Vec<DeadLetterGroup>, StoreError> {
+        self.dead_letter_groups_now().map_err(store_error)
     }
 }

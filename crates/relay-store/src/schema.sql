@@ -6,6 +6,9 @@ CREATE TABLE IF NOT EXISTS events (
     received_at INTEGER NOT NULL    -- unix ms
 );
 
+-- The console's event list, newest first, paged by (received_at, id).
+CREATE INDEX IF NOT EXISTS events_received ON events(received_at, id);
+
 CREATE TABLE IF NOT EXISTS deliveries (
     event_id     TEXT PRIMARY KEY REFERENCES events(id),
     status       TEXT NOT NULL,     -- queued | leased | delivered | dead

@@ -564,6 +564,43 @@ mod operations {
         store
     }
 
+    /// A field that matches nothing among many events ends a page after a bounded read, with a
+    /// cursor to go on from; the pages that follow cover the rest, and the last has no cursor.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_rare_field_is_found_page_by_page_with_a_bounded_read_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        let total = 25_000;
+        for chunk in (0..total).collect::<Vec<_>>().chunks(1_000) {
+            let events = chunk
+                .iter()
+                .map(|i| event(&format!("e{i:05}"), 0))
+                .collect();
+            store.accept_batch(events).await.unwrap();
+        }
+        store.accept(event("needle", 7)).await.unwrap();
+        store.indexed().await.unwrap();
+        let reader = crate::Reader::open(dir.path()).unwrap();
+        let mut query = relay_core::ops::EventQuery {
+            field: Some(relay_core::ops::FieldMatch::parse("extra.0=7").unwrap()),
+            limit: 10,
+            ..Default::default()
+        };
+        let first = reader.events(&query).await.unwrap();
+        let ids: Vec<&str> = first.events.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["needle"], "the newest event is found first");
+        assert_eq!(
+            first.scanned, 20_000,
+            "one page reads a bounded number of events"
+        );
+        assert!(first.next.is_some());
+        query.cursor = first.next;
+        let rest = reader.events(&query).await.unwrap();
+        assert!(rest.events.is_empty());
+        assert_eq!(rest.scanned, (total + 1 - 20_000) as u64);
+        assert_eq!(rest.next, None, "the end");
+    }
+
     #[tokio::test]
     async fn trace_tells_the_whole_story() {
         let dir = tempfile::tempdir().unwrap();
@@ -708,6 +745,13 @@ mod operations {
                 since: 40,
                 probe_in_ms: 2000,
             }),
+            rate_limited: Some(7),
+            lessons: vec![relay_core::ops::Lesson {
+                at: 41,
+                kind: "rate_limited".into(),
+                detail: "HTTP 429, retry after 1s".into(),
+                learned_rate: Some(13.0),
+            }],
         };
         store.publish_dispatcher(&report).await.unwrap();
         assert_eq!(reader.status().await.unwrap().dispatcher, Some(report));
