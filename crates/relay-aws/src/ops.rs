@@ -224,6 +224,10 @@ impl AwsOps {
                 if reason
                     .as_ref()
                     .is_some_and(|r| !dead.reason.to_lowercase().contains(r))
+                    || filter
+                        .ids
+                        .as_ref()
+                        .is_some_and(|ids| !ids.contains(&dead.event_id))
                 {
                     continue;
                 }

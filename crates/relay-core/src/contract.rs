@@ -409,6 +409,19 @@ async fn list_dead_letters<O: crate::ops::Operations>(ops: &O, case: &OpsCase) {
             .unwrap()
             .is_empty()
     );
+    let picked = ops
+        .dead_letters(&crate::ops::DlqFilter {
+            ids: Some(vec![
+                doomed.to_owned(),
+                case.fine.clone(),
+                case.unknown.clone(),
+            ]),
+            ..crate::ops::DlqFilter::default()
+        })
+        .await
+        .unwrap();
+    let ids: Vec<&str> = picked.iter().map(|d| d.event_id.as_str()).collect();
+    assert_eq!(ids, [doomed], "a selection by id takes dead letters only");
     assert!(ops.status().await.is_ok(), "a status can be read");
 }
 

@@ -123,6 +123,8 @@ pub struct DlqFilter {
     pub before: Option<UnixMillis>,
     /// Reason contains this text (case-insensitive).
     pub reason: Option<String>,
+    /// Only these events (the console's selection).
+    pub ids: Option<Vec<String>>,
     pub limit: Option<usize>,
 }
 

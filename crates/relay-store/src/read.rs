@@ -340,11 +340,16 @@ impl Reader {
             "SELECT event_id, reason, attempts, last_response, dead_at FROM dead_letters
              WHERE (?1 IS NULL OR dead_at >= ?1) AND (?2 IS NULL OR instr(lower(reason), lower(?2)) > 0)
                AND (?4 IS NULL OR dead_at < ?4)
+               AND (?5 IS NULL OR event_id IN (SELECT value FROM json_each(?5)))
              ORDER BY dead_at DESC, event_id LIMIT ?3",
         )?;
         let limit = filter.limit.map_or(-1, |l| l as i64);
+        let ids = filter
+            .ids
+            .as_ref()
+            .map(|ids| serde_json::to_string(ids).unwrap_or_default());
         let rows = stmt.query_map(
-            params![filter.since, filter.reason, limit, filter.before],
+            params![filter.since, filter.reason, limit, filter.before, ids],
             dead_letter_row,
         )?;
         rows.collect()
