@@ -224,7 +224,8 @@ impl FieldMatch {
         });
         match found {
             Some(serde_json::Value::String(s)) => *s == self.value,
-            Some(other) => other.to_string() == self.value,
+            // Its JSON text: `3`, `true`, `null`, `{"a":1}`.
+            Some(other) => serde_json::to_string(other).is_ok_and(|text| text == self.value),
             None => false,
         }
     }
