@@ -3,6 +3,7 @@
 
 mod args;
 mod aws;
+mod console;
 mod demo;
 mod dlq;
 mod e2e;
@@ -166,6 +167,18 @@ enum Command {
     ///   relay status --data-dir /var/lib/relay --watch
     #[command(verbatim_doc_comment)]
     Status(status::StatusArgs),
+    /// Serve the web console: overview, events, one event's timeline, dead letters, the target.
+    ///
+    /// On its own listener (127.0.0.1:8081), behind its own admin token, never an ingest key.
+    /// Without --admin-token relay makes one and prints the URL to open, token included. The
+    /// JSON API the pages use is under /api/v1 (docs/openapi/console.json), Prometheus metrics
+    /// under /metrics. `relay up --console ADDR` serves it in the relay's own process.
+    ///
+    /// Examples:
+    ///   relay console --data-dir /var/lib/relay
+    ///   relay console --backend aws --stack relay-prod --admin-token "$RELAY_ADMIN_TOKEN"
+    #[command(verbatim_doc_comment)]
+    Console(console::ConsoleArgs),
 }
 
 fn main() -> ExitCode {
@@ -196,6 +209,7 @@ fn main() -> ExitCode {
             Command::Resume(args) => pause::resume(args).await,
             Command::Soak(args) => soak::run(args).await,
             Command::Store(args) => store::run(args).await,
+            Command::Console(args) => console::run(args).await,
         }
     });
     match result {

@@ -24,7 +24,7 @@ use tokio::sync::{Mutex, watch};
 use crate::ops::Ops;
 
 /// The exposition format Prometheus scrapes (text, 0.0.4).
-const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// Gauges are read from the store at most this often, however often the page is scraped.
 const FRESH_FOR: Duration = Duration::from_secs(1);
 
