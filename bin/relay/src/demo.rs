@@ -38,6 +38,16 @@ pub(crate) struct DemoArgs {
     /// Print the final report as JSON (no live progress).
     #[arg(long)]
     json: bool,
+    /// Serve the web console too (at ADDR, default 127.0.0.1:8081): open the URL it prints and
+    /// watch the demo happen. The source starts 5 s later, and the console stays up after the
+    /// report until Ctrl-C.
+    #[arg(
+        long,
+        value_name = "ADDR",
+        num_args = 0..=1,
+        default_missing_value = "127.0.0.1:8081"
+    )]
+    console: Option<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Serialize)]
@@ -103,7 +113,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     )
     .await
     .context("cannot start the mock target")?;
-    let relay = RelayProcess::start(&data, &target.url(), &[]).await?;
+    let console = args.console.map(|addr| addr.to_string());
+    let extra: Vec<&str> = match &console {
+        Some(addr) => vec!["--console", addr],
+        None => Vec::new(),
+    };
+    let relay = RelayProcess::start(&data, &target.url(), &extra).await?;
     let ops = relay_store::Reader::open(&data)?;
     if !args.json {
         eprintln!(
@@ -117,6 +132,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
+    if let Some(url) = &relay.console_url {
+        // On stdout, one stable line: for a person to open, and for a test to read.
+        println!("open the console: {url}");
+        if !args.json {
+            eprintln!("demo: the source starts in 5 s");
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+    }
     let progress = Arc::new(Progress::default());
     let mut config = SourceConfig::new(relay.events_url(), relay.api_key.clone(), args.rps, count);
     config.keep_ids = true;
@@ -145,7 +168,6 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let verdict = Verdict::of(&sent, &target, relay_core::DEFAULT_BRAND);
     let status = ops.status().await?;
     let stats = target.stats();
-    relay.stop().await?;
     let summary = DemoReport::of(&report, &verdict, &status, &stats, started);
     let ok = verdict.passed(0);
     if args.json {
@@ -153,6 +175,11 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         print(&summary, ok);
     }
+    if let Some(url) = &relay.console_url {
+        println!("the console stays up at {url}: Ctrl-C to stop");
+        crate::signals::stop_requested().await;
+    }
+    relay.stop().await?;
     target.stop().await;
     Ok(if ok {
         ExitCode::SUCCESS

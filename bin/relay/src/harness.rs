@@ -22,6 +22,8 @@ use tokio::process::{Child, Command};
 pub(crate) struct RelayProcess {
     child: Option<Child>,
     pub(crate) url: String,
+    /// The web console's URL, with `--console`.
+    pub(crate) console_url: Option<String>,
     pub(crate) api_key: String,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -63,6 +65,7 @@ impl RelayProcess {
         let mut relay = RelayProcess {
             child: None,
             url: String::new(),
+            console_url: None,
             api_key,
             args,
             env,
@@ -91,12 +94,18 @@ impl RelayProcess {
             .spawn()
             .context("cannot start `relay up`")?;
         let stdout = child.stdout.take().context("no stdout from `relay up`")?;
+        let mut stdout = BufReader::new(stdout);
         let mut line = String::new();
-        let read = tokio::time::timeout(
-            Duration::from_secs(15),
-            BufReader::new(stdout).read_line(&mut line),
-        )
-        .await;
+        let read = tokio::time::timeout(Duration::from_secs(15), stdout.read_line(&mut line)).await;
+        if self.args.iter().any(|a| a == "--console") {
+            let mut second = String::new();
+            let _ =
+                tokio::time::timeout(Duration::from_secs(15), stdout.read_line(&mut second)).await;
+            self.console_url = second
+                .trim()
+                .strip_prefix("relay console on ")
+                .map(str::to_owned);
+        }
         match (read, line.trim().strip_prefix("relay listening on ")) {
             (Ok(Ok(_)), Some(url)) => {
                 self.url = url.to_owned();

@@ -97,6 +97,19 @@ pub(crate) struct UpArgs {
         value_name = "ADDR"
     )]
     metrics: Option<SocketAddr>,
+
+    /// Serve the web console at this address too (for example 127.0.0.1:8081), with /metrics
+    /// behind its admin token. Its URL is printed on the second line of stdout.
+    #[arg(
+        long,
+        help_heading = "Console",
+        env = "RELAY_CONSOLE",
+        value_name = "ADDR"
+    )]
+    console: Option<SocketAddr>,
+
+    #[command(flatten)]
+    admin: crate::console::AdminArgs,
 }
 
 /// How the ingest server treats its clients: what it takes from slow or broken ones, and TLS.
@@ -189,7 +202,9 @@ enum DurabilityArg {
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
     // Before anything records: the store's first flushes count too.
-    let recorder = args.metrics.map(|_| telemetry::install()).transpose()?;
+    let recorder = (args.metrics.is_some() || args.console.is_some())
+        .then(telemetry::install)
+        .transpose()?;
     let start = start(&args).await?;
     match args.backend {
         Backend::Local => run_local(args, start, recorder).await,
@@ -228,6 +243,15 @@ async fn start(args: &UpArgs) -> anyhow::Result<Start> {
         .await
         .map_err(|e| anyhow::anyhow!(e))?;
     let client = GraphqlClient::new(&target)?;
+    if let Some(token) = args.admin.given()
+        && ingest.api_keys.iter().any(|k| k == token)
+    {
+        conflict(
+            "--admin-token must not be an ingest key (--api-key): the console's token opens \
+             the dead letters to whoever holds it"
+                .into(),
+        );
+    }
     let edge = args.edge.options();
     if !args.listen.ip().is_loopback() && edge.tls.is_none() {
         tracing::warn!(
@@ -288,18 +312,12 @@ async fn run_local(
     let reader = relay_store::Reader::open(&data_dir)?;
     handle.set_pause(reader.pause_now()?);
     let reporter = report_to_store(handle.clone(), store.clone(), reader, stop_rx.clone());
-    let metrics = match (args.metrics, recorder) {
-        (Some(addr), Some(recorder)) => {
-            let ops = Ops::Local(relay_store::Reader::open(&data_dir)?);
-            let exporter = telemetry::Exporter::new(recorder, ops, Some(handle.clone()));
-            Some(telemetry::serve(addr, exporter, stop_rx.clone()).await?)
-        }
-        _ => None,
-    };
+    let open = || Ok(Ops::Local(relay_store::Reader::open(&data_dir)?));
 
     tracing::info!(%addr, target = %args.delivery.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
     println!("relay listening on {}://{addr}", scheme(&edge));
+    let metrics = serve_telemetry(&args, recorder, open, &handle, &stop_rx).await?;
 
     let server = serve_edge(listener, app, edge, stop_rx.clone());
     let (served, ()) = tokio::join!(server, dispatcher.run(stopped(stop_rx)));
@@ -366,12 +384,53 @@ fn log_progress(m: &MetricsSnapshot, flush: Option<&FlushStats>) {
     );
 }
 
-/// Waits for the metrics listener, told to stop with the rest, to finish its last scrape.
-async fn stop_metrics(server: Option<tokio::task::JoinHandle<std::io::Result<()>>>) {
-    if let Some(server) = server
-        && let Ok(Err(e)) = server.await
-    {
-        tracing::warn!(error = %e, "the metrics listener failed");
+type Served = tokio::task::JoinHandle<std::io::Result<()>>;
+
+/// `--metrics` and `--console`, each on its own listener, over the backend `open` opens.
+async fn serve_telemetry(
+    args: &UpArgs,
+    recorder: Option<PrometheusHandle>,
+    open: impl Fn() -> anyhow::Result<Ops>,
+    handle: &relay_dispatch::DispatcherHandle,
+    stop: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<Served>> {
+    let Some(recorder) = recorder else {
+        return Ok(Vec::new());
+    };
+    let exporter = telemetry::Exporter::new(recorder, open()?, Some(handle.clone()));
+    let mut served = Vec::new();
+    if let Some(addr) = args.metrics {
+        served.push(telemetry::serve(addr, exporter.clone(), stop.clone()).await?);
+    }
+    if let Some(addr) = args.console {
+        let token = args.admin.token()?;
+        let (listener, url) = crate::console::bind(addr, &token).await?;
+        let place = match &args.data_dir {
+            Some(dir) => format!("in {}", dir.display()),
+            None => format!("stack {}", args.aws.stack),
+        };
+        let console = crate::console::Console::new(
+            open()?,
+            Some(handle.clone()),
+            token.secret(),
+            Some(exporter),
+            place,
+            Some(args.delivery.brand.clone()),
+        );
+        tracing::info!(%url, "web console");
+        // The second stable line on stdout: where to open the console.
+        println!("relay console on {url}");
+        served.push(crate::console::serve(listener, console, stop.clone()));
+    }
+    Ok(served)
+}
+
+/// Waits for the metrics and console listeners, told to stop with the rest, to finish.
+async fn stop_metrics(served: Vec<Served>) {
+    for server in served {
+        if let Ok(Err(e)) = server.await {
+            tracing::warn!(error = %e, "a telemetry listener failed");
+        }
     }
 }
 
@@ -476,19 +535,22 @@ async fn run_aws(
             }
         })
     };
-    let metrics = match (args.metrics, recorder) {
-        (Some(at), Some(recorder)) => {
-            let ops = relay_aws::ops::AwsOps::connect(aws.clone())
+    let ops = match recorder {
+        Some(_) => Some(
+            relay_aws::ops::AwsOps::connect(aws.clone())
                 .await
-                .with_context(|| format!("cannot reach stack {:?}", aws.stack))?;
-            let exporter =
-                telemetry::Exporter::new(recorder, Ops::Aws(Box::new(ops)), Some(handle.clone()));
-            Some(telemetry::serve(at, exporter, stop_rx.clone()).await?)
-        }
-        _ => None,
+                .with_context(|| format!("cannot reach stack {:?}", aws.stack))?,
+        ),
+        None => None,
+    };
+    let open = || {
+        ops.clone()
+            .map(|ops| Ops::Aws(Box::new(ops)))
+            .context("the stack's operations")
     };
     tracing::info!(%addr, target = %args.delivery.target_url, stack = ?aws.stack, "relay up on AWS");
     println!("relay listening on {}://{addr}", scheme(&edge));
+    let metrics = serve_telemetry(&args, recorder, open, &handle, &stop_rx).await?;
     let server = serve_edge(
         listener,
         relay_lambda::receiver::api_gateway(app),
