@@ -316,7 +316,7 @@ async fn run_local(
 
     tracing::info!(%addr, target = %args.delivery.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
-    println!("relay listening on {}://{addr}", scheme(&edge));
+    stdout_line(&format!("relay listening on {}://{addr}", scheme(&edge)));
     let metrics = serve_telemetry(&args, recorder, open, &handle, &stop_rx).await?;
 
     let server = serve_edge(listener, app, edge, stop_rx.clone());
@@ -407,7 +407,7 @@ async fn serve_telemetry(
         let (listener, url) = crate::console::bind(addr, &token).await?;
         let place = match &args.data_dir {
             Some(dir) => format!("in {}", dir.display()),
-            None => format!("stack {}", args.aws.stack),
+            None => format!("in stack {}", args.aws.stack),
         };
         let console = crate::console::Console::new(
             open()?,
@@ -419,10 +419,20 @@ async fn serve_telemetry(
         );
         tracing::info!(%url, "web console");
         // The second stable line on stdout: where to open the console.
-        println!("relay console on {url}");
+        stdout_line(&format!("relay console on {url}"));
         served.push(crate::console::serve(listener, console, stop.clone()));
     }
     Ok(served)
+}
+
+/// One of `relay up`'s stable lines on stdout. A reader that has gone (a script that read the
+/// first line and closed the pipe) must not stop the relay, as `println!` would.
+fn stdout_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        tracing::debug!(line, "stdout is closed");
+    }
 }
 
 /// Waits for the metrics and console listeners, told to stop with the rest, to finish.
@@ -549,7 +559,7 @@ async fn run_aws(
             .context("the stack's operations")
     };
     tracing::info!(%addr, target = %args.delivery.target_url, stack = ?aws.stack, "relay up on AWS");
-    println!("relay listening on {}://{addr}", scheme(&edge));
+    stdout_line(&format!("relay listening on {}://{addr}", scheme(&edge)));
     let metrics = serve_telemetry(&args, recorder, open, &handle, &stop_rx).await?;
     let server = serve_edge(
         listener,
