@@ -171,13 +171,16 @@ async fn a_browser_finds_an_event_redrives_a_dead_letter_purges_a_reason_and_pau
 /// What the README promises: `relay demo --console`, open the printed URL, watch it happen.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_demo_with_a_console_shows_the_demo_as_it_happens() {
-    let mut demo = Command::new(relay_bin())
-        .args(["demo", "--console", "127.0.0.1:0", "--duration", "4s"])
-        .args(["--rps", "60", "--target-rate", "20"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut demo = Killed(
+        Command::new(relay_bin())
+            .args(["demo", "--console", "127.0.0.1:0", "--duration", "10s"])
+            .args(["--rps", "60", "--target-rate", "20"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let demo = &mut demo.0;
     let mut stdout = BufReader::new(demo.stdout.take().unwrap()).lines();
     let first = stdout.next().unwrap().unwrap();
     let url = first
@@ -207,6 +210,23 @@ async fn relay_demo_with_a_console_shows_the_demo_as_it_happens() {
         "the demo ends cleanly on Ctrl-C"
     );
     keep_screenshots(&["console-overview.png"]);
+}
+
+/// A child process stopped with the test, pass or fail (SIGINT first: `relay demo` stops the
+/// `relay up` it started).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
 }
 
 /// A validator for one of an OpenAPI document's schemas.
@@ -675,4 +695,89 @@ async fn the_ingest_api_answers_as_its_openapi_document_says() {
         "GET /health",
     );
     assert_eq!(relay.terminate().code(), Some(0));
+}
+
+/// `relay console --backend aws`: the same pages and API over a stack (on a local AWS API).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_runs_over_an_aws_stack() {
+    let moto = relay_aws::testing::MotoServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let target = rejecting_target().await;
+    let up = Relay::start_aws(dir.path(), &moto, "console", &target.url(), &[]);
+    let mut events: Vec<Value> = (1..=3)
+        .map(|i| named(&format!("ok-{i}"), "order.created"))
+        .collect();
+    events.push(named("bad-1", "bad"));
+    assert_eq!(post_all(&up.events_url(), &events).await.len(), 4);
+    eventually("3 delivered", 60, || target.stats().events == 3).await;
+
+    let listen = free_addr();
+    let mut console = Command::new(relay_bin());
+    console
+        .args(["console", "--backend", "aws", "--stack", "console"])
+        .args(["--listen", &listen, "--admin-token", TOKEN])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (k, v) in moto.env() {
+        console.env(k, v);
+    }
+    let mut console = Killed(console.spawn().unwrap());
+    let mut first = String::new();
+    BufReader::new(console.0.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim(), format!("relay console on http://{listen}/"));
+    let client = reqwest::Client::new();
+    let get = |path: &str| {
+        client
+            .get(format!("http://{listen}{path}"))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    let json = |r: reqwest::Response| async move { r.json::<Value>().await.unwrap() };
+
+    let mut groups = Value::Null;
+    for _ in 0..120 {
+        groups = json(get("/api/v1/dead-letters/groups").await.unwrap()).await;
+        if groups.as_array().is_some_and(|g| !g.is_empty()) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    assert_eq!(groups[0]["count"], 1, "{groups}");
+    let page = json(get("/api/v1/events?id_prefix=ok-").await.unwrap()).await;
+    let statuses: Vec<&str> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["delivered"; 3], "{page}");
+    let dead = json(get("/api/v1/events?status=dead").await.unwrap()).await;
+    assert_eq!(dead["events"][0]["event_id"], "bad-1", "{dead}");
+    let trace = json(get("/api/v1/events/bad-1").await.unwrap()).await;
+    assert_eq!(trace["trace_ids"][0]["system"], "xray", "{trace}");
+    let html = get("/events/bad-1").await.unwrap().text().await.unwrap();
+    assert!(
+        html.contains("Trace id (xray)") && html.contains("Dead-lettered"),
+        "{html}"
+    );
+    let overview = json(get("/api/v1/overview").await.unwrap()).await;
+    assert_eq!(overview["place"], "in stack console", "{overview}");
+
+    target.set_faults(target_sim::Faults::default());
+    let redriven = client
+        .post(format!("http://{listen}/api/v1/dead-letters/redrive"))
+        .bearer_auth(TOKEN)
+        .json(&json!({"ids": ["bad-1"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(json(redriven).await["redriven"], json!(["bad-1"]));
+    eventually("the redriven event delivered", 60, || {
+        target.events().contains_key("bad-1")
+    })
+    .await;
+    drop(console);
+    assert_eq!(up.terminate().code(), Some(0));
 }

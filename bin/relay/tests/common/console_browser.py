@@ -14,12 +14,13 @@ is not as it should be, with what the page showed.
 """
 
 import json
+import shutil
 import sys
 import time
 import urllib.request
 
 from selenium import webdriver
-from selenium.common.exceptions import TimeoutException
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException, TimeoutException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -31,7 +32,8 @@ def say(step, **what):
 
 def browser():
     options = webdriver.ChromeOptions()
-    options.binary_location = "/usr/bin/chromium"
+    # Debian's Chromium here; Chrome where a machine has it instead (GitHub's runners).
+    options.binary_location = shutil.which("chromium") or shutil.which("google-chrome")
     for flag in [
         "--headless=new",
         "--no-sandbox",
@@ -46,12 +48,14 @@ def browser():
         options.add_argument(flag)
     # Console errors (a CSP violation among them) are read back at the end.
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
 
 
 def until(driver, what, check, timeout=30):
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: check(d))
+        # A page being replaced by the next one: look again.
+        ignored = (NoSuchElementException, StaleElementReferenceException)
+        return WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=ignored).until(lambda d: check(d))
     except TimeoutException:
         raise SystemExit(f"timed out waiting for: {what}\npage {driver.current_url}:\n{driver.find_element(By.TAG_NAME, 'body').text[:3000]}")
 
@@ -77,8 +81,11 @@ def demo(driver, url, shots):
     # The demo's source starts 5 s after the URL is printed: the figures move on their own.
     until(driver, "events coming in", lambda d: card(d, "ingest") not in ("", "0.0/s"), timeout=60)
     until(driver, "a backlog", lambda d: card(d, "backlog") not in ("", "0"), timeout=60)
-    until(driver, "three points on the charts", lambda d: len(d.find_elements(By.CSS_SELECTOR, "svg[data-chart='throughput'] polyline")) == 3
-          and len(d.find_element(By.CSS_SELECTOR, "svg[data-chart='throughput'] polyline").get_attribute("points").split()) >= 3, timeout=60)
+    # A few points on the charts and a backlog building: the picture the README shows.
+    points = lambda d: len(d.find_element(By.CSS_SELECTOR, "svg[data-chart='throughput'] polyline").get_attribute("points").split())
+    until(driver, "four points on the charts, and a backlog of 100", lambda d:
+          len(d.find_elements(By.CSS_SELECTOR, "svg[data-chart='throughput'] polyline")) == 3
+          and points(d) >= 4 and int(card(d, "backlog")) >= 100, timeout=60)
     updates = int(driver.find_element(By.CSS_SELECTOR, "[data-live='overview']").get_attribute("data-updates"))
     say("watched", ingest=card(driver, "ingest"), backlog=card(driver, "backlog"),
         learned=card(driver, "learned"), updates=updates)
@@ -113,15 +120,15 @@ def clickthrough(driver, url, shots, ingest_url, key):
 
     # Find an event by id prefix and a payload field, and open its timeline.
     driver.find_element(By.LINK_TEXT, "Events").click()
-    driver.find_element(By.NAME, "id_prefix").send_keys("ok-")
+    until(driver, "the events page", lambda d: d.find_element(By.NAME, "id_prefix")).send_keys("ok-")
     driver.find_element(By.NAME, "field").send_keys("name=order.created")
     click(driver, "form.filters button[type='submit']")
-    rows = until(driver, "ok- events listed", lambda d: d.find_elements(By.CSS_SELECTOR, "table.events tbody tr"))
-    ids = [r.get_attribute("data-id") for r in rows]
+    ids = until(driver, "ok- events listed", lambda d: "id_prefix=ok-" in d.current_url and [
+        r.get_attribute("data-id") for r in d.find_elements(By.CSS_SELECTOR, "table.events tbody tr")])
     if not ids or any(not i.startswith("ok-") for i in ids):
         raise SystemExit(f"the filter let through {ids}")
     say("found", ids=ids)
-    driver.find_element(By.LINK_TEXT, "ok-3").click()
+    until(driver, "ok-3's link", lambda d: d.find_element(By.LINK_TEXT, "ok-3")).click()
     until(driver, "the timeline", lambda d: d.find_elements(By.CSS_SELECTOR, "ol.timeline li[data-attempt]"))
     story = [li.text for li in driver.find_elements(By.CSS_SELECTOR, "ol.timeline li")]
     if not story[0].count("Received") or not story[-1].count("Delivered"):
@@ -143,10 +150,10 @@ def clickthrough(driver, url, shots, ingest_url, key):
 
     # Redrive one dead letter, chosen by its box, after a confirmation that says what it takes.
     driver.find_element(By.LINK_TEXT, "Dead letters").click()
-    groups = driver.find_elements(By.CSS_SELECTOR, "table.groups tbody tr")
+    groups = until(driver, "the groups", lambda d: d.find_elements(By.CSS_SELECTOR, "table.groups tbody tr"))
     say("dead letters", groups=[g.text.split("\n")[0] for g in groups])
     driver.save_screenshot(f"{shots}/console-dead-letters.png")
-    click(driver, "input[name='ids'][value='bad-1']")
+    until(driver, "bad-1's box", lambda d: d.find_element(By.CSS_SELECTOR, "input[name='ids'][value='bad-1']")).click()
     driver.find_element(By.XPATH, "//button[normalize-space()='Redrive selected…']").click()
     until(driver, "the confirmation", lambda d: "Redrive dead letters?" in d.title)
     count = driver.find_element(By.CSS_SELECTOR, "[data-count]").get_attribute("data-count")
@@ -171,7 +178,7 @@ def clickthrough(driver, url, shots, ingest_url, key):
 
     # Pause, then resume, from the Target page.
     driver.find_element(By.LINK_TEXT, "Target").click()
-    driver.find_element(By.NAME, "reason").send_keys("browser test")
+    until(driver, "the pause form", lambda d: d.find_element(By.NAME, "reason")).send_keys("browser test")
     driver.find_element(By.XPATH, "//button[normalize-space()='Pause delivery']").click()
     until(driver, "paused", lambda d: d.find_elements(By.CSS_SELECTOR, "[data-paused='yes']"))
     say("paused", said=driver.find_element(By.CSS_SELECTOR, "[data-paused='yes']").text)
@@ -179,7 +186,7 @@ def clickthrough(driver, url, shots, ingest_url, key):
     driver.get(base + "/")
     until(driver, "the overview says paused", lambda d: card(d, "paused").startswith("PAUSED"))
     driver.find_element(By.LINK_TEXT, "Target").click()
-    driver.find_element(By.XPATH, "//button[normalize-space()='Resume delivery']").click()
+    until(driver, "the resume button", lambda d: d.find_element(By.XPATH, "//button[normalize-space()='Resume delivery']")).click()
     until(driver, "resumed", lambda d: d.find_elements(By.CSS_SELECTOR, "[data-paused='no']"))
     say("resumed")
 
@@ -188,11 +195,11 @@ def clickthrough(driver, url, shots, ingest_url, key):
     until(driver, "the sign-in page", lambda d: d.find_elements(By.ID, "token"))
     driver.get(base + "/dead-letters")
     until(driver, "sent to sign in", lambda d: "/login" in d.current_url)
-    driver.find_element(By.ID, "token").send_keys("not-the-admin-token")
+    until(driver, "the token field", lambda d: d.find_element(By.ID, "token")).send_keys("not-the-admin-token")
     driver.find_element(By.CSS_SELECTOR, "form.login button").click()
     until(driver, "refused", lambda d: d.find_elements(By.CSS_SELECTOR, ".error"))
     token = url.split("token=")[1]
-    driver.find_element(By.ID, "token").send_keys(token)
+    until(driver, "the token field again", lambda d: d.find_element(By.ID, "token")).send_keys(token)
     driver.find_element(By.CSS_SELECTOR, "form.login button").click()
     until(driver, "back where it was going", lambda d: d.current_url.endswith("/dead-letters"))
     say("signed in again")
