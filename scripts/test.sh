@@ -35,16 +35,30 @@ if ! command -v aws >/dev/null 2>&1 && [ ! -x .venv-awscli/bin/aws ]; then
   .venv-awscli/bin/pip install --quiet "awscli==1.46.2"
 fi
 
-# The metrics are read back through a real Prometheus (and its rules checked by promtool), from
-# Debian's package; installing it needs root (CI runs as root).
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-  echo "==> installing Prometheus (Debian's package)"
+# Real peers from Debian's packages: Prometheus scrapes the metrics (and promtool checks the
+# alert rules); Chromium (or Chrome), driven through ChromeDriver, clicks through the console.
+# Installing them needs root, or sudo without a password (as on GitHub's runners).
+missing=()
+command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v chromium >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1 || missing+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || missing+=(chromium-driver)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]} (Debian's packages)"
+  sudo=""
   if [ "$(id -u)" -ne 0 ]; then
-    echo "Prometheus is missing and this is not root: run 'sudo apt-get install prometheus' first" >&2
-    exit 1
+    if ! sudo -n true 2>/dev/null; then
+      echo "missing ${missing[*]}, and this is not root: run 'sudo apt-get install ${missing[*]}' first" >&2
+      exit 1
+    fi
+    sudo="sudo -n"
   fi
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
+  $sudo apt-get update -qq
+  $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+if [ ! -x .venv-browser/bin/python ] || ! .venv-browser/bin/python -c "import selenium" 2>/dev/null; then
+  echo "==> installing Selenium into .venv-browser"
+  python3 -m venv .venv-browser
+  .venv-browser/bin/pip install --quiet "selenium==4.27.1"
 fi
 
 # The supply chain: cargo-deny (crates.io, as locked) checks every dependency's license, bans
