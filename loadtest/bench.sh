@@ -28,6 +28,11 @@
 #   loadtest/bench.sh batch-ingest  events/s through `relay import` (POST /events/batch) against
 #                                single posts at saturation, and the ack p99 of single posts at
 #                                2,000/s alone and while an import of 1,000,000 lines runs
+#   loadtest/bench.sh console   the console's API over a 1,000,000-event store (paused, so it all
+#                                waits): each call's median and max over 5, and import events/s
+#                                (the event list's index costs every insert)
+#   loadtest/bench.sh indexing  1,000,000 events imported into a paused relay: the import's time,
+#                                and the time until the store has indexed every one
 #   loadtest/bench.sh all
 #
 # RELAY=/path/to/relay runs `relay up` from another build (e.g. the previous commit's), with this
@@ -481,6 +486,76 @@ batch_ingest() {
   stop "$R"; stop "$T"
 }
 
+indexing() {
+  echo "## indexing 1,000,000 imported events ($(nproc) cores)"
+  start target "$BIN/relay" target --listen 127.0.0.1:4324 --rate 1
+  T=$LAST_PID
+  rm -rf "$WORK/indexing-data"
+  start relay "$UP" up --listen 127.0.0.1:8324 --target-url http://127.0.0.1:4324/graphql \
+    --api-key bench --data-dir "$WORK/indexing-data"
+  R=$LAST_PID
+  "$BIN/relay" pause --data-dir "$WORK/indexing-data" --reason bench >/dev/null
+  sleep 2
+  lines "$WORK/indexing.jsonl" 1000000 i
+  local t0 t1 t2 waiting
+  t0=$(date +%s.%N)
+  "$BIN/relay" import "$WORK/indexing.jsonl" --url http://127.0.0.1:8324 --api-key bench --json >/dev/null
+  t1=$(date +%s.%N)
+  while :; do
+    waiting=$("$BIN/relay" status --data-dir "$WORK/indexing-data" --json | python3 -c "import json,sys; d=json.load(sys.stdin); print(d['queued'] + d['in_flight'])")
+    [ "$waiting" -ge 1000000 ] && break
+    sleep 0.2
+  done
+  t2=$(date +%s.%N)
+  python3 - "$t0" "$t1" "$t2" <<'PY'
+import sys
+t0, t1, t2 = map(float, sys.argv[1:])
+print(f"| import s | indexed s (from the import's start) | indexed events/s |\n|---|---|---|\n| {t1-t0:.1f} | {t2-t0:.1f} | {1_000_000/(t2-t0):,.0f} |")
+PY
+  stop "$R"; stop "$T"
+  rm -f "$WORK/indexing.jsonl"
+}
+
+console_api() {
+  echo "## console API over a 1,000,000-event store ($(nproc) cores)"
+  start target "$BIN/relay" target --listen 127.0.0.1:4322 --rate 1
+  T=$LAST_PID
+  local token=bench-console-admin-token
+  start relay "$UP" up --listen 127.0.0.1:8322 --target-url http://127.0.0.1:4322/graphql \
+    --api-key bench --data-dir "$WORK/console-data" --console 127.0.0.1:8323 --admin-token "$token"
+  R=$LAST_PID
+  "$BIN/relay" pause --data-dir "$WORK/console-data" --reason bench >/dev/null
+  sleep 2
+  lines "$WORK/console.jsonl" 1000000 c
+  "$BIN/relay" import "$WORK/console.jsonl" --url http://127.0.0.1:8322 --api-key bench --json >"$WORK/console-import.json"
+  printf 'import: %s events/s (%s s for 1,000,000)\n\n' "$(json "$WORK/console-import.json" "round(d['events_per_s'])")" \
+    "$(json "$WORK/console-import.json" "round(d['elapsed_s'], 1)")"
+  sleep 5
+  printf '| call | median ms | max ms | events on the page | read |\n|---|---|---|---|---|\n'
+  for call in "/api/v1/overview" "/api/v1/events?limit=50" "/api/v1/events?limit=50&id_prefix=c-99999" \
+      "/api/v1/events?limit=50&field=name%3Dnone" "/api/v1/events?limit=50&status=dead" \
+      "/api/v1/events?limit=50&since=1m" "/api/v1/dead-letters/groups" "/metrics"; do
+    python3 - "$call" "$token" <<'PY'
+import json, sys, time, urllib.request
+call, token = sys.argv[1], sys.argv[2]
+times, body = [], b""
+for _ in range(5):
+    request = urllib.request.Request("http://127.0.0.1:8323" + call, headers={"authorization": "Bearer " + token})
+    t = time.perf_counter()
+    with urllib.request.urlopen(request) as answer:
+        body = answer.read()
+    times.append((time.perf_counter() - t) * 1000)
+times.sort()
+page = json.loads(body) if call.startswith("/api/v1/events") else None
+events = len(page["events"]) if page else ""
+scanned = page["scanned"] if page else ""
+print(f"| `{call}` | {times[2]:.1f} | {times[-1]:.1f} | {events} | {scanned} |")
+PY
+  done
+  stop "$R"; stop "$T"
+  rm -f "$WORK/console.jsonl"
+}
+
 case "${1:-all}" in
   ingest) ingest ;;
   dispatch) dispatch ;;
@@ -498,6 +573,8 @@ case "${1:-all}" in
   aws-ack) aws_ack ;;
   batching) batching ;;
   batch-ingest) batch_ingest ;;
-  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; concurrency; budgets; outage; fleet; lambda; aws_ack; batching; batch_ingest ;;
-  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|concurrency|budgets|outage|fleet|lambda|aws-ack|batching|batch-ingest|all]" >&2; exit 2 ;;
+  console) console_api ;;
+  indexing) indexing ;;
+  all) ingest; dispatch; memory; ack_tail; pressure; fsyncs; retention; pacing; concurrency; budgets; outage; fleet; lambda; aws_ack; batching; batch_ingest; indexing; console_api ;;
+  *) echo "usage: $0 [ingest|dispatch|memory|ack-tail|pressure|fsyncs|retention|pacing|concurrency|budgets|outage|fleet|lambda|aws-ack|batching|batch-ingest|indexing|console|all]" >&2; exit 2 ;;
 esac
