@@ -281,3 +281,47 @@ pub fn record_status(report: &StatusReport) {
     let open = dispatcher.is_some_and(|d| matches!(d.circuit, Some(CircuitView::Open { .. })));
     gauge!(CIRCUIT_OPEN).set(if open { 1.0 } else { 0.0 });
 }
+
+/// One step of an event's life, for an exporter of traces (`relay up --otlp-endpoint`): one
+/// trace per event, from its receipt to each attempt and the settlement after it.
+#[derive(Debug, Clone, Copy)]
+pub enum Step<'a> {
+    /// Acknowledged `202 accepted` at `at`, `took` after its request arrived.
+    Received {
+        event_id: &'a str,
+        at: std::time::SystemTime,
+        took: std::time::Duration,
+    },
+    /// One attempt to deliver it, in a request that carried `events_in_request` events.
+    Attempted {
+        event_id: &'a str,
+        attempt: &'a crate::AttemptRecord,
+        events_in_request: usize,
+    },
+    /// What the attempt settled, written to the store at `at`, `took` after it started.
+    Settled {
+        event_id: &'a str,
+        settlement: &'a crate::Settlement,
+        at: std::time::SystemTime,
+        took: std::time::Duration,
+    },
+}
+
+/// Where the steps go. Like the metrics' recorder: none until a process installs one.
+pub trait Steps: Send + Sync + std::fmt::Debug {
+    fn step(&self, step: Step<'_>);
+}
+
+static STEPS: std::sync::OnceLock<Box<dyn Steps>> = std::sync::OnceLock::new();
+
+/// Installs the process's exporter of steps; a second one is refused.
+pub fn set_steps(steps: Box<dyn Steps>) -> Result<(), Box<dyn Steps>> {
+    STEPS.set(steps)
+}
+
+/// Hands a step to the exporter, if one is installed.
+pub fn step(step: Step<'_>) {
+    if let Some(steps) = STEPS.get() {
+        steps.step(step);
+    }
+}

@@ -633,7 +633,23 @@ async fn attempt<Q: WorkQueue>(
                 (n > 1).then(|| tracing::info_span!("event", event_id = ?claim.event_id).entered());
             log_settlement(&outcome, &settlement, attempt.duration_ms);
             metrics.finished(&outcome, &settlement);
-            settle(queue, claim, attempt, settlement)
+            async move {
+                let event_id = claim.event_id.as_str();
+                let step = relay_core::telemetry::step;
+                step(relay_core::telemetry::Step::Attempted {
+                    event_id,
+                    attempt: &attempt,
+                    events_in_request: n,
+                });
+                let started = Instant::now();
+                settle(queue, claim, &attempt, &settlement).await;
+                step(relay_core::telemetry::Step::Settled {
+                    event_id,
+                    settlement: &settlement,
+                    at: std::time::SystemTime::now(),
+                    took: started.elapsed(),
+                });
+            }
         });
     futures_util::future::join_all(settles).await;
     None
@@ -825,8 +841,8 @@ fn log_settlement(outcome: &Outcome, settlement: &Settlement, duration_ms: u64) 
 async fn settle<Q: WorkQueue>(
     queue: &Q,
     claim: &Claim,
-    attempt: AttemptRecord,
-    settlement: Settlement,
+    attempt: &AttemptRecord,
+    settlement: &Settlement,
 ) {
     for wait_ms in [0, 50, 250, 1000] {
         tokio::time::sleep(Duration::from_millis(wait_ms)).await;

@@ -167,6 +167,7 @@ async fn accept_event<S: Ingest>(
     request: Request,
     event_id: &mut Option<String>,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     authorize(&state.keys, &headers)?;
     check_content_type(&headers)?;
     let body = read_body(request.into_body(), &headers, MAX_BODY_BYTES).await?;
@@ -201,6 +202,13 @@ async fn accept_event<S: Ingest>(
     if outcome != AcceptOutcome::Conflict {
         count_stored(&outcome);
     }
+    if outcome == AcceptOutcome::Accepted {
+        telemetry::step(telemetry::Step::Received {
+            event_id: &id,
+            at: std::time::SystemTime::now(),
+            took: started.elapsed(),
+        });
+    }
     Ok(match outcome {
         AcceptOutcome::Accepted => (
             StatusCode::ACCEPTED,
@@ -231,6 +239,7 @@ async fn post_batch<S: Ingest>(
     headers: HeaderMap,
     request: Request,
 ) -> Result<Response, ApiError> {
+    let started = std::time::Instant::now();
     authorize(&state.keys, &headers)?;
     check_content_type(&headers)?;
     let body = read_body(request.into_body(), &headers, MAX_BATCH_BYTES).await?;
@@ -267,6 +276,16 @@ async fn post_batch<S: Ingest>(
             })?
     };
     outcomes.iter().for_each(count_stored);
+    let (at, took) = (std::time::SystemTime::now(), started.elapsed());
+    for (id, outcome) in ids.iter().zip(&outcomes) {
+        if *outcome == AcceptOutcome::Accepted {
+            telemetry::step(telemetry::Step::Received {
+                event_id: id,
+                at,
+                took,
+            });
+        }
+    }
     for refused in results.iter().flatten() {
         let reason = refused["error"].as_str().unwrap_or("invalid_event");
         metrics::counter!(telemetry::REFUSED, "reason" => reason.to_owned()).increment(1);
