@@ -11,6 +11,7 @@ mod harness;
 mod import;
 mod logging;
 mod ops;
+mod otlp;
 mod pause;
 mod signals;
 mod simulate;

@@ -41,14 +41,30 @@ const FLUSH_BUCKETS: &[f64] = &[
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0,
 ];
 
-/// Installs the process's Prometheus recorder; from here on the libraries' metrics count.
-pub(crate) fn install() -> anyhow::Result<PrometheusHandle> {
+/// Installs the process's recorder: Prometheus's, and beside it `also` (OpenTelemetry's, with
+/// `--otlp-endpoint`); from here on the libraries' metrics count.
+pub(crate) fn install(
+    also: Option<metrics_exporter_opentelemetry::Recorder>,
+) -> anyhow::Result<PrometheusHandle> {
     use metrics_exporter_prometheus::Matcher::Full;
-    let handle = PrometheusBuilder::new()
+    let prometheus = PrometheusBuilder::new()
         .set_buckets_for_metric(Full(telemetry::ACK_SECONDS.into()), ACK_BUCKETS)?
         .set_buckets_for_metric(Full(telemetry::ATTEMPT_SECONDS.into()), ATTEMPT_BUCKETS)?
         .set_buckets_for_metric(Full(telemetry::FLUSH_SECONDS.into()), FLUSH_BUCKETS)?
-        .install_recorder()
+        .build_recorder();
+    let handle = prometheus.handle();
+    let installed = match also {
+        Some(otel) => metrics::set_global_recorder(
+            metrics_util::layers::FanoutBuilder::default()
+                .add_recorder(prometheus)
+                .add_recorder(otel)
+                .build(),
+        )
+        .map_err(|e| e.to_string()),
+        None => metrics::set_global_recorder(prometheus).map_err(|e| e.to_string()),
+    };
+    installed
+        .map_err(anyhow::Error::msg)
         .context("cannot install the metrics recorder")?;
     telemetry::describe();
     Ok(handle)
@@ -83,6 +99,14 @@ impl Exporter {
     /// cannot be read leaves the gauges as they were and says so in the log; the counters are
     /// shown either way.
     pub(crate) async fn render(&self) -> String {
+        self.refresh().await;
+        self.handle.run_upkeep();
+        self.handle.render()
+    }
+
+    /// Reads the gauges anew unless they were within [`FRESH_FOR`]: at each scrape, and every
+    /// few seconds for OTLP, which no scrape drives.
+    pub(crate) async fn refresh(&self) {
         let mut read_at = self.read_at.lock().await;
         if read_at.is_none_or(|at| at.elapsed() >= FRESH_FOR) {
             match self.ops.status().await {
@@ -96,9 +120,6 @@ impl Exporter {
             }
             *read_at = Some(Instant::now());
         }
-        drop(read_at);
-        self.handle.run_upkeep();
-        self.handle.render()
     }
 }
 

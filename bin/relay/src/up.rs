@@ -110,6 +110,9 @@ pub(crate) struct UpArgs {
 
     #[command(flatten)]
     admin: crate::console::AdminArgs,
+
+    #[command(flatten)]
+    otlp: crate::otlp::OtlpArgs,
 }
 
 /// How the ingest server treats its clients: what it takes from slow or broken ones, and TLS.
@@ -201,15 +204,26 @@ enum DurabilityArg {
 }
 
 pub(crate) async fn run(args: UpArgs) -> anyhow::Result<ExitCode> {
+    let (otlp, otel) = match args.otlp.on() {
+        true => {
+            let (otlp, recorder) = crate::otlp::Otlp::start(&args.otlp)?;
+            (Some(otlp), Some(recorder))
+        }
+        false => (None, None),
+    };
     // Before anything records: the store's first flushes count too.
-    let recorder = (args.metrics.is_some() || args.console.is_some())
-        .then(telemetry::install)
+    let recorder = (args.metrics.is_some() || args.console.is_some() || otlp.is_some())
+        .then(|| telemetry::install(otel))
         .transpose()?;
     let start = start(&args).await?;
-    match args.backend {
+    let ran = match args.backend {
         Backend::Local => run_local(args, start, recorder).await,
         Backend::Aws => run_aws(args, start, recorder).await,
+    };
+    if let Some(otlp) = otlp {
+        otlp.shutdown().await;
     }
+    ran
 }
 
 /// What both backends start from: the settings checked (a contradiction is a usage error),
@@ -399,6 +413,20 @@ async fn serve_telemetry(
     };
     let exporter = telemetry::Exporter::new(recorder, open()?, Some(handle.clone()));
     let mut served = Vec::new();
+    if args.otlp.on() {
+        // No scrape reads the gauges for OTLP: read them as often as it exports.
+        let (exporter, mut stop) = (exporter.clone(), stop.clone());
+        served.push(tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = stop.wait_for(|s| *s) => return Ok(()),
+                }
+                exporter.refresh().await;
+            }
+        }));
+    }
     if let Some(addr) = args.metrics {
         served.push(telemetry::serve(addr, exporter.clone(), stop.clone()).await?);
     }

@@ -236,7 +236,7 @@ pub(crate) async fn bind(
 pub(crate) async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let token = args.admin.token()?;
     let ops = args.store.open().await?;
-    let metrics = crate::telemetry::install()?;
+    let metrics = crate::telemetry::install(None)?;
     let place = args.store.place();
     let metrics_ops = args.store.open().await?;
     let exporter = Exporter::new(metrics, metrics_ops, None);
