@@ -19,12 +19,13 @@ if [ ! -x .venv-lambda/bin/cargo-lambda ]; then
   .venv-lambda/bin/pip install --quiet "cargo-lambda==1.9.2"
 fi
 
-# Signed requests are checked against a signer relay did not write: the Python
-# standardwebhooks package.
-if [ ! -x .venv-webhooks/bin/python ] || ! .venv-webhooks/bin/python -c "import standardwebhooks" 2>/dev/null; then
-  echo "==> installing the Standard Webhooks reference signer into .venv-webhooks"
+# The Python test peers, from relay's counterparts rather than its own code: signed requests are
+# checked against the Standard Webhooks reference signer, and OTLP is decoded by the
+# opentelemetry-proto package.
+if [ ! -x .venv-webhooks/bin/python ] || ! .venv-webhooks/bin/python -c "import standardwebhooks, opentelemetry.proto" 2>/dev/null; then
+  echo "==> installing the Python test peers (standardwebhooks, opentelemetry-proto) into .venv-webhooks"
   python3 -m venv .venv-webhooks
-  .venv-webhooks/bin/pip install --quiet "standardwebhooks==1.3.0"
+  .venv-webhooks/bin/pip install --quiet "standardwebhooks==1.3.0" "opentelemetry-proto==1.29.0"
 fi
 
 # The deploy pipeline's smoke test (scripts/smoke-aws.sh) runs on the AWS CLI; it is tested

@@ -277,3 +277,145 @@ fn the_docs_the_dashboard_and_the_alerts_name_the_metrics_relay_records() {
         }
     }
 }
+
+/// `--otlp-endpoint`: each event is one trace (its receipt the root, each attempt and each
+/// settlement a child) and the metrics arrive too, at a real OTLP receiver that decodes them
+/// with the opentelemetry-proto package; `OTEL_EXPORTER_OTLP_HEADERS` is honoured.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_event_is_one_trace_and_the_metrics_reach_a_real_otlp_receiver() {
+    let receiver = OtlpReceiver::start();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target_sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target_sim::TargetConfig {
+            rate: 200.0,
+            faults: target_sim::Faults {
+                reject_names: vec!["bad".into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let relay = Relay::start_env(
+        &data,
+        &target.url(),
+        &["--otlp-endpoint", &receiver.url],
+        &[
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-test=yes"),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "500"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200"),
+        ],
+    );
+    let mut events: Vec<_> = (0..5)
+        .map(|i| named(&format!("otel-{i}"), "order"))
+        .collect();
+    events.push(named("otel-bad", "bad"));
+    assert_eq!(post_all(&relay.events_url(), &events).await.len(), 6);
+    eventually("5 delivered", 30, || target.stats().events == 5).await;
+
+    let spans_of = |lines: &[serde_json::Value], id: &str| -> Vec<serde_json::Value> {
+        lines
+            .iter()
+            .filter(|l| l["signal"] == "span" && l["attributes"]["relay.event_id"] == id)
+            .cloned()
+            .collect()
+    };
+    let settled = |lines: &[serde_json::Value]| {
+        events.iter().all(|e| {
+            spans_of(lines, e["id"].as_str().unwrap())
+                .iter()
+                .any(|s| s["name"] == "relay.settle")
+        })
+    };
+    let accepted = |lines: &[serde_json::Value]| {
+        lines
+            .iter()
+            .filter(|l| l["signal"] == "metric" && l["name"] == "relay_events_accepted_total")
+            .any(|l| l["value"] == 6.0 || l["value"] == 6)
+    };
+    eventually(
+        "every event's trace and the accepted count at the receiver",
+        30,
+        || {
+            let lines = receiver.lines();
+            settled(&lines) && accepted(&lines)
+        },
+    )
+    .await;
+
+    let lines = receiver.lines();
+    for e in &events {
+        let id = e["id"].as_str().unwrap();
+        let spans = spans_of(&lines, id);
+        let hash = hmac_sha256::Hash::hash(id.as_bytes());
+        let trace_id: String = hash[..16].iter().map(|b| format!("{b:02x}")).collect();
+        let root_id: String = hash[16..24].iter().map(|b| format!("{b:02x}")).collect();
+        assert!(
+            spans.iter().all(|s| s["trace_id"] == trace_id.as_str()),
+            "{id}: one trace: {spans:#?}"
+        );
+        let receive: Vec<_> = spans
+            .iter()
+            .filter(|s| s["name"] == "relay.receive")
+            .collect();
+        assert_eq!(receive.len(), 1, "{id}: one receipt");
+        assert_eq!(
+            receive[0]["span_id"],
+            root_id.as_str(),
+            "{id}: the receipt is the root"
+        );
+        assert_eq!(
+            receive[0]["parent_id"], "",
+            "{id}: the receipt has no parent"
+        );
+        for child in spans.iter().filter(|s| s["name"] != "relay.receive") {
+            assert_eq!(child["parent_id"], root_id.as_str(), "{id}: {child}");
+            assert!(child["start_ns"].as_u64() <= child["end_ns"].as_u64());
+            assert_eq!(child["service"], "relay");
+            assert_eq!(
+                child["headers"]["x-test"], "yes",
+                "OTEL_EXPORTER_OTLP_HEADERS"
+            );
+        }
+        let attempts: Vec<_> = spans
+            .iter()
+            .filter(|s| s["name"] == "relay.attempt")
+            .collect();
+        assert!(!attempts.is_empty(), "{id}: an attempt");
+        let last = spans.iter().rfind(|s| s["name"] == "relay.settle").unwrap();
+        if id == "otel-bad" {
+            assert_eq!(last["attributes"]["relay.settlement"], "dead", "{last}");
+            assert_eq!(last["status"], 2, "an error: {last}");
+            assert_eq!(
+                attempts[0]["attributes"]["relay.attempt.outcome"],
+                "permanent"
+            );
+        } else {
+            assert_eq!(
+                last["attributes"]["relay.settlement"], "delivered",
+                "{last}"
+            );
+            assert_eq!(
+                attempts.last().unwrap()["attributes"]["http.response.status_code"],
+                200
+            );
+        }
+    }
+    let names: std::collections::HashSet<&str> = lines
+        .iter()
+        .filter(|l| l["signal"] == "metric")
+        .filter_map(|l| l["name"].as_str())
+        .collect();
+    for name in [
+        "relay_events_delivered_total",
+        "relay_delivery_attempts_total",
+        "relay_ingest_ack_duration_seconds",
+        "relay_backlog_events",
+    ] {
+        assert!(names.contains(name), "{name} over OTLP: {names:?}");
+    }
+    assert_eq!(relay.terminate().code(), Some(0));
+}

@@ -811,3 +811,23 @@ impl Drop for Prometheus {
         }
     }
 }
+
+/// A real OTLP/HTTP receiver (`common/otlp_receiver.py`): protobuf decoded by the
+/// opentelemetry-proto package, each span and metric data point a JSON line.
+pub struct OtlpReceiver {
+    peer: PythonPeer,
+    pub url: String,
+}
+
+impl OtlpReceiver {
+    pub fn start() -> OtlpReceiver {
+        let peer = PythonPeer::start("otlp_receiver.py", &[]);
+        let url = format!("http://127.0.0.1:{}", peer.port);
+        OtlpReceiver { peer, url }
+    }
+
+    /// Everything received so far.
+    pub fn lines(&self) -> Vec<Value> {
+        self.peer.lines()
+    }
+}
