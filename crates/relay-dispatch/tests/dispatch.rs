@@ -204,6 +204,21 @@ async fn http_429_with_retry_after_slows_down_and_loses_nothing() {
         "the scenario must actually hit the limit"
     );
     assert!(r.handle.snapshot().rate < 200.0, "the relay slowed down");
+    // What taught it: the refusals, newest first, each with its answer and the limit after.
+    let report = r.handle.report();
+    assert_eq!(report.rate_limited, Some(r.handle.snapshot().rate_limited));
+    let lesson = report.lessons.first().expect("a lesson from the 429s");
+    assert_eq!(lesson.kind, "rate_limited");
+    assert!(
+        lesson.detail.starts_with("HTTP 429, retry after"),
+        "{lesson:?}"
+    );
+    assert!(lesson.learned_rate.is_some_and(|r| r < 200.0), "{lesson:?}");
+    assert!(report.lessons.len() <= 20, "a bounded list");
+    assert!(
+        report.lessons.windows(2).all(|w| w[0].at >= w[1].at),
+        "newest first"
+    );
     r.assert_delivered_once(&evs);
     r.stop().await;
 }
@@ -716,6 +731,20 @@ async fn an_announced_budget_is_kept_in_every_syntax() {
             r.handle.snapshot().announced.is_some(),
             "{announce:?}: the budget is read"
         );
+        // A budget in every answer is one lesson per 10 s, not one per answer (two if a slow
+        // machine stretches the run past 10 s).
+        let budgets: Vec<_> = r
+            .handle
+            .report()
+            .lessons
+            .into_iter()
+            .filter(|l| l.kind == "budget")
+            .collect();
+        assert!(
+            (1..=2).contains(&budgets.len()),
+            "{announce:?}: {budgets:?}"
+        );
+        assert!(budgets[0].detail.contains("announced"), "{budgets:?}");
         r.assert_delivered_once(&evs);
         r.stop().await;
     }

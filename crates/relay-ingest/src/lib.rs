@@ -199,6 +199,7 @@ async fn accept_event<S: Ingest>(
             tracing::error!(error = %e, event_id = ?id, "store refused an event");
             store_refused(&e, "the event was")
         })?;
+    // A conflict is counted with the 409 it is answered, by `observe`.
     if outcome != AcceptOutcome::Conflict {
         count_stored(&outcome);
     }
