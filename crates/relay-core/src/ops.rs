@@ -260,7 +260,7 @@ pub struct EventPage {
     pub events: Vec<EventSummary>,
     /// Pass as [`EventQuery::cursor`] for the next page; `None` at the end.
     pub next: Option<String>,
-    /// Events read to make this page.
+    /// Events read to make this page (on AWS, items: an event is two).
     pub scanned: u64,
 }
 
