@@ -29,6 +29,7 @@ use std::time::Duration;
 use aws_sdk_dynamodb::types::{AttributeValue, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use relay_core::hold::{CircuitView, Pause, Transition};
 use relay_core::now_millis;
+use relay_core::ops::Lesson;
 
 use crate::items::{Item, get_n, get_s, n, s};
 use crate::{Aws, AwsError};
@@ -65,7 +66,7 @@ impl Counts {
 }
 
 /// One dispatcher's report in the item, `report:<id>`.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Report {
     pub at_ms: i64,
     /// Over the last minute.
@@ -83,7 +84,15 @@ pub struct Report {
     pub concurrency_limit: Option<u32>,
     /// Its circuit, when not closed.
     pub circuit: Option<CircuitView>,
+    /// Events the target refused it with a rate limit since it started.
+    pub rate_limited: u64,
+    /// Its last few lessons of the target's limits, newest first (a few: the item is shared
+    /// and small).
+    pub lessons: Vec<Lesson>,
 }
+
+/// Lessons one report carries.
+pub const LESSONS_PER_REPORT: usize = 5;
 
 impl Report {
     fn item(&self) -> AttributeValue {
@@ -109,6 +118,13 @@ impl Report {
         }
         if let Some(circuit) = self.circuit.and_then(|c| serde_json::to_string(&c).ok()) {
             report.insert("circuit".into(), s(circuit));
+        }
+        report.insert("rate_limited".into(), n(self.rate_limited));
+        let lessons = &self.lessons[..self.lessons.len().min(LESSONS_PER_REPORT)];
+        if let Ok(lessons) = serde_json::to_string(lessons)
+            && !self.lessons.is_empty()
+        {
+            report.insert("lessons".into(), s(lessons));
         }
         AttributeValue::M(report)
     }
@@ -363,6 +379,11 @@ pub struct FleetStatus {
     pub circuit: Option<CircuitView>,
     /// An operator's pause, if one stands.
     pub pause: Option<Pause>,
+    /// Events the target refused with a rate limit, summed over the live dispatchers since
+    /// each started (`None` when none reports it).
+    pub rate_limited: Option<u64>,
+    /// The live dispatchers' lessons of the target's limits, newest first.
+    pub lessons: Vec<Lesson>,
 }
 
 /// Reads the fleet's item: its members' reports and totals.
@@ -408,6 +429,14 @@ fn fleet_status(item: &Item, now_ms: i64) -> FleetStatus {
         if age <= LIVE.as_millis() as i64 {
             status.members += 1;
             status.in_flight += get_n::<u64>(report, "in_flight").unwrap_or(0);
+            if let Some(refused) = get_n::<u64>(report, "rate_limited") {
+                status.rate_limited = Some(status.rate_limited.unwrap_or(0) + refused);
+            }
+            if let Some(lessons) =
+                get_s(report, "lessons").and_then(|l| serde_json::from_str::<Vec<Lesson>>(l).ok())
+            {
+                status.lessons.extend(lessons);
+            }
         }
         if at > latest {
             latest = at;
@@ -420,6 +449,8 @@ fn fleet_status(item: &Item, now_ms: i64) -> FleetStatus {
             status.circuit = get_s(report, "circuit").and_then(|c| serde_json::from_str(c).ok());
         }
     }
+    status.lessons.sort_by(|a, b| b.at.cmp(&a.at));
+    status.lessons.truncate(20);
     status
 }
 
@@ -449,4 +480,63 @@ fn shared_cut(item: &Item) -> Option<SharedCut> {
         estimate: get_n::<f64>(item, "estimate")?,
         paused_until_ms: get_n::<i64>(item, "paused_until_ms").filter(|&p| p > 0),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lesson(at: i64, detail: &str) -> Lesson {
+        Lesson {
+            at,
+            kind: "rate_limited".into(),
+            detail: detail.into(),
+            learned_rate: Some(10.0),
+        }
+    }
+
+    /// What each dispatcher writes of its refusals and lessons, the status reads back: summed
+    /// and merged newest first over the live ones, a gone dispatcher's left out.
+    #[test]
+    fn the_fleet_status_carries_the_live_dispatchers_refusals_and_lessons() {
+        let now = 1_000_000;
+        let report = |at_ms, rate_limited, lessons: Vec<Lesson>| {
+            Report {
+                at_ms,
+                rate_limited,
+                lessons,
+                ..Report::default()
+            }
+            .item()
+        };
+        let many: Vec<Lesson> = (0..9).map(|i| lesson(now - 100 * i, "a")).collect();
+        let item: Item = HashMap::from([
+            (format!("{REPORT}a"), report(now, 7, many)),
+            (
+                format!("{REPORT}b"),
+                report(now - 500, 3, vec![lesson(now - 50, "b")]),
+            ),
+            (
+                format!("{REPORT}gone"),
+                report(
+                    now - LIVE.as_millis() as i64 - 1,
+                    100,
+                    vec![lesson(now, "gone")],
+                ),
+            ),
+        ]);
+        let status = fleet_status(&item, now);
+        assert_eq!(
+            status.rate_limited,
+            Some(10),
+            "the live ones' refusals, summed"
+        );
+        let details: Vec<&str> = status.lessons.iter().map(|l| l.detail.as_str()).collect();
+        assert_eq!(
+            details,
+            ["a", "b", "a", "a", "a", "a"],
+            "{LESSONS_PER_REPORT} of a's, b's, newest first, none of the gone one's"
+        );
+        assert!(status.lessons.windows(2).all(|w| w[0].at >= w[1].at));
+    }
 }

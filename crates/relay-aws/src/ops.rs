@@ -648,8 +648,8 @@ impl Operations for AwsOps {
                 max_age_ms: fleet.max_age_ms,
                 concurrency_limit: fleet.concurrency_limit,
                 circuit: fleet.circuit,
-                rate_limited: None,
-                lessons: Vec::new(),
+                rate_limited: fleet.rate_limited,
+                lessons: fleet.lessons.clone(),
             }),
             // DynamoDB answers each write itself: there is no store to fail in between.
             store_failing: Vec::new(),

@@ -237,8 +237,18 @@ impl DispatcherHandle {
             concurrency_limit: self.concurrency_limit(),
             circuit: self.circuit(),
             rate_limited: Some(m.rate_limited),
-            lessons: lock(&self.lessons).newest_first.iter().cloned().collect(),
+            lessons: self.lessons(LESSONS_KEPT),
         }
+    }
+
+    /// The last `n` answers that taught it the target's limits, newest first.
+    pub fn lessons(&self, n: usize) -> Vec<Lesson> {
+        lock(&self.lessons)
+            .newest_first
+            .iter()
+            .take(n)
+            .cloned()
+            .collect()
     }
 }
 

@@ -128,6 +128,8 @@ impl Fleet {
                 max_age_ms: self.handle.max_age.as_millis() as i64,
                 concurrency_limit: self.handle.concurrency_limit(),
                 circuit: self.handle.circuit(),
+                rate_limited: m.rate_limited,
+                lessons: self.handle.lessons(relay_aws::control::LESSONS_PER_REPORT),
             },
             add,
             forget,
