@@ -449,7 +449,7 @@ fn fleet_status(item: &Item, now_ms: i64) -> FleetStatus {
             status.circuit = get_s(report, "circuit").and_then(|c| serde_json::from_str(c).ok());
         }
     }
-    status.lessons.sort_by(|a, b| b.at.cmp(&a.at));
+    status.lessons.sort_by_key(|l| std::cmp::Reverse(l.at));
     status.lessons.truncate(20);
     status
 }
