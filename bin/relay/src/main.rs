@@ -182,6 +182,17 @@ enum Command {
     Console(console::ConsoleArgs),
 }
 
+/// One of a server's stable lines on stdout (where it listens, where its console is). A reader
+/// that has gone (a script that read the first line and closed the pipe) must not stop the
+/// server, as `println!`'s panic would.
+pub(crate) fn stdout_line(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
+        tracing::debug!(line, "stdout is closed");
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(&cli.log);

@@ -330,7 +330,7 @@ async fn run_local(
 
     tracing::info!(%addr, target = %args.delivery.target_url, data_dir = %data_dir.display(), "relay up");
     // One stable line on stdout for scripts and tests that start `relay up` on port 0.
-    stdout_line(&format!("relay listening on {}://{addr}", scheme(&edge)));
+    crate::stdout_line(&format!("relay listening on {}://{addr}", scheme(&edge)));
     let metrics = serve_telemetry(&args, recorder, open, &handle, &stop_rx).await?;
 
     let server = serve_edge(listener, app, edge, stop_rx.clone());
@@ -447,20 +447,10 @@ async fn serve_telemetry(
         );
         tracing::info!(%url, "web console");
         // The second stable line on stdout: where to open the console.
-        stdout_line(&format!("relay console on {url}"));
+        crate::stdout_line(&format!("relay console on {url}"));
         served.push(crate::console::serve(listener, console, stop.clone()));
     }
     Ok(served)
-}
-
-/// One of `relay up`'s stable lines on stdout. A reader that has gone (a script that read the
-/// first line and closed the pipe) must not stop the relay, as `println!` would.
-fn stdout_line(line: &str) {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    if writeln!(out, "{line}").and_then(|()| out.flush()).is_err() {
-        tracing::debug!(line, "stdout is closed");
-    }
 }
 
 /// Waits for the metrics and console listeners, told to stop with the rest, to finish.
@@ -587,7 +577,7 @@ async fn run_aws(
             .context("the stack's operations")
     };
     tracing::info!(%addr, target = %args.delivery.target_url, stack = ?aws.stack, "relay up on AWS");
-    stdout_line(&format!("relay listening on {}://{addr}", scheme(&edge)));
+    crate::stdout_line(&format!("relay listening on {}://{addr}", scheme(&edge)));
     let metrics = serve_telemetry(&args, recorder, open, &handle, &stop_rx).await?;
     let server = serve_edge(
         listener,

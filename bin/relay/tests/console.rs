@@ -781,3 +781,92 @@ async fn the_console_runs_over_an_aws_stack() {
     drop(console);
     assert_eq!(up.terminate().code(), Some(0));
 }
+
+/// A script that closes relay's stdout (or never reads it) stops neither `relay up` nor `relay
+/// console`: their stable lines on stdout must not panic as `println!` does on a closed pipe.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_closed_stdout_stops_neither_relay_up_nor_the_console() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let target = target(100.0, 10.0).await;
+    let (listen, console, other) = (free_addr(), free_addr(), free_addr());
+    let spawn = |args: Vec<&str>| {
+        let mut child = Command::new(relay_bin())
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // The reading end closed before relay writes anything.
+        drop(child.stdout.take());
+        Killed(child)
+    };
+    let data_dir = data.to_str().unwrap();
+    let target_url = target.url();
+    let _up = spawn(vec![
+        "up",
+        "--listen",
+        &listen,
+        "--data-dir",
+        data_dir,
+        "--api-key",
+        KEY,
+        "--target-url",
+        &target_url,
+        "--console",
+        &console,
+        "--admin-token",
+        TOKEN,
+    ]);
+    let client = reqwest::Client::new();
+    let overview = |at: String| {
+        client
+            .get(format!("http://{at}/api/v1/overview"))
+            .bearer_auth(TOKEN)
+            .send()
+    };
+    eventually_async("relay up's console answers", || overview(console.clone())).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        post_all(&format!("http://{listen}/events"), &[event(1)])
+            .await
+            .len(),
+        1
+    );
+    let _console = spawn(vec![
+        "console",
+        "--data-dir",
+        data_dir,
+        "--listen",
+        &other,
+        "--admin-token",
+        TOKEN,
+    ]);
+    eventually_async("relay console answers", || overview(other.clone())).await;
+    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    assert_eq!(
+        overview(other.clone()).await.unwrap().status(),
+        200,
+        "still up"
+    );
+    assert_eq!(
+        overview(console.clone()).await.unwrap().status(),
+        200,
+        "still up"
+    );
+}
+
+/// Polls `request` until it is answered 200.
+async fn eventually_async<F, Fut>(what: &str, request: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = reqwest::Result<reqwest::Response>>,
+{
+    for _ in 0..100 {
+        if request().await.is_ok_and(|r| r.status() == 200) {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}

@@ -247,9 +247,9 @@ pub(crate) async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
         crate::signals::stop_requested().await;
         let _ = stop_tx.send(true);
     });
-    println!("relay console on {url}");
+    crate::stdout_line(&format!("relay console on {url}"));
     if let auth::Token::Given(_) = token {
-        println!("sign in with the admin token (--admin-token or RELAY_ADMIN_TOKEN)");
+        crate::stdout_line("sign in with the admin token (--admin-token or RELAY_ADMIN_TOKEN)");
     }
     serve(listener, console, stop_rx)
         .await?
