@@ -305,7 +305,9 @@ pub(crate) async fn redrive_selection(
             ids.push(id.clone());
         }
     }
-    Ok(console.call(console.ops.redrive(&ids, spread)).await?)
+    let report = console.call(console.ops.redrive(&ids, spread)).await?;
+    console.changed().await;
+    Ok(report)
 }
 
 async fn redrive(
@@ -353,7 +355,9 @@ pub(crate) async fn purge_selection(
         ids: Some(ids),
         ..DlqFilter::default()
     };
-    Ok(console.call(console.ops.purge(&filter, dry_run)).await?)
+    let report = console.call(console.ops.purge(&filter, dry_run)).await?;
+    console.changed().await;
+    Ok(report)
 }
 
 async fn purge(
@@ -409,6 +413,7 @@ pub(crate) async fn pause_now(console: &Console, body: PauseBody) -> Result<Paus
         reason: blank(&body.reason).map(str::to_owned),
     };
     let before = console.call(console.ops.pause(pause.clone())).await?;
+    console.changed().await;
     if before.is_none() {
         tracing::warn!(by = %pause.by, reason = ?pause.reason, "console: delivery paused");
     }
@@ -434,6 +439,7 @@ async fn pause(
 
 pub(crate) async fn resume_now(console: &Console) -> Result<Option<Pause>, ApiError> {
     let lifted = console.call(console.ops.resume()).await?;
+    console.changed().await;
     if lifted.is_some() {
         tracing::warn!("console: delivery resumed");
     }

@@ -66,7 +66,12 @@ pub(crate) struct Console {
     /// The `brand` the relay adds, when it runs in this process; shown in what the target
     /// receives.
     brand: Option<String>,
+    /// The last status read, and when.
+    status: tokio::sync::Mutex<Option<(std::time::Instant, StatusReport)>>,
 }
+
+/// How long one status read serves the console's pages and API.
+const STATUS_FRESH_FOR: Duration = Duration::from_millis(1500);
 
 impl Console {
     pub(crate) fn new(
@@ -85,6 +90,7 @@ impl Console {
             metrics,
             place,
             brand,
+            status: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -99,9 +105,25 @@ impl Console {
         }
     }
 
-    /// The status, with this process's dispatcher's live figures.
+    /// Forgets the last status read: after a change the next page reads it anew.
+    async fn changed(&self) {
+        *self.status.lock().await = None;
+    }
+
+    /// The status, with this process's dispatcher's live figures. One read serves every
+    /// caller for [`STATUS_FRESH_FOR`] (open tabs, the sampler): over a backlog of a million
+    /// events a read takes about half a second.
     async fn status(&self) -> Result<StatusReport, StoreError> {
-        let mut status = self.call(self.ops.status()).await?;
+        let mut cached = self.status.lock().await;
+        let mut status = match cached.as_ref() {
+            Some((at, status)) if at.elapsed() < STATUS_FRESH_FOR => status.clone(),
+            _ => {
+                let status = self.call(self.ops.status()).await?;
+                *cached = Some((std::time::Instant::now(), status.clone()));
+                status
+            }
+        };
+        drop(cached);
         if let Some(handle) = &self.dispatcher {
             status.dispatcher = Some(handle.report());
         }
