@@ -772,6 +772,16 @@ async fn the_console_runs_over_an_aws_stack() {
     );
     let overview = json(get("/api/v1/overview").await.unwrap()).await;
     assert_eq!(overview["place"], "in stack console", "{overview}");
+    // The gauges, from the stack's queues and control item.
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    let gauge = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    assert_eq!(gauge("relay_dead_letters"), Some(1.0), "{metrics}");
+    assert_eq!(gauge("relay_paused"), Some(0.0), "{metrics}");
 
     target.set_faults(target_sim::Faults::default());
     let redriven = client
