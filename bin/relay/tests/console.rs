@@ -71,22 +71,6 @@ fn step<'a>(steps: &'a [Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no step {name:?} in {steps:?}"))
 }
 
-async fn rejecting_target() -> target_sim::TargetHandle {
-    target_sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        target_sim::TargetConfig {
-            rate: 200.0,
-            faults: target_sim::Faults {
-                reject_names: vec!["bad".into()],
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap()
-}
-
 /// Five events delivered, two dead letters with the same reason; then the target takes
 /// everything, so a redrive is delivered.
 async fn with_dead_letters(relay: &Relay, target: &target_sim::TargetHandle, data: &Path) {
@@ -106,11 +90,19 @@ async fn with_dead_letters(relay: &Relay, target: &target_sim::TargetHandle, dat
     target.set_faults(target_sim::Faults::default());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_browser_finds_an_event_redrives_a_dead_letter_purges_a_reason_and_pauses() {
+/// A relay with its console on a free address, and two dead letters (see [`with_dead_letters`]).
+struct WithConsole {
+    _dir: tempfile::TempDir,
+    data: PathBuf,
+    target: target_sim::TargetHandle,
+    console: String,
+    relay: Relay,
+}
+
+async fn relay_with_a_console_and_dead_letters() -> WithConsole {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let target = rejecting_target().await;
+    let target = target_rejecting("bad").await;
     let console = free_addr();
     let relay = Relay::start(
         &data,
@@ -118,6 +110,24 @@ async fn a_browser_finds_an_event_redrives_a_dead_letter_purges_a_reason_and_pau
         &["--console", &console, "--admin-token", TOKEN],
     );
     with_dead_letters(&relay, &target, &data).await;
+    WithConsole {
+        _dir: dir,
+        data,
+        target,
+        console,
+        relay,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_finds_an_event_redrives_a_dead_letter_purges_a_reason_and_pauses() {
+    let WithConsole {
+        _dir,
+        data,
+        target,
+        console,
+        relay,
+    } = relay_with_a_console_and_dead_letters().await;
 
     let url = format!("http://{console}/?token={TOKEN}");
     let steps = browse(&[
@@ -300,16 +310,13 @@ impl Api {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_api_answers_as_its_openapi_document_says() {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let target = rejecting_target().await;
-    let console = free_addr();
-    let relay = Relay::start(
-        &data,
-        &target.url(),
-        &["--console", &console, "--admin-token", TOKEN],
-    );
-    with_dead_letters(&relay, &target, &data).await;
+    let WithConsole {
+        _dir,
+        data,
+        target,
+        console,
+        relay,
+    } = relay_with_a_console_and_dead_letters().await;
     let doc: Value = serde_json::from_str(
         &std::fs::read_to_string(repo().join("docs/openapi/console.json")).unwrap(),
     )
@@ -710,7 +717,7 @@ async fn the_ingest_api_answers_as_its_openapi_document_says() {
 async fn the_console_runs_over_an_aws_stack() {
     let moto = relay_aws::testing::MotoServer::start();
     let dir = tempfile::tempdir().unwrap();
-    let target = rejecting_target().await;
+    let target = target_rejecting("bad").await;
     let up = Relay::start_aws(dir.path(), &moto, "console", &target.url(), &[]);
     let mut events: Vec<Value> = (1..=3)
         .map(|i| named(&format!("ok-{i}"), "order.created"))

@@ -286,19 +286,7 @@ async fn each_event_is_one_trace_and_the_metrics_reach_a_real_otlp_receiver() {
     let receiver = OtlpReceiver::start();
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let target = target_sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        target_sim::TargetConfig {
-            rate: 200.0,
-            faults: target_sim::Faults {
-                reject_names: vec!["bad".into()],
-                ..Default::default()
-            },
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
+    let target = target_rejecting("bad").await;
     let relay = Relay::start_env(
         &data,
         &target.url(),

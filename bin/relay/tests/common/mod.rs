@@ -236,6 +236,23 @@ pub async fn target(rate: f64, burst: f64) -> target_sim::TargetHandle {
         .unwrap()
 }
 
+/// A target (200/s) that refuses events with this name for good, until its faults are cleared.
+pub async fn target_rejecting(name: &str) -> target_sim::TargetHandle {
+    target_sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        target_sim::TargetConfig {
+            rate: 200.0,
+            faults: target_sim::Faults {
+                reject_names: vec![name.into()],
+                ..Default::default()
+            },
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
 /// The stdout of a successful `relay … --json`, parsed.
 pub fn json_of(assert: assert_cmd::assert::Assert) -> Value {
     let out = assert.success().get_output().stdout.clone();
