@@ -41,19 +41,26 @@ enum Nav {
     Target,
 }
 
+/// Every page's head: its title, and the console's own style sheet, script and icon.
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            title { (title) " · relay console" }
+            link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
+            link rel="stylesheet" href="/assets/console.css";
+            script src="/assets/console.js" defer {}
+        }
+    }
+}
+
 /// A page without the console's navigation (sign-in).
 pub(super) fn bare(title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · relay console" }
-                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
-                link rel="stylesheet" href="/assets/console.css";
-                script src="/assets/console.js" defer {}
-            }
+            (head(title))
             body { main { (body) } }
         }
     }
@@ -66,14 +73,7 @@ fn layout(console: &Console, nav: Nav, title: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
-            head {
-                meta charset="utf-8";
-                meta name="viewport" content="width=device-width, initial-scale=1";
-                title { (title) " · relay console" }
-                link rel="icon" href="/assets/icon.svg" type="image/svg+xml";
-                link rel="stylesheet" href="/assets/console.css";
-                script src="/assets/console.js" defer {}
-            }
+            (head(title))
             body {
                 header.top {
                     a.brand href="/" { "relay" }
