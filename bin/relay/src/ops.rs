@@ -217,3 +217,69 @@ mod tests {
         assert!(point_in_time("yesterday-ish").is_err());
     }
 }
+
+impl Ops {
+    /// Runs a call of the port from a server's task. The embedded store answers synchronously
+    /// inside its `async fn`s, so its calls leave the runtime's worker to others (ingest among
+    /// them) while they read SQLite.
+    pub(crate) async fn run<F: std::future::Future>(&self, call: F) -> F::Output {
+        match self {
+            Ops::Local(_) => {
+                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call))
+            }
+            Ops::Aws(_) => call.await,
+        }
+    }
+}
+
+/// The status as a server shows it (the console, `/metrics`): one read serves every caller for
+/// [`LiveStatus::FRESH_FOR`] (over a backlog of a million events a read takes about half a
+/// second), with the live figures of the dispatcher in this process, if one runs here.
+#[derive(Debug)]
+pub(crate) struct LiveStatus {
+    ops: Ops,
+    dispatcher: Option<relay_dispatch::DispatcherHandle>,
+    last: tokio::sync::Mutex<Option<(std::time::Instant, StatusReport)>>,
+}
+
+impl LiveStatus {
+    pub(crate) const FRESH_FOR: Duration = Duration::from_millis(1500);
+
+    pub(crate) fn new(
+        ops: Ops,
+        dispatcher: Option<relay_dispatch::DispatcherHandle>,
+    ) -> std::sync::Arc<Self> {
+        std::sync::Arc::new(LiveStatus {
+            ops,
+            dispatcher,
+            last: tokio::sync::Mutex::new(None),
+        })
+    }
+
+    /// The backend, for the calls that are not the status.
+    pub(crate) fn ops(&self) -> &Ops {
+        &self.ops
+    }
+
+    pub(crate) async fn get(&self) -> Result<StatusReport, StoreError> {
+        let mut last = self.last.lock().await;
+        let mut status = match last.as_ref() {
+            Some((at, status)) if at.elapsed() < Self::FRESH_FOR => status.clone(),
+            _ => {
+                let status = self.ops.run(self.ops.status()).await?;
+                *last = Some((std::time::Instant::now(), status.clone()));
+                status
+            }
+        };
+        drop(last);
+        if let Some(handle) = &self.dispatcher {
+            status.dispatcher = Some(handle.report());
+        }
+        Ok(status)
+    }
+
+    /// Forgets the last read: after a change the next caller reads anew.
+    pub(crate) async fn changed(&self) {
+        *self.last.lock().await = None;
+    }
+}

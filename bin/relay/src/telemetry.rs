@@ -2,13 +2,13 @@
 //! /metrics` on a listener of its own (`relay up --metrics ADDR`).
 //!
 //! Counters and histograms are recorded where things happen (ingest, dispatcher, journal).
-//! Gauges are read at scrape time from the same status report `relay status` shows (backlog,
+//! Gauges are set at scrape time from the same status report `relay status` shows (backlog,
 //! oldest age, forecast, dead letters), with the live dispatcher's figures when it runs in this
-//! process, so that a scrape never shows a figure older than a second.
+//! process: one read of it, shared with the console, at most 1.5 s old.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use axum::extract::State;
@@ -16,17 +16,13 @@ use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use relay_core::ops::Operations;
 use relay_core::telemetry;
-use relay_dispatch::DispatcherHandle;
-use tokio::sync::{Mutex, watch};
+use tokio::sync::watch;
 
-use crate::ops::Ops;
+use crate::ops::LiveStatus;
 
 /// The exposition format Prometheus scrapes (text, 0.0.4).
 pub(crate) const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// Gauges are read from the store at most this often, however often the page is scraped.
-const FRESH_FOR: Duration = Duration::from_secs(1);
 
 /// Bucket bounds, in seconds, for each histogram: an ingest 2xx is milliseconds (a flush),
 /// a target's answer tens to thousands of milliseconds, a flush sub-millisecond to seconds when
@@ -70,55 +66,34 @@ pub(crate) fn install(
     Ok(handle)
 }
 
-/// What `/metrics` shows: the recorder's figures, and where the gauges are read from.
+/// What `/metrics` shows: the recorder's figures, and where the gauges are read from (the
+/// same status the console shows, one read shared).
 #[derive(Debug)]
 pub(crate) struct Exporter {
     handle: PrometheusHandle,
-    ops: Ops,
-    /// The dispatcher running in this process, whose live figures replace its last report.
-    dispatcher: Option<DispatcherHandle>,
-    /// When the gauges were last read: one read serves the scrapes of the next second.
-    read_at: Mutex<Option<Instant>>,
+    status: Arc<LiveStatus>,
 }
 
 impl Exporter {
-    pub(crate) fn new(
-        handle: PrometheusHandle,
-        ops: Ops,
-        dispatcher: Option<DispatcherHandle>,
-    ) -> Arc<Self> {
-        Arc::new(Exporter {
-            handle,
-            ops,
-            dispatcher,
-            read_at: Mutex::new(None),
-        })
+    pub(crate) fn new(handle: PrometheusHandle, status: Arc<LiveStatus>) -> Arc<Self> {
+        Arc::new(Exporter { handle, status })
     }
 
-    /// The page, with the gauges read anew unless they were within [`FRESH_FOR`]. A store that
-    /// cannot be read leaves the gauges as they were and says so in the log; the counters are
-    /// shown either way.
+    /// The page, with the gauges as of the last status read (at most
+    /// [`LiveStatus::FRESH_FOR`] old). A store that cannot be read leaves the gauges as they
+    /// were and says so in the log; the counters are shown either way.
     pub(crate) async fn render(&self) -> String {
         self.refresh().await;
         self.handle.run_upkeep();
         self.handle.render()
     }
 
-    /// Reads the gauges anew unless they were within [`FRESH_FOR`]: at each scrape, and every
-    /// few seconds for OTLP, which no scrape drives.
+    /// Sets the gauges from the status: at each scrape, and every few seconds for OTLP, which
+    /// no scrape drives.
     pub(crate) async fn refresh(&self) {
-        let mut read_at = self.read_at.lock().await;
-        if read_at.is_none_or(|at| at.elapsed() >= FRESH_FOR) {
-            match self.ops.status().await {
-                Ok(mut report) => {
-                    if let Some(handle) = &self.dispatcher {
-                        report.dispatcher = Some(handle.report());
-                    }
-                    telemetry::record_status(&report);
-                }
-                Err(e) => tracing::warn!(error = %e, "metrics: cannot read the backlog's figures"),
-            }
-            *read_at = Some(Instant::now());
+        match self.status.get().await {
+            Ok(report) => telemetry::record_status(&report),
+            Err(e) => tracing::warn!(error = %e, "metrics: cannot read the backlog's figures"),
         }
     }
 }

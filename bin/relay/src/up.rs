@@ -411,7 +411,9 @@ async fn serve_telemetry(
     let Some(recorder) = recorder else {
         return Ok(Vec::new());
     };
-    let exporter = telemetry::Exporter::new(recorder, open()?, Some(handle.clone()));
+    // One status read serves `/metrics`, OTLP's gauges and the console alike.
+    let live = crate::ops::LiveStatus::new(open()?, Some(handle.clone()));
+    let exporter = telemetry::Exporter::new(recorder, live.clone());
     let mut served = Vec::new();
     if args.otlp.on() {
         // No scrape reads the gauges for OTLP: read them as often as it exports.
@@ -438,8 +440,7 @@ async fn serve_telemetry(
             None => format!("in stack {}", args.aws.stack),
         };
         let console = crate::console::Console::new(
-            open()?,
-            Some(handle.clone()),
+            live,
             token.secret(),
             Some(exporter),
             place,

@@ -207,14 +207,14 @@ async fn events(
     Query(params): Query<EventsParams>,
 ) -> ApiResult<relay_core::ops::EventPage> {
     let query = params.query()?;
-    Ok(Json(console.call(console.ops.events(&query)).await?))
+    Ok(Json(console.call(console.ops().events(&query)).await?))
 }
 
 async fn event(
     State(console): State<Arc<Console>>,
     Path(id): Path<String>,
 ) -> ApiResult<relay_core::ops::EventTrace> {
-    match console.call(console.ops.trace(&id)).await? {
+    match console.call(console.ops().trace(&id)).await? {
         Some(trace) => Ok(Json(trace)),
         None => Err(ApiError::not_found(format!("no event with id {id:?}"))),
     }
@@ -239,13 +239,17 @@ async fn dead_letters(
         limit: Some(params.limit.unwrap_or(100).min(10_000)),
         ..DlqFilter::default()
     };
-    Ok(Json(console.call(console.ops.dead_letters(&filter)).await?))
+    Ok(Json(
+        console.call(console.ops().dead_letters(&filter)).await?,
+    ))
 }
 
 async fn groups(
     State(console): State<Arc<Console>>,
 ) -> ApiResult<Vec<relay_core::ops::DeadLetterGroup>> {
-    Ok(Json(console.call(console.ops.dead_letter_groups()).await?))
+    Ok(Json(
+        console.call(console.ops().dead_letter_groups()).await?,
+    ))
 }
 
 /// Which dead letters a redrive or purge takes: these ids, or all with exactly this reason
@@ -275,7 +279,7 @@ impl Selection {
             ids: (!self.ids.is_empty()).then(|| self.ids.clone()),
             limit: None,
         };
-        let mut letters = console.call(console.ops.dead_letters(&filter)).await?;
+        let mut letters = console.call(console.ops().dead_letters(&filter)).await?;
         // The store matches a reason as a part; a group is its exact reason.
         if let Some(reason) = reason {
             letters.retain(|l| l.reason == reason);
@@ -305,7 +309,7 @@ pub(crate) async fn redrive_selection(
             ids.push(id.clone());
         }
     }
-    let report = console.call(console.ops.redrive(&ids, spread)).await?;
+    let report = console.call(console.ops().redrive(&ids, spread)).await?;
     console.changed().await;
     Ok(report)
 }
@@ -355,7 +359,7 @@ pub(crate) async fn purge_selection(
         ids: Some(ids),
         ..DlqFilter::default()
     };
-    let report = console.call(console.ops.purge(&filter, dry_run)).await?;
+    let report = console.call(console.ops().purge(&filter, dry_run)).await?;
     console.changed().await;
     Ok(report)
 }
@@ -412,7 +416,7 @@ pub(crate) async fn pause_now(console: &Console, body: PauseBody) -> Result<Paus
         by: blank(&body.by).unwrap_or("console").to_owned(),
         reason: blank(&body.reason).map(str::to_owned),
     };
-    let before = console.call(console.ops.pause(pause.clone())).await?;
+    let before = console.call(console.ops().pause(pause.clone())).await?;
     console.changed().await;
     if before.is_none() {
         tracing::warn!(by = %pause.by, reason = ?pause.reason, "console: delivery paused");
@@ -438,7 +442,7 @@ async fn pause(
 }
 
 pub(crate) async fn resume_now(console: &Console) -> Result<Option<Pause>, ApiError> {
-    let lifted = console.call(console.ops.resume()).await?;
+    let lifted = console.call(console.ops().resume()).await?;
     console.changed().await;
     if lifted.is_some() {
         tracing::warn!("console: delivery resumed");

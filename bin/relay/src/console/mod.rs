@@ -29,11 +29,10 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use clap::Args;
 use relay_core::StoreError;
-use relay_core::ops::{Operations, StatusReport};
-use relay_dispatch::DispatcherHandle;
+use relay_core::ops::StatusReport;
 use tokio::sync::watch;
 
-use crate::ops::{Ops, StoreArgs};
+use crate::ops::{LiveStatus, Ops, StoreArgs};
 use crate::telemetry::Exporter;
 
 pub(crate) use auth::AdminArgs;
@@ -53,10 +52,8 @@ pub(crate) struct ConsoleArgs {
 /// What every page and API call reads from.
 #[derive(Debug)]
 pub(crate) struct Console {
-    ops: Ops,
-    /// The dispatcher, when it runs in this process (`relay up --console`): its live figures
-    /// replace its last report.
-    dispatcher: Option<DispatcherHandle>,
+    /// The backend, and its status as of at most 1.5 s ago (shared with `/metrics`).
+    live: Arc<LiveStatus>,
     auth: auth::Auth,
     history: history::History,
     /// `/metrics`, when this process records them.
@@ -66,68 +63,45 @@ pub(crate) struct Console {
     /// The `brand` the relay adds, when it runs in this process; shown in what the target
     /// receives.
     brand: Option<String>,
-    /// The last status read, and when.
-    status: tokio::sync::Mutex<Option<(std::time::Instant, StatusReport)>>,
 }
-
-/// How long one status read serves the console's pages and API.
-const STATUS_FRESH_FOR: Duration = Duration::from_millis(1500);
 
 impl Console {
     pub(crate) fn new(
-        ops: Ops,
-        dispatcher: Option<DispatcherHandle>,
+        live: Arc<LiveStatus>,
         token: &str,
         metrics: Option<Arc<Exporter>>,
         place: String,
         brand: Option<String>,
     ) -> Arc<Self> {
         Arc::new(Console {
-            ops,
-            dispatcher,
+            live,
             auth: auth::Auth::new(token),
             history: history::History::default(),
             metrics,
             place,
             brand,
-            status: tokio::sync::Mutex::new(None),
         })
     }
 
-    /// Runs a call of the port. The embedded store answers synchronously inside its `async
-    /// fn`s, so its calls leave the runtime's worker to others while they read SQLite.
+    /// The backend.
+    fn ops(&self) -> &Ops {
+        self.live.ops()
+    }
+
+    /// Runs a call of the port off the runtime's worker ([`Ops::run`]).
     async fn call<F: std::future::Future>(&self, call: F) -> F::Output {
-        match self.ops {
-            Ops::Local(_) => {
-                tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(call))
-            }
-            Ops::Aws(_) => call.await,
-        }
+        self.ops().run(call).await
     }
 
     /// Forgets the last status read: after a change the next page reads it anew.
     async fn changed(&self) {
-        *self.status.lock().await = None;
+        self.live.changed().await;
     }
 
-    /// The status, with this process's dispatcher's live figures. One read serves every
-    /// caller for [`STATUS_FRESH_FOR`] (open tabs, the sampler): over a backlog of a million
-    /// events a read takes about half a second.
+    /// The status, at most [`LiveStatus::FRESH_FOR`] old, with this process's dispatcher's
+    /// live figures.
     async fn status(&self) -> Result<StatusReport, StoreError> {
-        let mut cached = self.status.lock().await;
-        let mut status = match cached.as_ref() {
-            Some((at, status)) if at.elapsed() < STATUS_FRESH_FOR => status.clone(),
-            _ => {
-                let status = self.call(self.ops.status()).await?;
-                *cached = Some((std::time::Instant::now(), status.clone()));
-                status
-            }
-        };
-        drop(cached);
-        if let Some(handle) = &self.dispatcher {
-            status.dispatcher = Some(handle.report());
-        }
-        Ok(status)
+        self.live.get().await
     }
 }
 
@@ -257,12 +231,16 @@ pub(crate) async fn bind(
 /// `relay console`: the console over a data directory or a stack, until Ctrl-C.
 pub(crate) async fn run(args: ConsoleArgs) -> anyhow::Result<ExitCode> {
     let token = args.admin.token()?;
-    let ops = args.store.open().await?;
+    let live = LiveStatus::new(args.store.open().await?, None);
     let metrics = crate::telemetry::install(None)?;
-    let place = args.store.place();
-    let metrics_ops = args.store.open().await?;
-    let exporter = Exporter::new(metrics, metrics_ops, None);
-    let console = Console::new(ops, None, token.secret(), Some(exporter), place, None);
+    let exporter = Exporter::new(metrics, live.clone());
+    let console = Console::new(
+        live,
+        token.secret(),
+        Some(exporter),
+        args.store.place(),
+        None,
+    );
     let (listener, url) = bind(args.listen, &token).await?;
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

@@ -339,7 +339,7 @@ async fn events(
     let query = params.query();
     let page = match &query {
         Ok(q) => console
-            .call(console.ops.events(q))
+            .call(console.ops().events(q))
             .await
             .map_err(ApiError::from),
         Err(_) => Ok(Default::default()),
@@ -412,7 +412,7 @@ fn outcome_tone(outcome: AttemptOutcome) -> &'static str {
 }
 
 async fn event(State(console): State<Arc<Console>>, Path(id): Path<String>) -> Response {
-    let trace = match console.call(console.ops.trace(&id)).await {
+    let trace = match console.call(console.ops().trace(&id)).await {
         Ok(Some(t)) => t,
         Ok(None) => {
             return (
@@ -521,7 +521,7 @@ async fn dead_letters(
     State(console): State<Arc<Console>>,
     Query(q): Query<DeadLetterPage>,
 ) -> Response {
-    let groups = match console.call(console.ops.dead_letter_groups()).await {
+    let groups = match console.call(console.ops().dead_letter_groups()).await {
         Ok(g) => g,
         Err(e) => return failed(&console, Nav::DeadLetters, "Dead letters", &e.into()),
     };
@@ -533,7 +533,7 @@ async fn dead_letters(
     let letters = match &reason {
         Some(_) => listed.resolve(&console).await,
         None => console
-            .call(console.ops.dead_letters(&relay_core::ops::DlqFilter {
+            .call(console.ops().dead_letters(&relay_core::ops::DlqFilter {
                 limit: Some(200),
                 ..Default::default()
             }))
